@@ -1,0 +1,210 @@
+"""The configuration of one LLC run: a validated, immutable value with presets and stable ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llc.fingerprint import code_fingerprint
+
+Problem = Literal["mlp", "linear", "rrr", "dln"]
+Sampler = Literal["sgld", "sghmc", "hmc", "mclmc"]
+SAMPLERS: tuple[str, ...] = ("sgld", "sghmc", "hmc", "mclmc")
+
+# Keys that decide the data and the ERM point w*: runs that agree on them share a family.
+FAMILY_KEYS = (
+    "problem", "seed", "n_data", "in_dim", "out_dim", "widths", "depth", "target_params", "activation",
+    "bias", "teacher_widths", "x_dist", "noise", "noise_scale", "loss", "true_rank", "erm_steps", "erm_lr",
+    "dtype",
+)  # fmt: skip
+
+# Step sizes that work on each sampler's scale when none is given (HMC and MCLMC tune theirs in warm-up).
+DEFAULT_STEP_SIZE = {"sgld": 1e-4, "sghmc": 1e-5, "hmc": 1e-3, "mclmc": 1e-2}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with a message that names the key and the fix."""
+
+
+class RunConfig(BaseModel):
+    """Everything that decides an LLC run's result. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # -- problem ------------------------------------------------------------------------
+    problem: Problem = Field(
+        "mlp", description="mlp (teacher-student) or an analytic target: linear, rrr, dln"
+    )
+    seed: int = Field(0, ge=0, description="seeds data, teacher, ERM and sampling")
+    n_data: int = Field(5000, ge=2, description="number of training points n")
+    in_dim: int = Field(16, ge=1, description="input dimension (mlp)")
+    out_dim: int = Field(1, ge=1, description="output dimension (mlp)")
+    widths: tuple[int, ...] | None = Field(
+        None, description="mlp: student hidden widths; linear/rrr/dln: all layer widths, input first"
+    )
+    depth: int | None = Field(
+        None, ge=1, description="mlp: hidden layers, with target_params instead of widths"
+    )
+    target_params: int | None = Field(None, ge=1, description="mlp: parameter budget that sets equal widths")
+    activation: Literal["relu", "tanh", "gelu"] = "tanh"
+    bias: bool = Field(True, description="mlp: biases in the student and teacher")
+    teacher_widths: tuple[int, ...] = Field((8,), description="mlp: teacher hidden widths")
+    x_dist: Literal["gauss_iso", "gauss_aniso", "mixture", "lowdim_manifold", "heavy_tail"] = "gauss_iso"
+    noise: Literal["gauss", "hetero", "student_t", "outliers"] = "gauss"
+    noise_scale: float = Field(0.1, ge=0)
+    loss: Literal["mse", "t_regression"] = "mse"
+    true_rank: int | None = Field(None, ge=0, description="rrr/dln: rank of the teacher map")
+
+    # -- ERM to w* ------------------------------------------------------------------------
+    erm_steps: int = Field(2000, ge=0)
+    erm_lr: float = Field(1e-2, gt=0)
+
+    # -- sampling ---------------------------------------------------------------------------
+    sampler: Sampler = "sgld"
+    chains: int = Field(8, ge=1)
+    steps: int = Field(1000, ge=1, description="recorded sampling steps per chain, after warm-up")
+    warmup: int = Field(0, ge=0, description="steps before recording (HMC/MCLMC tune their step size here)")
+    thin: int = Field(1, ge=1, description="record every thin-th step")
+    eval_every: int = Field(0, ge=0, description="full-data loss and MALA check every k steps (0: never)")
+    batch_size: int = Field(256, ge=1, description="minibatch size for sgld/sghmc (hmc/mclmc are full-batch)")
+    step_size: float | None = Field(None, gt=0, description="defaults per sampler")
+    gamma: float = Field(100.0, ge=0, description="localization strength")
+    nbeta: float | None = Field(None, gt=0, description="n*beta; defaults to n / log n")
+    precond: Literal["none", "rmsprop", "adam"] = Field("none", description="sgld preconditioner")
+    friction: float = Field(0.1, gt=0, lt=1, description="sghmc momentum friction alpha")
+    n_leapfrog: int = Field(10, ge=1, description="hmc leapfrog steps per proposal")
+    target_accept: float = Field(0.8, gt=0, lt=1, description="hmc acceptance targeted in warm-up")
+    projections: int = Field(3, ge=0, description="random projections of w kept in the trace")
+
+    # -- execution ---------------------------------------------------------------------------
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    gpu_mode: Literal["vectorized", "sequential", "off"] = "vectorized"
+    compile: bool = Field(False, description="torch.compile the sampler step (pays off on long runs)")
+
+    @field_validator("widths", "teacher_widths")
+    @classmethod
+    def _positive_widths(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and any(w < 1 for w in value):
+            raise ValueError(f"every width must be >= 1, got {list(value)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.problem == "mlp":
+            if self.widths is None and (self.depth is None or self.target_params is None):
+                raise ValueError(
+                    "problem mlp needs widths (hidden layer widths) or both depth and target_params"
+                )
+        else:
+            need = {
+                "linear": "exactly 2 widths [M, N]",
+                "rrr": "exactly 3 widths [M, H, N]",
+                "dln": ">= 3 widths",
+            }
+            n = len(self.widths or ())
+            ok = {"linear": n == 2, "rrr": n == 3, "dln": n >= 3}[self.problem]
+            if not ok:
+                raise ValueError(
+                    f"problem {self.problem} needs widths with {need[self.problem]}, got {self.widths}"
+                )
+            if self.problem != "linear":
+                if self.true_rank is None:
+                    raise ValueError(
+                        f"problem {self.problem} needs true_rank (0 <= true_rank <= min(widths))"
+                    )
+                if self.true_rank > min(self.widths or (0,)):
+                    raise ValueError(f"true_rank must be <= min(widths) = {min(self.widths or (0,))}")
+        if self.sampler in ("sgld", "sghmc") and self.batch_size > self.n_data:
+            raise ValueError(f"batch_size ({self.batch_size}) must be <= n_data ({self.n_data})")
+        if self.precond != "none" and self.sampler != "sgld":
+            raise ValueError(f"precond applies to sgld only; set precond=none for sampler {self.sampler}")
+        return self
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def resolved_nbeta(self) -> float:
+        return self.nbeta if self.nbeta is not None else self.n_data / math.log(self.n_data)
+
+    @property
+    def resolved_step_size(self) -> float:
+        return self.step_size if self.step_size is not None else DEFAULT_STEP_SIZE[self.sampler]
+
+    def normalized(self) -> dict[str, Any]:
+        """The config with every default made explicit: what run_id hashes and config.json stores."""
+        data = self.model_dump(mode="json")
+        data["nbeta"] = self.resolved_nbeta
+        data["step_size"] = self.resolved_step_size
+        return data
+
+    @property
+    def family_id(self) -> str:
+        data = self.normalized()
+        return _digest({k: data[k] for k in FAMILY_KEYS}, code_fingerprint())
+
+    @property
+    def run_id(self) -> str:
+        return _digest(self.normalized(), code_fingerprint())
+
+
+def _digest(data: dict[str, Any], code: str) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":")) + code
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a laptop CPU: a small teacher-student problem and short chains.
+    "quick": {"n_data": 1000, "widths": (16, 16), "teacher_widths": (4,), "erm_steps": 500, "chains": 4,
+              "steps": 300, "warmup": 50, "batch_size": 128},
+    # Results worth reporting: the reference workload's size and long chains.
+    "full": {"n_data": 5000, "widths": (64, 64), "teacher_widths": (8,), "erm_steps": 5000, "chains": 8,
+             "steps": 5000, "warmup": 500, "batch_size": 256, "eval_every": 100},
+}  # fmt: skip
+
+
+def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Preset values, then overrides; every problem is reported as one ConfigError naming the keys."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS.get(preset or "", {}), **(overrides or {})}
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the key, what was given, and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            close = _closest(str(err["loc"][-1]))
+            hint = f" (did you mean {close!r}?)" if close else ""
+            lines.append(f"{key}: unknown key{hint}; known keys: {', '.join(RunConfig.model_fields)}")
+            continue
+        allowed = err.get("ctx", {}).get("expected")
+        msg = err["msg"].removeprefix("Value error, ")
+        given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(
+            f"{key}: {msg}{given}" + (f"; allowed: {allowed}" if allowed and allowed not in msg else "")
+        )
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _closest(key: str) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(RunConfig.model_fields), n=1)
+    return match[0] if match else None

@@ -1,0 +1,169 @@
+"""The LLC experiment: config -> problem -> ERM (shared per family) -> sampling -> run directory."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from llc import diagnostics, plots
+from llc.allocator import keep_freed_memory
+from llc.config import RunConfig
+from llc.erm import train
+from llc.posterior import LocalizedPosterior
+from llc.problems import Problem, build_problem
+from llc.problems.build import STREAM_SAMPLING, stream
+from llc.rundir import RunDir, atomic_write
+from llc.samplers.driver import Progress, Trace, sample
+
+
+class Experiment(Protocol):
+    """Anything a sweep can run: a pydantic config model and a run that writes into its directory."""
+
+    config_model: type[BaseModel]
+
+    def run(self, config: Any, run_dir: Path) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RunResult:
+    path: Path
+    metrics: dict[str, Any]
+    cached: bool
+
+
+def resolve_device(config: RunConfig) -> torch.device:
+    """The device a run uses: gpu_mode=off forces the CPU; auto picks CUDA when present."""
+    if config.gpu_mode == "off" or config.device == "cpu":
+        return torch.device("cpu")
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={config.device} was asked for but CUDA is not available; use device=auto or cpu"
+        )
+    return torch.device(config.device)
+
+
+def run_llc(
+    config: RunConfig, runs_dir: Path, skip: bool = True, progress: Progress | None = None
+) -> RunResult:
+    """Run (or reuse, when skip and a complete result exists) one LLC estimate under runs_dir/<run_id>."""
+    run_dir = RunDir(runs_dir, config.run_id)
+    if skip and run_dir.is_complete():
+        return RunResult(run_dir.path, run_dir.read_json("metrics.json"), cached=True)
+    metrics = LLCExperiment(runs_dir / "families").run(config, run_dir.prepare(), progress)
+    run_dir.seal()
+    return RunResult(run_dir.path, metrics, cached=False)
+
+
+class LLCExperiment:
+    """Estimate the LLC of one trained network with one sampler."""
+
+    config_model = RunConfig
+
+    def __init__(self, family_cache: Path | None = None) -> None:
+        self.family_cache = family_cache
+
+    def run(self, config: RunConfig, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+        keep_freed_memory()
+        out = RunDir(run_dir.parent, run_dir.name)
+        out.write_json(
+            "config.json", {"run_id": config.run_id, "family_id": config.family_id, **config.normalized()}
+        )
+        device = resolve_device(config)
+        problem = build_problem(config)
+        t0 = time.perf_counter()
+        w_star, loss0 = self._erm(config, problem)
+        t_erm = time.perf_counter() - t0
+        posterior = LocalizedPosterior(
+            problem.model,
+            problem.x.to(device),
+            problem.y.to(device),
+            w_star.to(device),
+            config.resolved_nbeta,
+            config.gamma,
+            config.batch_size if config.sampler in ("sgld", "sghmc") else None,
+        )
+        gen = torch.Generator(device=device).manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
+        trace = sample(config, posterior, loss0, gen, progress)
+        metrics = build_metrics(config, problem, trace, loss0, t_erm, device)
+        idata = diagnostics.to_inference_data(
+            trace.llc, trace.loss, trace.w_proj, trace.stats or None,
+            attrs={"run_id": config.run_id, "sampler": config.sampler, "nbeta": config.resolved_nbeta, "L0": loss0},
+        )  # fmt: skip
+        diagnostics.write_netcdf(idata, run_dir / f"{config.sampler}.nc")
+        out.write_json("metrics.json", metrics)
+        plots.draw_plots(idata, run_dir, problem.llc_true)
+        return metrics
+
+    def _erm(self, config: RunConfig, problem: Problem) -> tuple[torch.Tensor, float]:
+        """w* and L0, computed once per family and shared by every run of it."""
+        if self.family_cache is None:
+            return train(problem, config.erm_steps, config.erm_lr, config.seed)
+        path = self.family_cache / config.family_id / "erm.pt"
+        if path.exists():
+            try:
+                saved = torch.load(path, weights_only=True)
+                return saved["w_star"], float(saved["L0"])
+            except (RuntimeError, KeyError, EOFError, OSError):
+                pass  # a torn or foreign file: train again and overwrite it
+        w_star, loss0 = train(problem, config.erm_steps, config.erm_lr, config.seed)
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({"w_star": w_star, "L0": loss0}, buffer)
+        atomic_write(path, buffer.getvalue())
+        return w_star, loss0
+
+
+def build_metrics(
+    config: RunConfig, problem: Problem, trace: Trace, loss0: float, t_erm: float, device: torch.device
+) -> dict[str, Any]:
+    summary = diagnostics.summarize(trace.llc)
+    total_grad_evals = trace.grad_evals * config.chains
+    draws = trace.llc.shape[0] * trace.llc.shape[1]
+    ess = summary["ess_bulk"]
+    metrics: dict[str, Any] = {
+        "run_id": config.run_id,
+        "family_id": config.family_id,
+        "sampler": config.sampler,
+        "problem": config.problem,
+        "d": problem.model.n_params,
+        "n": problem.n,
+        "nbeta": config.resolved_nbeta,
+        "L0": loss0,
+        "llc_true": problem.llc_true,
+        **summary,
+        "chains_diverged": int((trace.diverged_at >= 0).sum()),
+        "diverged_chains": [int(c) for c in np.flatnonzero(trace.diverged_at >= 0)],
+        "t_erm_s": t_erm,
+        "t_sampling_s": trace.t_sampling_s,
+        "grad_evals": total_grad_evals,
+        "draws_per_second": draws / trace.t_sampling_s if trace.t_sampling_s > 0 else math.nan,
+        "ess_per_second": ess / trace.t_sampling_s if trace.t_sampling_s > 0 else math.nan,
+        "ess_per_grad_eval": ess / total_grad_evals if total_grad_evals else math.nan,
+        "device": str(device),
+        "gpu_mode": config.gpu_mode,
+        "torch": torch.__version__,
+    }
+    if problem.llc_true:
+        metrics["llc_rel_error"] = (summary["llc_mean"] - problem.llc_true) / problem.llc_true
+    for name in ("acceptance_rate", "step_size", "energy"):
+        if name in trace.stats:
+            metrics[f"{name}_mean"] = float(np.nanmean(trace.stats[name]))
+    if "energy_change" in trace.stats:
+        metrics["energy_change_var_per_dim"] = float(
+            np.nanvar(trace.stats["energy_change"]) / problem.model.n_params
+        )
+    if trace.mala_acceptance is not None:
+        metrics["mala_acceptance_mean"] = float(np.nanmean(trace.mala_acceptance))
+    if trace.eval_loss is not None:
+        metrics["llc_mean_full_loss"] = float(config.resolved_nbeta * (np.nanmean(trace.eval_loss) - loss0))
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}

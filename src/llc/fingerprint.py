@@ -1,0 +1,27 @@
+"""A fingerprint of the code that computes results, so a code change never reuses an old result."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import torch
+
+_PACKAGE = Path(__file__).resolve().parent
+# Files that only move or present results: editing them does not change what a run computes.
+_PRESENTATION = {"cli.py", "plots.py"}
+_PRESENTATION_DIRS = {"backends", "sweeps"}
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """Hash of the package's computing sources and the torch version."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        rel = path.relative_to(_PACKAGE)
+        if rel.name in _PRESENTATION or (rel.parts[0] in _PRESENTATION_DIRS):
+            continue
+        digest.update(str(rel).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]

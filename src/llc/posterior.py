@@ -1,0 +1,64 @@
+"""The localized tempered posterior around w*, evaluated for all chains at once.
+
+    U(w) = n·beta·L(w) + (gamma/2)·||w - w*||²,   pi(w) ∝ exp(-U(w))
+
+L is the mean loss over a minibatch (sgld, sghmc) or over all n points (hmc, mclmc).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from llc.network import MLP
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LocalizedPosterior:
+    model: MLP
+    x: torch.Tensor
+    y: torch.Tensor
+    w_star: torch.Tensor
+    nbeta: float
+    gamma: float
+    batch_size: int | None = None
+    grad_fn: GradFn | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.grad_fn is None:
+            self.grad_fn = self.model.loss_and_grad
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.w_star.shape[0]
+
+    def minibatch(self, chains: int, gen: torch.Generator) -> Batch:
+        """An independent minibatch (sampled with replacement) per chain: [chains, batch, ...]."""
+        if self.batch_size is None or self.batch_size >= self.n:
+            return self.x, self.y
+        idx = torch.randint(0, self.n, (chains, self.batch_size), generator=gen, device=self.x.device)
+        return self.x[idx], self.y[idx]
+
+    def loss_and_grad(self, w: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss L [chains] on the batch and the potential's gradient ∇U [chains, d]."""
+        x, y = batch if batch is not None else (self.x, self.y)
+        assert self.grad_fn is not None
+        loss, grad = self.grad_fn(w, x, y)
+        grad.mul_(self.nbeta).add_(w - self.w_star, alpha=self.gamma)
+        return loss, grad
+
+    def potential(self, w: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """U(w) [chains] from the full-data loss at w."""
+        return self.nbeta * loss + 0.5 * self.gamma * (w - self.w_star).square().sum(dim=1)
+
+    def full_loss(self, w: torch.Tensor) -> torch.Tensor:
+        return self.model.batch_loss(w, self.x, self.y)

@@ -1,0 +1,179 @@
+"""Run a kernel: warm-up, then record every `thin`-th step; evaluate, detect divergence, time it.
+
+`vectorized` advances all chains as one batched computation; `sequential` runs one chain at a
+time with autograd gradients, the independent reference that must give the same distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from llc.config import RunConfig
+from llc.posterior import LocalizedPosterior
+from llc.samplers import KERNELS
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Trace:
+    """Everything recorded from sampling, as numpy arrays with chains first."""
+
+    loss: np.ndarray  # [C, T]
+    llc: np.ndarray  # [C, T]
+    w_proj: np.ndarray  # [C, T, P]
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # each [C, T]
+    eval_loss: np.ndarray | None = None  # [C, E] full-data loss at evaluation steps
+    mala_acceptance: np.ndarray | None = None  # [C, E]
+    diverged_at: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [C], -1: never
+    grad_evals: int = 0  # per chain, including warm-up
+    t_sampling_s: float = 0.0
+
+
+def sample(
+    config: RunConfig,
+    posterior: LocalizedPosterior,
+    loss0: float,
+    gen: torch.Generator,
+    progress: Progress | None = None,
+) -> Trace:
+    """Sample according to config.gpu_mode and return the trace with per-draw LLC."""
+    if config.gpu_mode != "sequential":
+        return _run_chains(config, posterior, loss0, config.chains, gen, progress)
+    traces = []
+    reference = replace(posterior, grad_fn=posterior.model.autograd_loss_and_grad)
+    for c in range(config.chains):
+        chain_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1000 * (c + 1))
+        done = c * _total_steps(config)
+        step_progress = (lambda i, n, done=done: progress(done + i, n * config.chains)) if progress else None
+        traces.append(_run_chains(config, reference, loss0, 1, chain_gen, step_progress))
+    return _concat(traces)
+
+
+def _total_steps(config: RunConfig) -> int:
+    return config.warmup + config.steps
+
+
+def _run_chains(
+    config: RunConfig,
+    posterior: LocalizedPosterior,
+    loss0: float,
+    chains: int,
+    gen: torch.Generator,
+    progress: Progress | None,
+) -> Trace:
+    kernel = KERNELS[config.sampler](posterior, config)
+    grad_fn = posterior.grad_fn
+    if config.compile:
+        posterior = replace(posterior, grad_fn=torch.compile(grad_fn, dynamic=False))
+        kernel.posterior = posterior  # type: ignore[attr-defined]
+    w0 = posterior.w_star.expand(chains, -1).clone()
+    state = kernel.init(w0, gen)
+    draws = config.steps // config.thin
+    device, dtype = w0.device, w0.dtype
+    losses = torch.full((chains, draws), math.nan, device=device, dtype=dtype)
+    directions = _projection_directions(posterior.dim, config.projections, config.seed, dtype).to(device)
+    w_proj = torch.zeros((chains, draws, config.projections), device=device, dtype=dtype)
+    stats: dict[str, torch.Tensor] = {}
+    eval_every = config.eval_every
+    n_evals = config.steps // eval_every if eval_every else 0
+    eval_loss = torch.full((chains, n_evals), math.nan, device=device, dtype=dtype)
+    mala = torch.full((chains, n_evals), math.nan, device=device, dtype=dtype)
+    total = _total_steps(config)
+
+    start = time.perf_counter()
+    for t in range(total):
+        tune = t < config.warmup
+        state, info = kernel.step(state, gen, tune)
+        s = t - config.warmup
+        if s >= 0 and (s + 1) % config.thin == 0:
+            d = s // config.thin
+            losses[:, d] = info.loss
+            if config.projections:
+                w_proj[:, d] = (kernel.position(state) - posterior.w_star) @ directions
+            for name, value in info.stats.items():
+                stats.setdefault(name, torch.full((chains, draws), math.nan, device=device, dtype=dtype))[
+                    :, d
+                ] = value
+        if s >= 0 and eval_every and (s + 1) % eval_every == 0 and (s + 1) // eval_every <= n_evals:
+            e = (s + 1) // eval_every - 1
+            position = kernel.position(state)
+            eval_loss[:, e] = posterior.full_loss(position)
+            if config.sampler == "sgld":
+                mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, gen)
+        if progress is not None and (t + 1) % 50 == 0:
+            progress(t + 1, total)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    if progress is not None:
+        progress(total, total)
+
+    loss_np = losses.cpu().double().numpy()
+    diverged_at = _first_nonfinite(loss_np)
+    llc = posterior.nbeta * (loss_np - loss0)
+    for c, t_div in enumerate(diverged_at):
+        if t_div >= 0:
+            llc[c, t_div:] = np.nan
+    return Trace(
+        loss=loss_np,
+        llc=llc,
+        w_proj=w_proj.cpu().double().numpy(),
+        stats={k: v.cpu().double().numpy() for k, v in stats.items()},
+        eval_loss=eval_loss.cpu().double().numpy() if n_evals else None,
+        mala_acceptance=mala.cpu().double().numpy() if n_evals and config.sampler == "sgld" else None,
+        diverged_at=diverged_at,
+        grad_evals=total * kernel.grad_evals_per_step,
+        t_sampling_s=elapsed,
+    )
+
+
+def mala_acceptance(
+    posterior: LocalizedPosterior, w: torch.Tensor, eps: float, gen: torch.Generator
+) -> torch.Tensor:
+    """Metropolis acceptance probability of one full-batch Langevin proposal of step eps from w [chains]."""
+    loss, grad = posterior.loss_and_grad(w)
+    u = posterior.potential(w, loss)
+    noise = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
+    proposal = w - 0.5 * eps * grad + math.sqrt(eps) * noise
+    loss_p, grad_p = posterior.loss_and_grad(proposal)
+    u_p = posterior.potential(proposal, loss_p)
+    log_q_forward = -(proposal - w + 0.5 * eps * grad).square().sum(dim=1) / (2 * eps)
+    log_q_backward = -(w - proposal + 0.5 * eps * grad_p).square().sum(dim=1) / (2 * eps)
+    log_alpha = (log_q_backward - log_q_forward + u - u_p).nan_to_num(nan=-math.inf)
+    return torch.exp(log_alpha.clamp(max=0.0))
+
+
+def _projection_directions(dim: int, count: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 104729)
+    directions = torch.randn(dim, count, generator=gen, dtype=dtype)
+    return directions / directions.norm(dim=0, keepdim=True)
+
+
+def _first_nonfinite(values: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(values)
+    return np.where(bad.any(axis=1), bad.argmax(axis=1), -1)
+
+
+def _concat(traces: list[Trace]) -> Trace:
+    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays, axis=0)  # type: ignore[arg-type]
+
+    first = traces[0]
+    return Trace(
+        loss=np.concatenate([t.loss for t in traces]),
+        llc=np.concatenate([t.llc for t in traces]),
+        w_proj=np.concatenate([t.w_proj for t in traces]),
+        stats={k: np.concatenate([t.stats[k] for t in traces]) for k in first.stats},
+        eval_loss=cat([t.eval_loss for t in traces]),
+        mala_acceptance=cat([t.mala_acceptance for t in traces]),
+        diverged_at=np.concatenate([t.diverged_at for t in traces]),
+        grad_evals=first.grad_evals,
+        t_sampling_s=sum(t.t_sampling_s for t in traces),
+    )

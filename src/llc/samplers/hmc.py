@@ -1,0 +1,85 @@
+"""Full-batch HMC with a leapfrog integrator and a Metropolis correction, per chain.
+
+The step size is tuned by dual averaging during warm-up towards `target_accept`, then fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llc.config import RunConfig
+from llc.posterior import LocalizedPosterior
+from llc.samplers.adaptation import DualAveraging
+from llc.samplers.base import StepInfo
+
+DIVERGENCE_ENERGY = 1000.0
+
+
+@dataclass
+class HMCState:
+    w: torch.Tensor
+    loss: torch.Tensor
+    potential: torch.Tensor
+    grad: torch.Tensor
+    step_size: torch.Tensor  # [chains, 1]
+
+
+class HMC:
+    minibatch = False
+
+    def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
+        self.posterior = posterior
+        self.n_leapfrog = config.n_leapfrog
+        self.grad_evals_per_step = config.n_leapfrog
+        self.initial_step = config.resolved_step_size
+        self.target_accept = config.target_accept
+        self.adaptation: DualAveraging | None = None
+
+    def init(self, w: torch.Tensor, gen: torch.Generator) -> HMCState:
+        w = w.clone()
+        loss, grad = self.posterior.loss_and_grad(w)
+        step = torch.full((w.shape[0], 1), self.initial_step, dtype=w.dtype, device=w.device)
+        return HMCState(w, loss, self.posterior.potential(w, loss), grad, step)
+
+    def position(self, state: HMCState) -> torch.Tensor:
+        return state.w
+
+    def step(self, state: HMCState, gen: torch.Generator, tune: bool) -> tuple[HMCState, StepInfo]:
+        if tune and self.adaptation is None:
+            self.adaptation = DualAveraging(state.step_size, self.target_accept)
+        if not tune and self.adaptation is not None:
+            state.step_size = self.adaptation.final
+            self.adaptation = None
+        eps = state.step_size
+        p = torch.randn(state.w.shape, generator=gen, device=state.w.device, dtype=state.w.dtype)
+        h0 = state.potential + 0.5 * p.square().sum(dim=1)
+        w, grad = state.w.clone(), state.grad
+        p = p - 0.5 * eps * grad
+        for i in range(self.n_leapfrog):
+            w = w + eps * p
+            loss, grad = self.posterior.loss_and_grad(w)
+            if i < self.n_leapfrog - 1:
+                p = p - eps * grad
+        p = p - 0.5 * eps * grad
+        potential = self.posterior.potential(w, loss)
+        h1 = potential + 0.5 * p.square().sum(dim=1)
+        log_ratio = torch.nan_to_num(h0 - h1, nan=-torch.inf)
+        accept_prob = torch.exp(log_ratio.clamp(max=0.0))
+        accept = torch.rand(accept_prob.shape, generator=gen, device=w.device, dtype=w.dtype) < accept_prob
+        keep = accept.unsqueeze(1)
+        state.w = torch.where(keep, w, state.w)
+        state.grad = torch.where(keep, grad, state.grad)
+        state.loss = torch.where(accept, loss, state.loss)
+        state.potential = torch.where(accept, potential, state.potential)
+        if tune and self.adaptation is not None:
+            state.step_size = self.adaptation.update(accept_prob.unsqueeze(1))
+        energy = state.potential + 0.5 * p.square().sum(dim=1)
+        stats = {
+            "acceptance_rate": accept_prob,
+            "energy": torch.where(accept, h1, h0) if energy.isfinite().all() else energy,
+            "step_size": eps[:, 0],
+            "diverging": ~(h1 - h0 < DIVERGENCE_ENERGY),
+        }
+        return state, StepInfo(state.loss, stats)

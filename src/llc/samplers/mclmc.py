@@ -1,0 +1,141 @@
+"""Microcanonical Langevin Monte Carlo (Robnik et al. 2023), unadjusted, as in BlackJAX.
+
+Isokinetic dynamics with unit-norm momentum u, a leapfrog integrator with the ESH momentum update,
+and partial momentum refresh with decoherence length L. During warm-up the step size is tuned so
+that the energy error per dimension has variance `DESIRED_ENERGY_VAR`, then L is set from the
+spread of positions seen in the second half of warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from llc.config import RunConfig
+from llc.posterior import LocalizedPosterior
+from llc.samplers.base import StepInfo
+
+DESIRED_ENERGY_VAR = 5e-4
+TRUST_IN_ESTIMATE = 1.5
+EFFECTIVE_SAMPLES = 150
+
+
+@dataclass
+class MCLMCState:
+    w: torch.Tensor
+    u: torch.Tensor
+    loss: torch.Tensor
+    potential: torch.Tensor
+    grad: torch.Tensor
+    step_size: torch.Tensor  # [chains, 1]
+    L: torch.Tensor  # [chains, 1]
+
+
+class MCLMC:
+    minibatch = False
+    grad_evals_per_step = 1
+
+    def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
+        self.posterior = posterior
+        self.initial_step = config.resolved_step_size
+        self.warmup = config.warmup
+        self._tune_t = 0
+        self._x_avg: torch.Tensor | None = None
+        self._w_avg: torch.Tensor | None = None
+        self._moments: list[torch.Tensor] | None = None
+
+    def init(self, w: torch.Tensor, gen: torch.Generator) -> MCLMCState:
+        w = w.clone()
+        loss, grad = self.posterior.loss_and_grad(w)
+        u = _normalize(torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype))
+        chains, dim = w.shape
+        step = torch.full((chains, 1), self.initial_step, dtype=w.dtype, device=w.device)
+        # BlackJAX starts with L = 4 step sizes... scaled by sqrt(d) through the initial step.
+        L = step * math.sqrt(dim)
+        return MCLMCState(w, u, loss, self.posterior.potential(w, loss), grad, step, L)
+
+    def position(self, state: MCLMCState) -> torch.Tensor:
+        return state.w
+
+    def _momentum_update(
+        self, u: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ESH update of unit momentum by the log-density gradient -grad over time eps; returns (u, kinetic change)."""
+        dim = u.shape[1]
+        g_norm = grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        e = -grad / g_norm
+        ue = (u * e).sum(dim=1, keepdim=True)
+        delta = eps * g_norm / (dim - 1)
+        zeta = torch.exp(-delta)
+        u_new = e * (1 - zeta) * (1 + zeta + ue * (1 - zeta)) + 2 * zeta * u
+        kinetic = (delta - math.log(2) + torch.log(1 + ue + (1 - ue) * zeta**2)) * (dim - 1)
+        return _normalize(u_new), kinetic[:, 0]
+
+    def step(self, state: MCLMCState, gen: torch.Generator, tune: bool) -> tuple[MCLMCState, StepInfo]:
+        eps = state.step_size
+        u, k1 = self._momentum_update(state.u, state.grad, 0.5 * eps)
+        w = state.w + eps * u
+        loss, grad = self.posterior.loss_and_grad(w)
+        u, k2 = self._momentum_update(u, grad, 0.5 * eps)
+        potential = self.posterior.potential(w, loss)
+        energy_change = (potential - state.potential) + k1 + k2
+        # Partial refresh: u <- c1·u + c2·z/sqrt(d), renormalized.
+        c1 = torch.exp(-eps / state.L)
+        z = torch.randn(u.shape, generator=gen, device=u.device, dtype=u.dtype) / math.sqrt(u.shape[1])
+        u = _normalize(c1 * u + torch.sqrt(1 - c1**2) * z)
+        ok = energy_change.isfinite() & w.isfinite().all(dim=1)
+        if tune:
+            ok = self._tune(state, energy_change, ok, w)
+        keep = ok.unsqueeze(1)
+        state.w = torch.where(keep, w, state.w)
+        state.u = torch.where(keep, u, state.u)
+        state.grad = torch.where(keep, grad, state.grad)
+        state.loss = torch.where(ok, loss, state.loss)
+        state.potential = torch.where(ok, potential, state.potential)
+        stats = {"energy_change": energy_change, "step_size": eps[:, 0], "energy": state.potential}
+        return state, StepInfo(state.loss, stats)
+
+    def _tune(
+        self, state: MCLMCState, energy_change: torch.Tensor, ok: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        """BlackJAX's step-size rule; L from the positions' variance over the second half of warm-up."""
+        dim = w.shape[1]
+        self._tune_t += 1
+        if self._x_avg is None:
+            self._x_avg = torch.zeros_like(state.step_size)
+            self._w_avg = torch.zeros_like(state.step_size)
+        assert self._w_avg is not None
+        # A huge energy error rejects the step and shrinks the step size.
+        too_big = (energy_change.square() / dim > 1e4) | ~ok
+        ok = ok & ~too_big
+        xi = (energy_change.square() / (dim * DESIRED_ENERGY_VAR)).nan_to_num(1e8).unsqueeze(1) + 1e-8
+        weight = torch.exp(-0.5 * (torch.log(xi) / (6.0 * TRUST_IN_ESTIMATE)) ** 2)
+        decay = (EFFECTIVE_SAMPLES - 1.0) / (EFFECTIVE_SAMPLES + 1.0)
+        self._x_avg = decay * self._x_avg + weight * (xi / state.step_size**6)
+        self._w_avg = decay * self._w_avg + weight
+        new_step = (self._x_avg / self._w_avg) ** (-1.0 / 6.0)
+        state.step_size = torch.where(too_big.unsqueeze(1), 0.8 * state.step_size, new_step)
+        if self._tune_t > self.warmup // 2:
+            self._accumulate_moments(torch.where(ok.unsqueeze(1), w, state.w))
+        if self._tune_t == self.warmup and self._moments is not None:
+            count, mean, sq = self._moments
+            var = (sq / count - (mean / count) ** 2).clamp_min(0)
+            state.L = torch.sqrt(var.sum(dim=1, keepdim=True)).clamp_min(1e-12)
+        return ok
+
+    def _accumulate_moments(self, w: torch.Tensor) -> None:
+        if self._moments is None:
+            self._moments = [
+                torch.zeros(1, dtype=w.dtype, device=w.device),
+                torch.zeros_like(w),
+                torch.zeros_like(w),
+            ]
+        self._moments[0] += 1
+        self._moments[1] += w
+        self._moments[2] += w.square()
+
+
+def _normalize(u: torch.Tensor) -> torch.Tensor:
+    return u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)

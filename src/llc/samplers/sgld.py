@@ -1,0 +1,65 @@
+"""SGLD (Welling & Teh 2011) with optional RMSprop / Adam preconditioning (Li et al. 2016).
+
+w <- w - (eps/2)·G·∇U_B(w) + sqrt(eps·G)·N(0, I),   G = 1 / (lambda + sqrt(V))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from llc.config import RunConfig
+from llc.posterior import LocalizedPosterior
+from llc.samplers.base import StepInfo
+
+RMSPROP_DECAY = 0.99
+ADAM_BETA1 = 0.9
+PRECOND_EPS = 1e-8
+
+
+@dataclass
+class SGLDState:
+    w: torch.Tensor
+    square_avg: torch.Tensor | None = None
+    momentum: torch.Tensor | None = None
+    t: int = 0
+
+
+class SGLD:
+    grad_evals_per_step = 1
+    minibatch = True
+
+    def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
+        self.posterior = posterior
+        self.eps = config.resolved_step_size
+        self.precond = config.precond
+
+    def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
+        if self.precond == "none":
+            return SGLDState(w.clone())
+        momentum = torch.zeros_like(w) if self.precond == "adam" else None
+        return SGLDState(w.clone(), torch.zeros_like(w), momentum)
+
+    def position(self, state: SGLDState) -> torch.Tensor:
+        return state.w
+
+    def step(self, state: SGLDState, gen: torch.Generator, tune: bool) -> tuple[SGLDState, StepInfo]:
+        w = state.w
+        loss, grad = self.posterior.loss_and_grad(w, self.posterior.minibatch(w.shape[0], gen))
+        noise = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
+        if self.precond == "none":
+            w.add_(grad, alpha=-0.5 * self.eps).add_(noise, alpha=math.sqrt(self.eps))
+            return state, StepInfo(loss)
+        state.t += 1
+        assert state.square_avg is not None
+        state.square_avg.mul_(RMSPROP_DECAY).addcmul_(grad, grad, value=1 - RMSPROP_DECAY)
+        scale = state.square_avg / (1 - RMSPROP_DECAY**state.t)
+        precond = 1.0 / (scale.sqrt_().add_(PRECOND_EPS))
+        drift = grad
+        if state.momentum is not None:
+            state.momentum.mul_(ADAM_BETA1).add_(grad, alpha=1 - ADAM_BETA1)
+            drift = state.momentum / (1 - ADAM_BETA1**state.t)
+        w.addcmul_(precond, drift, value=-0.5 * self.eps).addcmul_(precond.mul_(self.eps).sqrt_(), noise)
+        return state, StepInfo(loss)
