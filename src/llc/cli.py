@@ -45,12 +45,12 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 def _config(
     preset: str | None, sampler: str | None, pairs: list[str] | None, gpu_mode: str | None
 ) -> RunConfig:
-    overrides = parse_overrides(pairs)
-    if sampler is not None:
-        overrides["sampler"] = sampler
-    if gpu_mode is not None:
-        overrides["gpu_mode"] = gpu_mode
     try:
+        overrides = parse_overrides(pairs)
+        if sampler is not None:
+            overrides["sampler"] = sampler
+        if gpu_mode is not None:
+            overrides["gpu_mode"] = gpu_mode
         return build_config(preset, overrides)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -62,7 +62,7 @@ def run(
     sampler: Annotated[str, typer.Option(help="sgld | sghmc | hmc | mclmc")],
     preset: PresetOption = "quick",
     set_: SetOption = None,
-    runs_dir: Annotated[Path | None, typer.Option(help="where run directories go [env LLC_RUNS_DIR]")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="where run directories go (env LLC_RUNS_DIR)")] = None,
     gpu_mode: Annotated[str | None, typer.Option(help="vectorized | sequential | off")] = None,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="reuse an existing complete run")] = True,
 ) -> None:
@@ -71,10 +71,12 @@ def run(
 
     config = _config(preset, sampler, set_, gpu_mode)
     root = runs_dir or load_settings().runs_dir
-    with Progress(
-        TextColumn(f"{config.sampler} {config.run_id}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(), console=err, transient=True,
-    ) as bar:  # fmt: skip
+    columns = (
+        TextColumn(f"{config.sampler} {config.run_id}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+    )
+    with Progress(*columns, TimeRemainingColumn(), console=err, transient=True) as bar:
         task = bar.add_task("sampling", total=config.warmup + config.steps)
         result = run_llc(
             config, root, skip, lambda done, total: bar.update(task, completed=done, total=total)

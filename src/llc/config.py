@@ -22,6 +22,9 @@ FAMILY_KEYS = (
     "dtype",
 )  # fmt: skip
 
+# Keys that change how fast a run goes, never what it computes.
+EXECUTION_ONLY = ("threads",)
+
 # Step sizes that work on each sampler's scale when none is given (HMC and MCLMC tune theirs in warm-up).
 DEFAULT_STEP_SIZE = {"sgld": 1e-4, "sghmc": 1e-5, "hmc": 1e-3, "mclmc": 1e-2}
 
@@ -66,7 +69,9 @@ class RunConfig(BaseModel):
     # -- sampling ---------------------------------------------------------------------------
     sampler: Sampler = "sgld"
     chains: int = Field(8, ge=1)
-    steps: int = Field(1000, ge=1, description="recorded sampling steps per chain, after warm-up")
+    steps: int = Field(
+        1000, ge=1, description="sampling steps per chain after warm-up; steps // thin are recorded"
+    )
     warmup: int = Field(0, ge=0, description="steps before recording (HMC/MCLMC tune their step size here)")
     thin: int = Field(1, ge=1, description="record every thin-th step")
     eval_every: int = Field(0, ge=0, description="full-data loss and MALA check every k steps (0: never)")
@@ -84,7 +89,10 @@ class RunConfig(BaseModel):
     dtype: Literal["float32", "float64"] = "float32"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     gpu_mode: Literal["vectorized", "sequential", "off"] = "vectorized"
-    compile: bool = Field(False, description="torch.compile the sampler step (pays off on long runs)")
+    threads: int = Field(0, ge=0, description="CPU threads (0: one for small models, else torch's default)")
+    compile: bool = Field(
+        False, description="torch.compile the loss-and-gradient pass (pays off on long runs)"
+    )
 
     @field_validator("widths", "teacher_widths")
     @classmethod
@@ -155,7 +163,8 @@ class RunConfig(BaseModel):
 
     @property
     def run_id(self) -> str:
-        return _digest(self.normalized(), code_fingerprint())
+        data = {k: v for k, v in self.normalized().items() if k not in EXECUTION_ONLY}
+        return _digest(data, code_fingerprint())
 
 
 def _digest(data: dict[str, Any], code: str) -> str:
@@ -196,7 +205,8 @@ def describe_validation_error(exc: ValidationError) -> str:
             continue
         allowed = err.get("ctx", {}).get("expected")
         msg = err["msg"].removeprefix("Value error, ")
-        given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        shown = "input" in err and not isinstance(err["input"], dict) and "got" not in msg
+        given = f" (got {err['input']!r})" if shown else ""
         lines.append(
             f"{key}: {msg}{given}" + (f"; allowed: {allowed}" if allowed and allowed not in msg else "")
         )

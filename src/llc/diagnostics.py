@@ -10,6 +10,8 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 
+from llc.rundir import publish
+
 
 def to_inference_data(
     llc: np.ndarray,
@@ -72,7 +74,7 @@ def write_netcdf(idata: az.InferenceData, path: Path) -> Path:
     os.close(fd)
     try:
         idata.to_netcdf(tmp)
-        os.replace(tmp, path)
+        publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

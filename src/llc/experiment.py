@@ -21,6 +21,7 @@ from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.rundir import RunDir, atomic_write
 from llc.samplers.driver import Progress, Trace, sample
+from llc.threads import cpu_threads, threads_for
 
 
 class Experiment(Protocol):
@@ -79,9 +80,14 @@ class LLCExperiment:
         )
         device = resolve_device(config)
         problem = build_problem(config)
-        t0 = time.perf_counter()
-        w_star, loss0 = self._erm(config, problem)
-        t_erm = time.perf_counter() - t0
+        # ERM is full-batch on one chain; sampling picks its own thread count.
+        threads = (
+            0 if device.type == "cuda" else threads_for(config.threads, problem.n * problem.model.n_params)
+        )
+        with cpu_threads(threads):
+            t0 = time.perf_counter()
+            w_star, loss0 = self._erm(config, problem)
+            t_erm = time.perf_counter() - t0
         posterior = LocalizedPosterior(
             problem.model,
             problem.x.to(device),
@@ -94,10 +100,13 @@ class LLCExperiment:
         gen = torch.Generator(device=device).manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
         trace = sample(config, posterior, loss0, gen, progress)
         metrics = build_metrics(config, problem, trace, loss0, t_erm, device)
-        idata = diagnostics.to_inference_data(
-            trace.llc, trace.loss, trace.w_proj, trace.stats or None,
-            attrs={"run_id": config.run_id, "sampler": config.sampler, "nbeta": config.resolved_nbeta, "L0": loss0},
-        )  # fmt: skip
+        attrs = {
+            "run_id": config.run_id,
+            "sampler": config.sampler,
+            "nbeta": config.resolved_nbeta,
+            "L0": loss0,
+        }
+        idata = diagnostics.to_inference_data(trace.llc, trace.loss, trace.w_proj, trace.stats or None, attrs)
         diagnostics.write_netcdf(idata, run_dir / f"{config.sampler}.nc")
         out.write_json("metrics.json", metrics)
         plots.draw_plots(idata, run_dir, problem.llc_true)
@@ -144,6 +153,7 @@ def build_metrics(
         "chains_diverged": int((trace.diverged_at >= 0).sum()),
         "diverged_chains": [int(c) for c in np.flatnonzero(trace.diverged_at >= 0)],
         "t_erm_s": t_erm,
+        "t_warmup_s": trace.t_warmup_s,
         "t_sampling_s": trace.t_sampling_s,
         "grad_evals": total_grad_evals,
         "draws_per_second": draws / trace.t_sampling_s if trace.t_sampling_s > 0 else math.nan,
@@ -165,5 +175,9 @@ def build_metrics(
     if trace.mala_acceptance is not None:
         metrics["mala_acceptance_mean"] = float(np.nanmean(trace.mala_acceptance))
     if trace.eval_loss is not None:
-        metrics["llc_mean_full_loss"] = float(config.resolved_nbeta * (np.nanmean(trace.eval_loss) - loss0))
+        healthy = trace.eval_loss[trace.diverged_at < 0]
+        if healthy.size:
+            metrics["llc_mean_full_loss"] = float(config.resolved_nbeta * (np.nanmean(healthy) - loss0))
+    if "diverging" in trace.stats:
+        metrics["divergent_transitions"] = int(trace.stats["diverging"].sum())
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}

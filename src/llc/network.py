@@ -150,7 +150,7 @@ class MLP:
     def autograd_loss_and_grad(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same as `loss_and_grad`, through autograd: the reference the hand-written pass is tested against."""
+        """`loss_and_grad` through autograd: the reference the hand-written pass is tested against."""
         p = params.detach().requires_grad_(True)
         value = _loss_value(self.loss, self.reference_forward(p, x) - _chainwise(y, p.shape[0]))
         (grad,) = torch.autograd.grad(value.sum(), p)

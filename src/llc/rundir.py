@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,14 @@ class RunDir:
         self.path = Path(root) / run_id
 
     def prepare(self) -> Path:
+        """An empty directory for a fresh computation: the manifest goes first, then stale files."""
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST).unlink(missing_ok=True)
+        for stale in self.path.iterdir():
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         return self.path
 
     def write_json(self, name: str, data: Any) -> Path:
@@ -39,7 +46,8 @@ class RunDir:
         files = {
             p.relative_to(self.path).as_posix(): _sha256(p)
             for p in sorted(self.path.rglob("*"))
-            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+            # Plots are presentation: `llc analyze` may redraw them without breaking the seal.
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".") and p.suffix != ".png"
         }
         self.write_json(MANIFEST, {"run_id": self.run_id, "files": files})
 
@@ -63,11 +71,23 @@ def atomic_write(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Give a finished temporary file normal permissions (mkstemp makes 0600) and rename it into place."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _sha256(path: Path) -> str:

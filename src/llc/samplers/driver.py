@@ -6,6 +6,7 @@ time with autograd gradients, the independent reference that must give the same 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import torch
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers import KERNELS
+from llc.threads import cpu_threads, threads_for
 
 Progress = Callable[[int, int], None]
 
@@ -33,7 +35,8 @@ class Trace:
     mala_acceptance: np.ndarray | None = None  # [C, E]
     diverged_at: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [C], -1: never
     grad_evals: int = 0  # per chain, including warm-up
-    t_sampling_s: float = 0.0
+    t_sampling_s: float = 0.0  # after warm-up
+    t_warmup_s: float = 0.0
 
 
 def sample(
@@ -44,6 +47,24 @@ def sample(
     progress: Progress | None = None,
 ) -> Trace:
     """Sample according to config.gpu_mode and return the trace with per-draw LLC."""
+    threads = 0 if posterior.x.is_cuda else threads_for(config.threads, step_work(config, posterior))
+    with cpu_threads(threads):
+        return _sample(config, posterior, loss0, gen, progress)
+
+
+def step_work(config: RunConfig, posterior: LocalizedPosterior) -> int:
+    """Multiply-adds of one forward pass of all chains on one batch."""
+    batch = min(posterior.batch_size or posterior.n, posterior.n)
+    return config.chains * batch * sum(a * b for a, b in itertools.pairwise(posterior.model.widths))
+
+
+def _sample(
+    config: RunConfig,
+    posterior: LocalizedPosterior,
+    loss0: float,
+    gen: torch.Generator,
+    progress: Progress | None,
+) -> Trace:
     if config.gpu_mode != "sequential":
         return _run_chains(config, posterior, loss0, config.chains, gen, progress)
     traces = []
@@ -82,36 +103,48 @@ def _run_chains(
     w_proj = torch.zeros((chains, draws, config.projections), device=device, dtype=dtype)
     stats: dict[str, torch.Tensor] = {}
     eval_every = config.eval_every
-    n_evals = config.steps // eval_every if eval_every else 0
+    # hmc and mclmc already record the full-data loss at every draw.
+    n_evals = config.steps // eval_every if eval_every and kernel.minibatch else 0
     eval_loss = torch.full((chains, n_evals), math.nan, device=device, dtype=dtype)
     mala = torch.full((chains, n_evals), math.nan, device=device, dtype=dtype)
     total = _total_steps(config)
 
-    start = time.perf_counter()
+    # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
+    eval_gen = torch.Generator(device=device).manual_seed(gen.initial_seed() + 1)
+    start = sampling_start = time.perf_counter()
     for t in range(total):
         tune = t < config.warmup
-        state, info = kernel.step(state, gen, tune)
         s = t - config.warmup
-        if s >= 0 and (s + 1) % config.thin == 0:
+        if s == 0:
+            _synchronize(device)
+            sampling_start = time.perf_counter()
+        record = s >= 0 and (s + 1) % config.thin == 0
+        # Minibatch kernels report the loss at the position they start from; the others, where they land.
+        before = (
+            kernel.position(state).clone() if record and kernel.minibatch and config.projections else None
+        )
+        state, info = kernel.step(state, gen, tune)
+        if record:
             d = s // config.thin
             losses[:, d] = info.loss
             if config.projections:
-                w_proj[:, d] = (kernel.position(state) - posterior.w_star) @ directions
+                position = before if before is not None else kernel.position(state)
+                w_proj[:, d] = (position - posterior.w_star) @ directions
             for name, value in info.stats.items():
-                stats.setdefault(name, torch.full((chains, draws), math.nan, device=device, dtype=dtype))[
-                    :, d
-                ] = value
-        if s >= 0 and eval_every and (s + 1) % eval_every == 0 and (s + 1) // eval_every <= n_evals:
+                if name not in stats:
+                    fill = False if value.dtype == torch.bool else math.nan
+                    stats[name] = torch.full((chains, draws), fill, device=device, dtype=value.dtype)
+                stats[name][:, d] = value
+        if s >= 0 and n_evals and (s + 1) % eval_every == 0 and (s + 1) // eval_every <= n_evals:
             e = (s + 1) // eval_every - 1
             position = kernel.position(state)
             eval_loss[:, e] = posterior.full_loss(position)
             if config.sampler == "sgld":
-                mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, gen)
+                mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, eval_gen)
         if progress is not None and (t + 1) % 50 == 0:
             progress(t + 1, total)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    _synchronize(device)
+    end = time.perf_counter()
     if progress is not None:
         progress(total, total)
 
@@ -125,13 +158,22 @@ def _run_chains(
         loss=loss_np,
         llc=llc,
         w_proj=w_proj.cpu().double().numpy(),
-        stats={k: v.cpu().double().numpy() for k, v in stats.items()},
+        stats={
+            k: v.cpu().numpy() if v.dtype == torch.bool else v.cpu().double().numpy()
+            for k, v in stats.items()
+        },
         eval_loss=eval_loss.cpu().double().numpy() if n_evals else None,
         mala_acceptance=mala.cpu().double().numpy() if n_evals and config.sampler == "sgld" else None,
         diverged_at=diverged_at,
         grad_evals=total * kernel.grad_evals_per_step,
-        t_sampling_s=elapsed,
+        t_sampling_s=end - sampling_start,
+        t_warmup_s=sampling_start - start,
     )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def mala_acceptance(
@@ -176,4 +218,5 @@ def _concat(traces: list[Trace]) -> Trace:
         diverged_at=np.concatenate([t.diverged_at for t in traces]),
         grad_evals=first.grad_evals,
         t_sampling_s=sum(t.t_sampling_s for t in traces),
+        t_warmup_s=sum(t.t_warmup_s for t in traces),
     )

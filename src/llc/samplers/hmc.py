@@ -75,10 +75,10 @@ class HMC:
         state.potential = torch.where(accept, potential, state.potential)
         if tune and self.adaptation is not None:
             state.step_size = self.adaptation.update(accept_prob.unsqueeze(1))
-        energy = state.potential + 0.5 * p.square().sum(dim=1)
         stats = {
             "acceptance_rate": accept_prob,
-            "energy": torch.where(accept, h1, h0) if energy.isfinite().all() else energy,
+            # The Hamiltonian of the state kept, with the momentum it was proposed with or started from.
+            "energy": torch.where(accept, h1, h0),
             "step_size": eps[:, 0],
             "diverging": ~(h1 - h0 < DIVERGENCE_ENERGY),
         }

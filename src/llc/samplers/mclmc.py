@@ -52,7 +52,7 @@ class MCLMC:
         u = _normalize(torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype))
         chains, dim = w.shape
         step = torch.full((chains, 1), self.initial_step, dtype=w.dtype, device=w.device)
-        # BlackJAX starts with L = 4 step sizes... scaled by sqrt(d) through the initial step.
+        # Until warm-up measures the posterior's spread, take L = sqrt(d) initial step sizes.
         L = step * math.sqrt(dim)
         return MCLMCState(w, u, loss, self.posterior.potential(w, loss), grad, step, L)
 
@@ -62,7 +62,9 @@ class MCLMC:
     def _momentum_update(
         self, u: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ESH update of unit momentum by the log-density gradient -grad over time eps; returns (u, kinetic change)."""
+        """ESH update of unit momentum u by the log-density gradient -grad over time eps.
+
+        Returns the new momentum and the kinetic energy change."""
         dim = u.shape[1]
         g_norm = grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
         e = -grad / g_norm
@@ -94,7 +96,7 @@ class MCLMC:
         state.grad = torch.where(keep, grad, state.grad)
         state.loss = torch.where(ok, loss, state.loss)
         state.potential = torch.where(ok, potential, state.potential)
-        stats = {"energy_change": energy_change, "step_size": eps[:, 0], "energy": state.potential}
+        stats = {"energy_change": energy_change, "step_size": eps[:, 0], "potential": state.potential}
         return state, StepInfo(state.loss, stats)
 
     def _tune(
@@ -119,7 +121,8 @@ class MCLMC:
         state.step_size = torch.where(too_big.unsqueeze(1), 0.8 * state.step_size, new_step)
         if self._tune_t > self.warmup // 2:
             self._accumulate_moments(torch.where(ok.unsqueeze(1), w, state.w))
-        if self._tune_t == self.warmup and self._moments is not None:
+        # With too few warm-up draws the spread is noise: keep the initial L then.
+        if self._tune_t == self.warmup and self._moments is not None and self._moments[0].item() >= 10:
             count, mean, sq = self._moments
             var = (sq / count - (mean / count) ** 2).clamp_min(0)
             state.L = torch.sqrt(var.sum(dim=1, keepdim=True)).clamp_min(1e-12)

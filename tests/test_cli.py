@@ -1,0 +1,64 @@
+"""The llc command line: runs, reuse, clear errors, analyze, config show."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from llc.cli import app
+
+runner = CliRunner()
+TINY = [
+    "--set",
+    "steps=60",
+    "--set",
+    "warmup=10",
+    "--set",
+    "erm_steps=50",
+    "--set",
+    "chains=2",
+    "--set",
+    "n_data=300",
+]
+
+
+def test_run_prints_the_run_directory_and_reuses_it(tmp_path):
+    first = runner.invoke(app, ["run", "--sampler", "sgld", "--runs-dir", str(tmp_path), *TINY])
+    assert first.exit_code == 0, first.output
+    run_dir = Path(first.stdout.strip().splitlines()[-1])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (
+        metrics["sampler"] == "sgld" and (run_dir / "config.json").exists() and (run_dir / "sgld.nc").exists()
+    )
+    assert (run_dir / "llc_running.png").exists()
+    second = runner.invoke(app, ["run", "--sampler", "sgld", "--runs-dir", str(tmp_path), *TINY])
+    assert second.exit_code == 0 and "(cached)" in second.output
+    third = runner.invoke(app, ["run", "--sampler", "sgld", "--runs-dir", str(tmp_path), "--no-skip", *TINY])
+    assert third.exit_code == 0 and "(cached)" not in third.output
+
+
+def test_set_takes_yaml_values(tmp_path):
+    result = runner.invoke(app, ["config", "show", "--set", "widths=[4,3]", "--set", "activation=relu"])
+    assert result.exit_code == 0
+    assert "- 4\n- 3" in result.stdout and "activation: relu" in result.stdout and "run_id:" in result.stdout
+
+
+def test_bad_config_exits_2_naming_the_key_before_any_work(tmp_path):
+    result = runner.invoke(app, ["run", "--sampler", "sgld", "--runs-dir", str(tmp_path), "--set", "gama=3"])
+    assert result.exit_code == 2 and "gama: unknown key" in result.output and "gamma" in result.output
+    assert not any(tmp_path.iterdir())
+    malformed = runner.invoke(app, ["run", "--sampler", "sgld", "--set", "chains"])
+    assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
+
+
+def test_analyze_redraws_plots(tmp_path):
+    run = runner.invoke(app, ["run", "--sampler", "hmc", "--runs-dir", str(tmp_path), *TINY])
+    run_dir = Path(run.stdout.strip().splitlines()[-1])
+    for png in run_dir.glob("*.png"):
+        png.unlink()
+    result = runner.invoke(app, ["analyze", str(run_dir)])
+    assert (
+        result.exit_code == 0 and (run_dir / "energy.png").exists() and (run_dir / "llc_trace.png").exists()
+    )
+    missing = runner.invoke(app, ["analyze", str(tmp_path)])
+    assert missing.exit_code == 2

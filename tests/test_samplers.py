@@ -1,0 +1,122 @@
+"""Sampler behaviour: divergence handling, vectorized == sequential in distribution, adaptation."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from llc.config import build_config
+from llc.erm import train
+from llc.experiment import run_llc
+from llc.network import MLP
+from llc.posterior import LocalizedPosterior
+from llc.problems import build_problem
+from llc.samplers.driver import mala_acceptance, sample
+
+RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "n_data": 2000, "noise_scale": 0.1,
+       "erm_steps": 1500, "gamma": 1.0, "projections": 2}  # fmt: skip
+
+
+def _posterior(config):
+    problem = build_problem(config)
+    w_star, loss0 = train(problem, config.erm_steps, config.erm_lr, config.seed)
+    batch = config.batch_size if config.sampler in ("sgld", "sghmc") else None
+    return LocalizedPosterior(
+        problem.model, problem.x, problem.y, w_star, config.resolved_nbeta, config.gamma, batch
+    ), loss0
+
+
+def _estimate(config):
+    posterior, loss0 = _posterior(config)
+    trace = sample(config, posterior, loss0, torch.Generator().manual_seed(config.seed + 17))
+    from llc.diagnostics import summarize
+
+    return summarize(trace.llc), trace
+
+
+def test_vectorized_and_sequential_agree_within_standard_errors():
+    common = {**RRR, "sampler": "sgld", "chains": 4, "steps": 1500, "batch_size": 2000, "step_size": 1e-4}
+    vec, _ = _estimate(build_config(None, {**common, "gpu_mode": "vectorized"}))
+    seq, _ = _estimate(build_config(None, {**common, "gpu_mode": "sequential"}))
+    tolerance = 4 * math.hypot(vec["llc_se"], seq["llc_se"])
+    assert abs(vec["llc_mean"] - seq["llc_mean"]) < tolerance, (vec, seq)
+    assert vec["llc_mean"] != seq["llc_mean"]  # really two different computations
+
+
+def test_a_diverging_chain_is_reported_and_the_run_completes(tmp_path, monkeypatch):
+    """Chain 2's gradient becomes non-finite after 40 steps; the others finish and give the estimate."""
+    original = MLP.loss_and_grad
+    calls = {"n": 0}
+
+    def poisoned(self, params, x, y):
+        calls["n"] += 1
+        loss, grad = original(self, params, x, y)
+        if calls["n"] > 40 and params.shape[0] == 4:
+            grad[2] = math.inf
+        return loss, grad
+
+    monkeypatch.setattr(MLP, "loss_and_grad", poisoned)
+    config = build_config(None, {**RRR, "sampler": "sgld", "chains": 4, "steps": 300, "erm_steps": 100})
+    result = run_llc(config, tmp_path)
+    metrics = result.metrics
+    assert metrics["chains_diverged"] == 1 and metrics["diverged_chains"] == [2]
+    assert metrics["chains_used"] == 3 and math.isfinite(metrics["llc_mean"])
+    assert json.loads((result.path / "metrics.json").read_text())["diverged_chains"] == [2]
+    assert (result.path / "complete.json").exists()
+
+
+def test_all_chains_diverging_still_writes_a_readable_result(tmp_path):
+    config = build_config(
+        None, {**RRR, "sampler": "sgld", "chains": 2, "steps": 200, "step_size": 10.0, "erm_steps": 50}
+    )
+    metrics = run_llc(config, tmp_path).metrics
+    assert metrics["chains_diverged"] == 2 and metrics["llc_mean"] is None
+
+
+def test_hmc_tunes_its_step_size_to_the_target_acceptance():
+    config = build_config(None, {**RRR, "sampler": "hmc", "chains": 4, "steps": 300, "warmup": 300,
+                                 "n_leapfrog": 5, "target_accept": 0.75})  # fmt: skip
+    _, trace = _estimate(config)
+    acceptance = np.nanmean(trace.stats["acceptance_rate"])
+    assert 0.6 < acceptance < 0.92, acceptance
+    assert np.allclose(trace.stats["step_size"][:, 0], trace.stats["step_size"][:, -1])  # fixed after warm-up
+
+
+def test_mclmc_tunes_energy_error_towards_its_target():
+    config = build_config(None, {**RRR, "sampler": "mclmc", "chains": 4, "steps": 300, "warmup": 400})
+    _, trace = _estimate(config)
+    dim = 30
+    var_per_dim = np.nanvar(trace.stats["energy_change"]) / dim
+    assert 5e-5 < var_per_dim < 5e-3, var_per_dim
+
+
+def test_thinning_and_evaluation_set_the_trace_shapes():
+    config = build_config(
+        None, {**RRR, "sampler": "sgld", "chains": 3, "steps": 100, "thin": 4, "eval_every": 25}
+    )
+    _, trace = _estimate(config)
+    assert trace.llc.shape == (3, 25) and trace.w_proj.shape == (3, 25, 2)
+    assert trace.eval_loss is not None and trace.eval_loss.shape == (3, 4)
+    assert trace.mala_acceptance is not None and np.all(
+        (trace.mala_acceptance >= 0) & (trace.mala_acceptance <= 1)
+    )
+
+
+@pytest.mark.parametrize(("step", "healthy"), [(1e-5, True), (1e-2, False)])
+def test_mala_check_separates_healthy_from_too_large_step_sizes(step, healthy):
+    config = build_config(None, {**RRR, "sampler": "sgld", "chains": 4})
+    posterior, _ = _posterior(config)
+    w = posterior.w_star.expand(4, -1).clone()
+    acceptance = mala_acceptance(posterior, w, step, torch.Generator().manual_seed(0)).mean().item()
+    assert (acceptance > 0.9) == healthy, acceptance
+
+
+@pytest.mark.parametrize("precond", ["rmsprop", "adam"])
+def test_preconditioned_sgld_runs_and_stays_finite(precond):
+    config = build_config(
+        None, {**RRR, "sampler": "sgld", "precond": precond, "chains": 2, "steps": 300, "step_size": 1e-3}
+    )
+    summary, trace = _estimate(config)
+    assert (trace.diverged_at == -1).all() and summary["llc_mean"] > 0
