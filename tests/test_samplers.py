@@ -120,3 +120,59 @@ def test_preconditioned_sgld_runs_and_stays_finite(precond):
     )
     summary, trace = _estimate(config)
     assert (trace.diverged_at == -1).all() and summary["llc_mean"] > 0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sampler", ["sgld", "hmc", "mclmc"])
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(sampler, tmp_path):
+    """Interrupt at step 100 of 200 (warm-up done), resume: only the rest is computed, and identically."""
+    from llc.samplers.driver import Checkpointing
+
+    config = build_config(
+        None, {**RRR, "sampler": sampler, "chains": 3, "steps": 150, "warmup": 50, "n_leapfrog": 3}
+    )
+    posterior, loss0 = _posterior(config)
+    reference = sample(config, posterior, loss0, torch.Generator().manual_seed(5))
+
+    def stop_at_100(done, total):
+        if done == 100:  # progress reports every 50 steps; checkpoints every step
+            raise _Interrupted
+
+    checkpoint = Checkpointing(tmp_path / "ckpt.pt", every_s=0.0)
+    with pytest.raises(_Interrupted):
+        sample(config, posterior, loss0, torch.Generator().manual_seed(5), stop_at_100, checkpoint)
+    assert checkpoint.path.exists()
+    from llc.samplers import KERNELS  # count the steps the resumed run really takes
+
+    calls = {"n": 0}
+    original = KERNELS[sampler].step
+
+    def counting(self, state, gen, tune):
+        calls["n"] += 1
+        return original(self, state, gen, tune)
+
+    KERNELS[sampler].step = counting
+    try:
+        resumed = sample(config, posterior, loss0, torch.Generator().manual_seed(5), None, checkpoint)
+    finally:
+        KERNELS[sampler].step = original
+    assert calls["n"] == 200 - 100
+    np.testing.assert_array_equal(resumed.llc, reference.llc)
+    np.testing.assert_array_equal(resumed.w_proj, reference.w_proj)
+
+
+def test_run_llc_keeps_the_checkpoint_until_the_result_is_sealed(tmp_path):
+    from llc.rundir import RunDir
+
+    config = build_config(None, {**RRR, "sampler": "sgld", "chains": 2, "steps": 100, "erm_steps": 50})
+    run_dir = RunDir(tmp_path, config.run_id)
+    run_dir.prepare()
+    run_dir.checkpoint.write_bytes(b"not a checkpoint")  # unreadable: sampling starts over
+    (run_dir.path / "stale.txt").write_text("from a failed attempt")
+    result = run_llc(config, tmp_path, checkpoint_every_s=0.0)
+    assert result.metrics["chains_used"] == 2
+    assert not run_dir.checkpoint.exists() and not (run_dir.path / "stale.txt").exists()
+    assert run_dir.is_complete()

@@ -20,7 +20,7 @@ from llc.posterior import LocalizedPosterior
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.rundir import RunDir, atomic_write
-from llc.samplers.driver import Progress, Trace, sample
+from llc.samplers.driver import Checkpointing, Progress, Trace, sample
 from llc.threads import cpu_threads, threads_for
 
 
@@ -53,13 +53,21 @@ def resolve_device(config: RunConfig) -> torch.device:
 
 
 def run_llc(
-    config: RunConfig, runs_dir: Path, skip: bool = True, progress: Progress | None = None
+    config: RunConfig,
+    runs_dir: Path,
+    skip: bool = True,
+    progress: Progress | None = None,
+    checkpoint_every_s: float | None = None,
 ) -> RunResult:
-    """Run (or reuse, when skip and a complete result exists) one LLC estimate under runs_dir/<run_id>."""
+    """Run (or reuse, when skip and a complete result exists) one LLC estimate under runs_dir/<run_id>.
+
+    With checkpoint_every_s, sampling saves its progress that often and a later call resumes from it.
+    """
     run_dir = RunDir(runs_dir, config.run_id)
     if skip and run_dir.is_complete():
         return RunResult(run_dir.path, run_dir.read_json("metrics.json"), cached=True)
-    metrics = LLCExperiment(runs_dir / "families").run(config, run_dir.prepare(), progress)
+    experiment = LLCExperiment(runs_dir / "families", checkpoint_every_s)
+    metrics = experiment.run(config, run_dir.prepare(), progress)
     run_dir.seal()
     return RunResult(run_dir.path, metrics, cached=False)
 
@@ -69,8 +77,9 @@ class LLCExperiment:
 
     config_model = RunConfig
 
-    def __init__(self, family_cache: Path | None = None) -> None:
+    def __init__(self, family_cache: Path | None = None, checkpoint_every_s: float | None = None) -> None:
         self.family_cache = family_cache
+        self.checkpoint_every_s = checkpoint_every_s
 
     def run(self, config: RunConfig, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
         keep_freed_memory()
@@ -101,7 +110,10 @@ class LLCExperiment:
             # Full-batch gradients of linear networks from second moments: exact and n times cheaper.
             posterior = replace(posterior, grad_fn=gram.GramLoss(problem.model, posterior.x, posterior.y))
         gen = torch.Generator(device=device).manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
-        trace = sample(config, posterior, loss0, gen, progress)
+        checkpoint = None
+        if self.checkpoint_every_s is not None and config.gpu_mode != "sequential":
+            checkpoint = Checkpointing(out.checkpoint, self.checkpoint_every_s)
+        trace = sample(config, posterior, loss0, gen, progress, checkpoint)
         metrics = build_metrics(config, problem, trace, loss0, t_erm, device)
         attrs = {
             "run_id": config.run_id,

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "complete.json"
+# Sampling progress of an interrupted computation; kept by prepare() so the next attempt resumes.
+CHECKPOINT = ".checkpoint.pt"
 
 
 class RunDir:
@@ -27,6 +29,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST).unlink(missing_ok=True)
         for stale in self.path.iterdir():
+            if stale.name == CHECKPOINT:
+                continue
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
@@ -41,8 +45,13 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
     def seal(self) -> None:
         """Record a checksum of every file; from now on the directory is a complete result."""
+        self.checkpoint.unlink(missing_ok=True)
         files = {
             p.relative_to(self.path).as_posix(): _sha256(p)
             for p in sorted(self.path.rglob("*"))

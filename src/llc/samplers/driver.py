@@ -6,21 +6,33 @@ time with autograd gradients, the independent reference that must give the same 
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
+from llc.rundir import atomic_write
 from llc.samplers import KERNELS
 from llc.threads import cpu_threads, threads_for
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Save the sampler's progress to `path` every `every_s` seconds; resume from it when present."""
+
+    path: Path
+    every_s: float = 60.0
 
 
 @dataclass
@@ -45,11 +57,16 @@ def sample(
     loss0: float,
     gen: torch.Generator,
     progress: Progress | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> Trace:
-    """Sample according to config.gpu_mode and return the trace with per-draw LLC."""
+    """Sample according to config.gpu_mode and return the trace with per-draw LLC.
+
+    With `checkpoint`, a vectorized run saves its progress periodically and, started again, resumes
+    from the last save with the same random streams, so an interrupted run ends as an uninterrupted one.
+    """
     threads = 0 if posterior.x.is_cuda else threads_for(config.threads, step_work(config, posterior))
     with cpu_threads(threads):
-        return _sample(config, posterior, loss0, gen, progress)
+        return _sample(config, posterior, loss0, gen, progress, checkpoint)
 
 
 def step_work(config: RunConfig, posterior: LocalizedPosterior) -> int:
@@ -64,16 +81,17 @@ def _sample(
     loss0: float,
     gen: torch.Generator,
     progress: Progress | None,
+    checkpoint: Checkpointing | None,
 ) -> Trace:
     if config.gpu_mode != "sequential":
-        return _run_chains(config, posterior, loss0, config.chains, gen, progress)
+        return _run_chains(config, posterior, loss0, config.chains, gen, progress, checkpoint)
     traces = []
     reference = replace(posterior, grad_fn=posterior.model.autograd_loss_and_grad)
     for c in range(config.chains):
         chain_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1000 * (c + 1))
         done = c * _total_steps(config)
         step_progress = (lambda i, n, done=done: progress(done + i, n * config.chains)) if progress else None
-        traces.append(_run_chains(config, reference, loss0, 1, chain_gen, step_progress))
+        traces.append(_run_chains(config, reference, loss0, 1, chain_gen, step_progress, None))
     return _concat(traces)
 
 
@@ -88,6 +106,7 @@ def _run_chains(
     chains: int,
     gen: torch.Generator,
     progress: Progress | None,
+    checkpoint: Checkpointing | None,
 ) -> Trace:
     kernel = KERNELS[config.sampler](posterior, config)
     grad_fn = posterior.grad_fn
@@ -111,11 +130,39 @@ def _run_chains(
 
     # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
     eval_gen = torch.Generator(device=device).manual_seed(gen.initial_seed() + 1)
-    start = sampling_start = time.perf_counter()
-    for t in range(total):
+    first, warm_before, sampled_before = 0, 0.0, 0.0
+    record_arrays = {"losses": losses, "w_proj": w_proj, "eval_loss": eval_loss, "mala": mala}
+    saved = _load_checkpoint(checkpoint.path, device) if checkpoint is not None else None
+    if saved is not None:
+        state, stats = saved["state"], saved["stats"]
+        kernel.__dict__.update(saved["kernel"])
+        for name, array in record_arrays.items():
+            array.copy_(saved[name])
+        gen.set_state(saved["gen"])
+        eval_gen.set_state(saved["eval_gen"])
+        first, warm_before, sampled_before = saved["t"], saved["t_warmup_s"], saved["t_sampling_s"]
+    start = time.perf_counter()
+    sampling_start = start if first >= config.warmup else None
+    last_save = start
+
+    def save(t_next: int) -> None:
+        now = time.perf_counter()
+        warm = warm_before + ((sampling_start or now) - start if first < config.warmup else 0.0)
+        sampled = sampled_before + (now - sampling_start if sampling_start is not None else 0.0)
+        kernel_state = {k: v for k, v in kernel.__dict__.items() if k != "posterior"}
+        payload = {
+            "t": t_next, "state": state, "stats": stats, "kernel": kernel_state, "gen": gen.get_state(),
+            "eval_gen": eval_gen.get_state(), "t_warmup_s": warm, "t_sampling_s": sampled, **record_arrays,
+        }  # fmt: skip
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        assert checkpoint is not None
+        atomic_write(checkpoint.path, buffer.getvalue())
+
+    for t in range(first, total):
         tune = t < config.warmup
         s = t - config.warmup
-        if s == 0:
+        if s == 0 and sampling_start is None:
             _synchronize(device)
             sampling_start = time.perf_counter()
         record = s >= 0 and (s + 1) % config.thin == 0
@@ -141,10 +188,15 @@ def _run_chains(
             eval_loss[:, e] = posterior.full_loss(position)
             if config.sampler == "sgld":
                 mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, eval_gen)
+        if checkpoint is not None and t + 1 < total and time.perf_counter() - last_save >= checkpoint.every_s:
+            save(t + 1)
+            last_save = time.perf_counter()
         if progress is not None and (t + 1) % 50 == 0:
             progress(t + 1, total)
     _synchronize(device)
     end = time.perf_counter()
+    if sampling_start is None:
+        sampling_start = end
     if progress is not None:
         progress(total, total)
 
@@ -166,9 +218,20 @@ def _run_chains(
         mala_acceptance=mala.cpu().double().numpy() if n_evals and config.sampler == "sgld" else None,
         diverged_at=diverged_at,
         grad_evals=total * kernel.grad_evals_per_step,
-        t_sampling_s=end - sampling_start,
-        t_warmup_s=sampling_start - start,
+        t_sampling_s=sampled_before + end - sampling_start,
+        t_warmup_s=warm_before + (sampling_start - start if first < config.warmup else 0.0),
     )
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """A saved progress, or None when there is none or it cannot be read (then sampling starts over)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=False, map_location=device)  # our own file, never foreign input
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _synchronize(device: torch.device) -> None:
