@@ -28,9 +28,10 @@ lint: env
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-bench: env
-	$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
-	$(PY) benchmarks/throughput.py
+bench:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
+	.venv-bench/bin/python benchmarks/throughput.py
 
 constraints: env
 	$(PY) -m pip freeze --exclude-editable | grep -v '^llc' > constraints.txt.new
@@ -38,4 +39,4 @@ constraints: env
 	rm -f constraints.txt.new
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache
