@@ -176,3 +176,14 @@ def test_run_llc_keeps_the_checkpoint_until_the_result_is_sealed(tmp_path):
     assert result.metrics["chains_used"] == 2
     assert not run_dir.checkpoint.exists() and not (run_dir.path / "stale.txt").exists()
     assert run_dir.is_complete()
+
+
+@pytest.mark.slow
+def test_compiled_sgld_agrees_with_eager():
+    """compile=true fuses SGLD's whole step (its own RNG) and estimates the same LLC as eager."""
+    common = {**RRR, "sampler": "sgld", "chains": 4, "steps": 1500, "batch_size": 256, "step_size": 1e-4}
+    eager, _ = _estimate(build_config(None, common))
+    compiled, trace = _estimate(build_config(None, {**common, "compile": True}))
+    assert (trace.diverged_at == -1).all()
+    tolerance = 4 * math.hypot(eager["llc_se"], compiled["llc_se"])
+    assert abs(eager["llc_mean"] - compiled["llc_mean"]) < tolerance, (eager, compiled)

@@ -41,7 +41,7 @@ class LocalizedPosterior:
     def dim(self) -> int:
         return self.w_star.shape[0]
 
-    def minibatch(self, chains: int, gen: torch.Generator) -> Batch:
+    def minibatch(self, chains: int, gen: torch.Generator | None) -> Batch:
         """An independent minibatch (sampled with replacement) per chain: [chains, batch, ...]."""
         if self.batch_size is None or self.batch_size >= self.n:
             return self.x, self.y

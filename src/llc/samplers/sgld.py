@@ -35,6 +35,16 @@ class SGLD:
         self.posterior = posterior
         self.eps = config.resolved_step_size
         self.precond = config.precond
+        # compile=true fuses the whole step, minibatch draw and noise included, into one graph; its
+        # random numbers then come from torch's global (counter-based, parallel) generator.
+        self.compiles_itself = config.compile and self.precond == "none"
+        self._fused = torch.compile(self._langevin_step, dynamic=False) if self.compiles_itself else None
+        if self.compiles_itself:
+            torch.manual_seed(config.seed)
+
+    def _langevin_step(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, grad = self.posterior.loss_and_grad(w, self.posterior.minibatch(w.shape[0], None))
+        return loss, w - (0.5 * self.eps) * grad + math.sqrt(self.eps) * torch.randn_like(w)
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
         if self.precond == "none":
@@ -46,6 +56,9 @@ class SGLD:
         return state.w
 
     def step(self, state: SGLDState, gen: torch.Generator, tune: bool) -> tuple[SGLDState, StepInfo]:
+        if self._fused is not None:
+            loss, state.w = self._fused(state.w)
+            return state, StepInfo(loss)
         w = state.w
         loss, grad = self.posterior.loss_and_grad(w, self.posterior.minibatch(w.shape[0], gen))
         noise = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
