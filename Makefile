@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: env demo test lint bench constraints clean
+.PHONY: env demo test lint bench constraints clean slurm-up slurm-down
 
 env: $(STAMP)
 
@@ -18,9 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: env
-	$(VENV)/bin/llc run --sampler sgld --preset quick
+	$(PY) flows/sweep.py --study studies/quick.yaml
 
-test: env
+test: env slurm-up
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
@@ -37,6 +38,17 @@ constraints: env
 	$(PY) -m pip freeze --exclude-editable | grep -v '^llc' > constraints.txt.new
 	{ sed -n '1,2p' constraints.txt; cat constraints.txt.new; } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 	rm -f constraints.txt.new
+
+# A single-node SLURM cluster on this machine (deployments/slurm) and the slurm extra in the venv.
+slurm-up: $(VENV)/.slurm-installed
+	$(SUDO) deployments/slurm/up.sh
+
+$(VENV)/.slurm-installed: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[slurm]"
+	touch $@
+
+slurm-down:
+	$(SUDO) deployments/slurm/down.sh
 
 clean:
 	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache

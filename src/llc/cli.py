@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+sweep_app = typer.Typer(help="Run a study as the Prefect flow `sweep`, or summarize a past sweep.")
+app.add_typer(sweep_app, name="sweep")
 err = Console(stderr=True)
 
 SetOption = Annotated[
@@ -122,6 +124,94 @@ def config_show(
             {"run_id": config.run_id, "family_id": config.family_id, **config.normalized()}, sort_keys=False
         )
     )
+
+
+RunsDirOption = Annotated[Path | None, typer.Option(help="where results go (env LLC_RUNS_DIR)")]
+
+
+@sweep_app.callback(invoke_without_command=True)
+def sweep(
+    ctx: typer.Context,
+    study: Annotated[
+        Path | None, typer.Option(help="study YAML (env LLC_STUDY, default studies/quick.yaml)")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="where cells run: local (env LLC_BACKEND)")] = None,
+    runs_dir: RunsDirOption = None,
+    skip: Annotated[bool, typer.Option("--skip/--no-skip", help="reuse complete results of cells")] = True,
+    max_parallel: Annotated[int | None, typer.Option(help="cells at once (env LLC_MAX_PARALLEL)")] = None,
+    timeout_s: Annotated[float | None, typer.Option(help="a cell's time limit (env LLC_TIMEOUT_S)")] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="retries of retryable failures (env LLC_RETRIES)")
+    ] = None,
+) -> None:
+    """Run every cell of a study (on Prefect's temporary server unless PREFECT_API_URL is set)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from llc.sweeps.flow import sweep as sweep_flow
+    from llc.sweeps.plan import plan_sweep
+
+    study_path = str(study or load_settings().study)
+    try:
+        plan_sweep(study_path)  # a bad study is reported here, before a Prefect server starts
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    state = sweep_flow(
+        study=study_path, backend=backend, runs_dir=str(runs_dir) if runs_dir else None, skip=skip,
+        max_parallel=max_parallel, timeout_s=timeout_s, retries=retries, return_state=True,
+    )  # fmt: skip
+    if not state.is_completed():
+        err.print(f"[red]error:[/red] the sweep could not run: {state.message}")
+        raise typer.Exit(1)
+    result = state.result()
+    err.print(
+        f"{result['total']} cells: {result['ok']} ok, {result['failed']} failed, {result['cached']} cached"
+    )
+    typer.echo(result["results"])
+
+
+@sweep_app.command("status")
+def sweep_status(
+    sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
+    runs_dir: RunsDirOption = None,
+) -> None:
+    """Summarize a sweep from its results.csv: counts, durations, best cell, LLC by sampler, failures."""
+    from llc.sweeps.results import read_results
+    from llc.sweeps.summary import summarize, to_markdown
+
+    folder = _sweep_folder(sweep_id, runs_dir)
+    rows = read_results(folder / "results.csv")
+    typer.echo(
+        to_markdown(folder.name, summarize(rows, load_settings().best_by), str(folder / "results.csv"))
+    )
+
+
+@app.command("plot-sweep")
+def plot_sweep(
+    sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
+    runs_dir: RunsDirOption = None,
+) -> None:
+    """Draw a sweep's figures (PNG) into its plots/ folder; prints their paths."""
+    from llc.sweeps.plots import draw_sweep_plots
+    from llc.sweeps.results import read_results
+
+    folder = _sweep_folder(sweep_id, runs_dir)
+    for path in draw_sweep_plots(read_results(folder / "results.csv"), folder / "plots"):
+        typer.echo(str(path))
+
+
+def _sweep_folder(sweep_id: str, runs_dir: Path | None) -> Path:
+    """runs/sweeps/<sweep_id>, found by id, unique prefix or path; exits 2 naming the known sweeps."""
+    if (Path(sweep_id) / "results.csv").exists():
+        return Path(sweep_id)
+    root = (runs_dir or load_settings().runs_dir) / "sweeps"
+    known = sorted(p.name for p in root.glob("*") if (p / "results.csv").exists())
+    matches = [name for name in known if name == sweep_id] or [n for n in known if n.startswith(sweep_id)]
+    if len(matches) != 1:
+        why = "matches several sweeps" if matches else "is not a sweep"
+        err.print(f"[red]error:[/red] {sweep_id!r} {why} in {root}; known: {', '.join(known) or 'none'}")
+        raise typer.Exit(2)
+    return root / matches[0]
 
 
 def _fmt(value: object) -> str:

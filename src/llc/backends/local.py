@@ -1,0 +1,265 @@
+"""The local backend: each cell runs in a worker process of this machine, killed at the cell's timeout.
+
+Workers are reused from cell to cell (a Python start-up per cell would dominate short cells) and
+replaced when one is killed or dies. A worker speaks JSON lines: a request on stdin, stage reports
+and then the record on its stdout. `python -m llc.backends.local` is the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from llc.backends.base import JobState
+from llc.sweeps.cell import Cell
+from llc.sweeps.execute import run_cell
+from llc.sweeps.record import CellRecord
+
+_EOF: dict[str, Any] = {}
+
+
+class LocalBackend:
+    """Up to `max_parallel` worker processes, each using `threads_per_cell` CPU threads."""
+
+    name = "local"
+
+    def __init__(self, max_parallel: int, threads_per_cell: int | None = None) -> None:
+        self.max_parallel = max_parallel
+        self.threads_per_cell = threads_per_cell or max(1, (os.cpu_count() or 1) // max_parallel)
+        self._slots = threading.BoundedSemaphore(max_parallel)
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> LocalJob:
+        self._slots.acquire()
+        request = {"cell": cell.model_dump(mode="json"), "runs_dir": str(runs_dir), "skip": skip}
+        try:
+            worker = self._take()
+            try:
+                worker.send(request)
+            except OSError:  # it died while idle: a fresh one gets the cell
+                self.discard(worker)
+                worker = self._take()
+                worker.send(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        return LocalJob(self, worker, cell, timeout_s)
+
+    def release(self, worker: _Worker) -> None:
+        """A worker that finished its cell goes back to the pool."""
+        with self._lock:
+            self._idle.append(worker)
+        self._slots.release()
+
+    def discard(self, worker: _Worker, free_slot: bool = True) -> None:
+        """A worker that was killed or died is dropped (and killed, to be sure)."""
+        worker.kill()
+        with self._lock:
+            self._all.discard(worker)
+        if free_slot:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._idle, self._all = list(self._all), [], set()
+        for worker in workers:
+            worker.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _take(self) -> _Worker:
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive():
+                    return worker
+                self._all.discard(worker)
+        worker = _Worker(self.threads_per_cell)
+        with self._lock:
+            self._all.add(worker)
+        return worker
+
+
+class LocalJob:
+    """A cell running in one worker; `wait` reads its stage reports and its record."""
+
+    def __init__(self, backend: LocalBackend, worker: _Worker, cell: Cell, timeout_s: float | None) -> None:
+        self.cell = cell
+        self._backend = backend
+        self._worker: _Worker | None = worker
+        self._started = time.monotonic()
+        self._deadline = self._started + timeout_s if timeout_s else None
+        self._timeout_s = timeout_s
+        self._stage = "start"
+        self._state = JobState.RUNNING
+        self._record: CellRecord | None = None
+
+    @property
+    def state(self) -> JobState:
+        return self._state
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    def wait(self, timeout: float | None = None) -> CellRecord | None:
+        until = _earliest(self._deadline, time.monotonic() + timeout if timeout is not None else None)
+        while self._state is JobState.RUNNING and self._worker is not None:
+            message = self._worker.receive(until)
+            if message is None:
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    self._end(CellRecord.timeout(self.cell, self._stage, self._timeout_s or 0), kill=True)
+                    break
+                return None
+            if message is _EOF:
+                elapsed = time.monotonic() - self._started
+                crashed = CellRecord.crashed(self.cell, self._stage, self._worker.returncode(), elapsed)
+                self._end(crashed, kill=True)
+            elif "stage" in message:
+                self._stage = message["stage"]
+            else:
+                self._end(CellRecord.model_validate(message["record"]), kill=False)
+        return self._record
+
+    def cancel(self) -> None:
+        if self._state is JobState.RUNNING and self._worker is not None:
+            self._backend.discard(self._worker)
+            self._worker = None
+            self._state = JobState.CANCELLED
+
+    def _end(self, record: CellRecord, kill: bool) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None and kill:
+            self._backend.discard(worker)
+        elif worker is not None:
+            self._backend.release(worker)
+        self._record, self._state = record, JobState.DONE
+
+
+class _Worker:
+    """One worker process in its own session, so killing its group also stops anything it started."""
+
+    def __init__(self, threads: int) -> None:
+        env = {
+            **os.environ,
+            # The parent's import path, as multiprocessing's spawn passes it: its experiments import here.
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llc.backends.local"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        self._buffer = b""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def returncode(self) -> int | None:
+        try:
+            return self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def send(self, request: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def receive(self, until: float | None) -> dict[str, Any] | None:
+        """The next message; None when `until` passes first; _EOF when the worker is gone."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = None if until is None else max(0.0, until - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return _EOF
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return json.loads(line)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._close_pipes()
+
+    def stop(self) -> None:
+        """Ask an idle worker to exit (end of its input), then make sure it did."""
+        self._close_pipes()
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+def _earliest(*times: float | None) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def serve() -> None:
+    """Worker main loop: one request per stdin line until stdin closes."""
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # an experiment's prints go to stderr, never into the protocol
+    _die_with_parent()
+
+    def send(message: dict[str, Any]) -> None:
+        channel.write(json.dumps(message) + "\n")
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        record = run_cell(
+            Cell.model_validate(request["cell"]),
+            Path(request["runs_dir"]),
+            request["skip"],
+            lambda stage: send({"stage": stage}),
+        )
+        send({"record": record.model_dump(mode="json")})
+
+
+def _die_with_parent() -> None:
+    """If the sweep process is killed (SIGKILL leaves no chance to clean up), its workers stop too."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+if __name__ == "__main__":
+    serve()

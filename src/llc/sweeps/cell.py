@@ -1,0 +1,46 @@
+"""A cell: one point of a study (problem, sampler, seed, grid values) with its validated config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from llc.sweeps.experiments import load_experiment
+
+
+class Cell(BaseModel):
+    """Immutable and JSON-serializable, so any backend can ship it to wherever the work runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    experiment: str
+    problem: str | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    grid: dict[str, Any] = {}
+    config: dict[str, Any]
+    run_id: str
+    family_id: str | None = None
+
+    def load_config(self) -> BaseModel:
+        """The experiment's config model, re-validated from the stored (already valid) values."""
+        return load_experiment(self.experiment).config_model.model_validate(self.config)
+
+
+def cell_name(problem: str | None, sampler: str | None, seed: int | None, grid: dict[str, Any]) -> str:
+    """`rrr-sgld-s0-gamma=10`: the axes that vary, in the order problem, sampler, seed, grid."""
+    parts = [p for p in (problem, sampler) if p is not None]
+    if seed is not None:
+        parts.append(f"s{seed}")
+    parts += [f"{key}={_short(value)}" for key, value in grid.items()]
+    return "-".join(parts) or "cell"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "x".join(_short(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -1,0 +1,174 @@
+"""The `sweep` flow: study → cells → one Prefect task per cell on a backend → results table → artifacts.
+
+The flow is Completed when every cell ran, failures included (they are listed in errors.csv and the
+artifacts); it is Failed only when the sweep itself cannot run, e.g. an invalid study, which is
+detected before any cell is submitted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import Task, exponential_backoff
+
+from llc.backends import Backend, get_backend, run_on
+from llc.rundir import RunDir, atomic_write
+from llc.settings import load_settings
+from llc.sweeps import artifacts
+from llc.sweeps.cell import Cell
+from llc.sweeps.execute import cached_record
+from llc.sweeps.options import SweepOptions, resolve_options
+from llc.sweeps.plan import Plan, plan_sweep
+from llc.sweeps.record import CellFailed, CellRecord, is_retryable
+from llc.sweeps.results import error_rows, result_rows, sweep_dir, write_results
+from llc.sweeps.summary import summarize, to_markdown
+
+EXTRA_TASK_THREADS = 4
+
+
+def retry_if_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a crash, an OSError or an out-of-memory; never a bad config, a diverged run or a timeout."""
+    exc = state.data
+    if isinstance(exc, CellFailed):
+        return exc.record.retryable
+    return isinstance(exc, BaseException) and is_retryable(exc)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_if_retryable)
+def run_cell_task(cell: Cell, runs_dir: Path, skip: bool, backend: Backend, timeout_s: float) -> CellRecord:
+    """One cell: its sealed result when there is one, else computed on the backend; errors fail the task."""
+    record = cached_record(cell, runs_dir) if skip else None
+    if record is None:
+        record = run_on(backend, cell, runs_dir, skip, timeout_s)
+    context = TaskRunContext.get()
+    run_dir = str(RunDir(runs_dir, cell.run_id).path)
+    record = record.model_copy(
+        update={"attempts": context.task_run.run_count if context else 1, "run_dir": run_dir}
+    )
+    if record.status == "error":
+        raise CellFailed(record)
+    return record
+
+
+def _run_name() -> str:
+    study = flow_run.parameters.get("study") or load_settings().study
+    return f"sweep-{Path(study).stem}" if isinstance(study, str | Path) else "sweep-inline"
+
+
+@flow(name="sweep", flow_run_name=_run_name, persist_result=False)
+def sweep(
+    study: str | dict[str, Any] | None = None,
+    backend: str | None = None,
+    runs_dir: str | None = None,
+    skip: bool = True,
+    max_parallel: int | None = None,
+    timeout_s: float | None = None,
+    retries: int | None = None,
+    backend_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run every cell of a study (a YAML path or an inline mapping); returns counts and the results path."""
+    started = time.perf_counter()
+    logger = get_run_logger()
+    settings = load_settings()
+    plan = plan_sweep(study if study is not None else settings.study)
+    options = resolve_options(
+        settings, plan.study.execution,
+        backend=backend, runs_dir=runs_dir, max_parallel=max_parallel, timeout_s=timeout_s, retries=retries,
+    )  # fmt: skip
+    if options.threads_per_cell is not None:
+        backend_options = {"threads_per_cell": options.threads_per_cell, **(backend_options or {})}
+    with get_backend(options.backend, options.max_parallel, backend_options) as cell_backend:
+        out = sweep_dir(options.runs_dir, plan.sweep_id)
+        atomic_write(out / "study.json", plan.study.model_dump_json(indent=2).encode())
+        logger.info(
+            "sweep %s: %d cells on the %s backend, %d at once; results in %s",
+            plan.sweep_id, len(plan.cells), options.backend, options.max_parallel, out,
+        )  # fmt: skip
+        records = _run_cells(plan, options, skip, cell_backend, out)
+    return _finish(plan, options, records, out, logger, started)
+
+
+def _run_cells(
+    plan: Plan, options: SweepOptions, skip: bool, backend: Backend, out: Path
+) -> dict[str, CellRecord]:
+    """Map one task per cell; collect records as cells finish."""
+    cell_task = run_cell_task.with_options(
+        task_run_name="{cell.name}",
+        retries=options.retries,
+        retry_delay_seconds=exponential_backoff(options.retry_delay_s) if options.retry_delay_s else 0,
+        retry_jitter_factor=options.retry_jitter or None,
+    )
+    progress = artifacts.ProgressArtifact(plan.sweep_id, len(plan.cells), options.progress_every_s)
+    records: dict[str, CellRecord] = {}
+    # The backend lets at most max_parallel cells compute; a few more task threads keep Prefect's
+    # per-task bookkeeping, cache checks and artifacts overlapping with the computing cells.
+    with ThreadPoolTaskRunner(max_workers=options.max_parallel + EXTRA_TASK_THREADS) as runner:
+        futures = runner.map(
+            cell_task,
+            {
+                "cell": plan.cells,
+                "runs_dir": unmapped(options.runs_dir),
+                "skip": unmapped(skip),
+                "backend": unmapped(backend),
+                "timeout_s": unmapped(options.timeout_s),
+            },
+        )
+        cells = {future.task_run_id: cell for future, cell in zip(futures, plan.cells, strict=True)}
+        for future in as_completed(futures):
+            record = _record(future, cells[future.task_run_id], options.runs_dir)
+            records[record.cell] = record
+            if progress.due(len(records)):
+                _write(plan, records, out)  # a partial table survives an interrupted sweep
+                progress.update(len(records))
+    return records
+
+
+def _record(future: PrefectFuture[CellRecord], cell: Cell, runs_dir: Path) -> CellRecord:
+    """The cell's record; a failure outside the cell (the orchestration itself) becomes one too."""
+    try:
+        value: Any = future.result(raise_on_failure=False)
+    except BaseException as exc:
+        value = exc
+    if isinstance(value, CellRecord):
+        return value
+    if isinstance(value, CellFailed):
+        return value.record
+    exc = value if isinstance(value, BaseException) else RuntimeError(f"task returned {value!r}")
+    record = CellRecord.from_exception(cell, exc, "orchestration", 0.0)
+    return record.model_copy(update={"run_dir": str(RunDir(runs_dir, cell.run_id).path)})
+
+
+def _write(plan: Plan, records: dict[str, CellRecord], out: Path) -> tuple[Path, list[dict[str, Any]]]:
+    rows = result_rows(plan.sweep_id, plan.cells, records)
+    path = write_results(out, rows, error_rows(plan.sweep_id, records), list(plan.study.grid))
+    return path, rows
+
+
+def _finish(
+    plan: Plan, options: SweepOptions, records: dict[str, CellRecord], out: Path, logger: Any, started: float
+) -> dict[str, Any]:
+    path, rows = _write(plan, records, out)
+    summary = summarize(rows, options.best_by)
+    markdown = to_markdown(plan.sweep_id, summary, str(path))
+    atomic_write(out / "summary.md", markdown.encode())
+    artifacts.publish(plan.sweep_id, rows, markdown)
+    wall_s = time.perf_counter() - started
+    logger.info(
+        "sweep %s finished in %.1f s: %d cells, %d ok, %d failed, %d cached; results: %s",
+        plan.sweep_id, wall_s, summary.total, summary.ok, summary.failed, summary.cached, path,
+    )  # fmt: skip
+    return {
+        "sweep_id": plan.sweep_id, "results": str(path), "errors": str(out / "errors.csv"),
+        "total": summary.total, "ok": summary.ok, "failed": summary.failed, "cached": summary.cached,
+        "wall_s": round(wall_s, 3),
+    }  # fmt: skip

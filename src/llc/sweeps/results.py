@@ -1,0 +1,106 @@
+"""The results table: one row per cell in runs/sweeps/<sweep_id>/results.csv, failures in errors.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from llc.rundir import atomic_write
+from llc.sweeps.cell import Cell
+from llc.sweeps.record import CellRecord
+
+HEAD = ["sweep_id", "cell", "problem", "sampler", "seed"]
+TAIL = [
+    "family_id", "run_id", "status", "cached", "llc_mean", "llc_se", "ess_bulk", "r_hat", "llc_true",
+    "llc_rel_error", "t_sampling_s", "grad_evals", "duration_s", "attempts", "stage", "error_type", "run_dir",
+]  # fmt: skip
+ERROR_COLUMNS = [
+    "sweep_id", "cell", "run_id", "family_id", "stage", "error_type", "error", "attempts", "duration_s",
+    "run_dir", "traceback",
+]  # fmt: skip
+
+
+def sweep_dir(runs_dir: Path, sweep_id: str) -> Path:
+    return Path(runs_dir) / "sweeps" / sweep_id
+
+
+def result_rows(sweep_id: str, cells: list[Cell], records: dict[str, CellRecord]) -> list[dict[str, Any]]:
+    """A row per cell that has a record, ordered by problem, sampler, seed, then study order."""
+    order = {cell.name: i for i, cell in enumerate(cells)}
+    rows = [_row(sweep_id, cell, records[cell.name]) for cell in cells if cell.name in records]
+    return sorted(
+        rows, key=lambda r: (str(r["problem"]), str(r["sampler"]), r["seed"] or 0, order[r["cell"]])
+    )
+
+
+def _row(sweep_id: str, cell: Cell, record: CellRecord) -> dict[str, Any]:
+    metrics = record.metrics
+    row: dict[str, Any] = {
+        "sweep_id": sweep_id, "cell": cell.name, "problem": cell.problem, "sampler": cell.sampler,
+        "seed": cell.seed, **cell.grid, "family_id": record.family_id, "run_id": record.run_id,
+        "status": record.status, "cached": record.cached,
+        **{k: metrics.get(k) for k in TAIL if k in metrics},
+        "duration_s": round(record.duration_s, 3), "attempts": record.attempts, "stage": record.stage,
+        "error_type": record.error_type, "run_dir": record.run_dir,
+    }  # fmt: skip
+    # Every other scalar metric follows, so a custom experiment's numbers land in the table too.
+    row.update({k: v for k, v in sorted(metrics.items()) if k not in row and _scalar(v)})
+    return {k: _clean(v) for k, v in row.items()}
+
+
+def error_rows(sweep_id: str, records: dict[str, CellRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "sweep_id": sweep_id,
+            **r.model_dump(include=set(ERROR_COLUMNS)),
+            "duration_s": round(r.duration_s, 3),
+        }
+        for r in sorted(records.values(), key=lambda r: r.cell)
+        if r.status == "error"
+    ]
+
+
+def write_results(
+    out: Path, rows: list[dict[str, Any]], errors: list[dict[str, Any]], grid_keys: list[str]
+) -> Path:
+    """Write results.csv (fixed columns, grid values, then other metrics) and errors.csv atomically."""
+    columns = list(dict.fromkeys([*HEAD, *grid_keys, *TAIL, *(k for row in rows for k in row)]))
+    atomic_write(out / "errors.csv", _csv(ERROR_COLUMNS, errors))
+    return atomic_write(out / "results.csv", _csv(columns, rows))
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """results.csv back as rows, with numbers and booleans parsed and blanks as None."""
+    with path.open(newline="") as f:
+        return [{k: _parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _csv(columns: list[str], rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, int | float | str | bool) or value is None
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _parse(key: str, value: str | None) -> Any:
+    if value is None or value == "":
+        return None
+    if value in ("True", "False"):
+        return value == "True"
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number

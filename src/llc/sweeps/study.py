@@ -1,0 +1,190 @@
+"""A study file: the axes of a sweep (problems × samplers × seeds × grid) over one experiment.
+
+Every problem is reported as `FILE:LINE: key: message`, the line found from the YAML node marks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llc.config import ConfigError
+from llc.settings import BEST_BY_PATTERN
+from llc.sweeps.experiments import LLC_EXPERIMENT
+
+Loc = tuple[str | int, ...]
+
+
+class StudyError(ConfigError):
+    """A study that cannot run; raised before any cell is submitted."""
+
+
+class Entry(BaseModel):
+    """One value of the problems or samplers axis: a label and the config keys it sets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class Execution(BaseModel):
+    """How the sweep runs; each key overrides the LLC_* setting of the same name, flags override these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_parallel: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    retries: int | None = Field(None, ge=0)
+    retry_delay_s: float | None = Field(None, ge=0)
+    retry_jitter: float | None = Field(None, ge=0)
+    best_by: str | None = Field(None, pattern=BEST_BY_PATTERN)
+
+
+class Study(BaseModel):
+    """What to sweep. Cells are the cartesian product problems × samplers × grid × seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
+    experiment: str = Field(LLC_EXPERIMENT, pattern=r"^[\w.]+:[\w.]+$")
+    preset: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    problems: list[Entry] = Field(default_factory=list)
+    samplers: list[Entry] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    execution: Execution = Field(default_factory=Execution)
+
+    @field_validator("problems", "samplers")
+    @classmethod
+    def _unique_names(cls, entries: list[Entry]) -> list[Entry]:
+        names = [e.name for e in entries]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"names must be unique, repeated: {dupes}")
+        return entries
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be unique, got {seeds}")
+        return seeds
+
+    @property
+    def study_hash(self) -> str:
+        """Hash of everything that decides the cells (not how they run): the sweep id's suffix."""
+        data = self.model_dump(mode="json", exclude={"execution"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class StudySource:
+    """A study's raw mapping and where each of its keys sits in the file, for error messages."""
+
+    def __init__(self, data: Any, origin: str, lines: dict[Loc, int] | None = None) -> None:
+        self.data = data
+        self.origin = origin
+        self.lines = lines or {}
+
+    @classmethod
+    def read(cls, study: str | Path | dict[str, Any]) -> StudySource:
+        """From a YAML file or an inline mapping (no line numbers)."""
+        if isinstance(study, dict):
+            return cls(study, "<inline study>")
+        path = Path(study)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise StudyError(f"cannot read study file {path}: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text)
+            lines = _key_lines(yaml.compose(text))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise StudyError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        data = data if data is not None else {}
+        if not isinstance(data, dict):
+            raise StudyError(f"{path}:1: a study is a mapping of keys (base, problems, samplers, seeds, ...)")
+        data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem))
+        return cls(data, str(path), lines)
+
+    def where(self, loc: Loc) -> str:
+        """`FILE:LINE` of the deepest known key on `loc`."""
+        for end in range(len(loc), 0, -1):
+            if loc[:end] in self.lines:
+                return f"{self.origin}:{self.lines[loc[:end]]}"
+        return self.origin
+
+    def error(self, loc: Loc, message: str) -> str:
+        return f"{self.where(loc)}: {format_loc(loc) or 'study'}: {message}"
+
+    def parse(self) -> Study:
+        """The validated Study, or a StudyError listing every problem with its line."""
+        try:
+            return Study.model_validate(self.data)
+        except ValidationError as exc:
+            issues = [self.error(loc, msg) for loc, msg in describe(exc, Study)]
+            raise StudyError("invalid study:\n  " + "\n  ".join(issues)) from None
+
+
+def describe(exc: ValidationError, model: type[BaseModel]) -> list[tuple[Loc, str]]:
+    """(location, message) per validation error, naming close matches for unknown keys."""
+    issues = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            fields = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            issues.append((loc, f"unknown key{hint}; known keys: {', '.join(fields)}"))
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        given = err.get("input")
+        shown = f" (got {given!r})" if loc and not isinstance(given, dict | list) else ""
+        issues.append((loc, msg + shown))
+    return issues
+
+
+def format_loc(loc: Loc) -> str:
+    """('problems', 0, 'overrides', 'widths') -> 'problems[0].overrides.widths'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names of the (sub)model reached by `loc`, for 'did you mean' hints."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation if part in model.model_fields else None
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        models = [a for a in inner if issubclass(a, BaseModel)]
+        if not models:
+            return list(model.model_fields)
+        model = models[0]
+    return list(model.model_fields)
+
+
+def _key_lines(node: yaml.Node | None, loc: Loc = ()) -> dict[Loc, int]:
+    """Map each key path of a composed YAML document to its 1-based line."""
+    lines: dict[Loc, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*loc, key.value)
+            lines[child] = key.start_mark.line + 1
+            lines.update(_key_lines(value, child))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*loc, i)] = item.start_mark.line + 1
+            lines.update(_key_lines(item, (*loc, i)))
+    return lines

@@ -1,0 +1,118 @@
+"""Sweeps as separate processes: SIGKILLed mid-run then resumed, and two sweeps sharing one runs directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from sweep_probe import executions, pids, probe_study, rows_by_cell
+
+from llc.rundir import RunDir
+from llc.sweeps.flow import sweep
+from llc.sweeps.plan import plan_sweep
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def sweep_process(study: Path, runs: Path, env: dict[str, str], **popen: object) -> subprocess.Popen[str]:
+    """`python flows/sweep.py` in a new session, so the whole process group can be killed."""
+    base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "flows" / "sweep.py"), "--study", str(study), "--runs-dir", str(runs)],
+        env={**base, "PYTHONPATH": str(TESTS), **env},
+        cwd=ROOT,
+        text=True,
+        start_new_session=True,
+        **popen,  # type: ignore[arg-type]
+    )
+
+
+def write_study(path: Path, study: dict[str, object]) -> Path:
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def complete_run_ids(runs: Path, study: Path) -> set[str]:
+    return {c.run_id for c in plan_sweep(study).cells if RunDir(runs, c.run_id).is_complete()}
+
+
+def wait_until(condition: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_sigkilled_sweep_resumes_computing_only_unfinished_cells(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    markers, runs = tmp_path / "markers", tmp_path / "runs"
+    cells = [{"name": f"c{i}", "overrides": {"sleep_s": 0.7}} for i in range(8)]
+    study = write_study(tmp_path / "study.yaml", probe_study(markers, cells, max_parallel=2))
+    # Its own PREFECT_HOME and no API URL: the killed flow runs on its own temporary server.
+    env = {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+    flow = sweep_process(study, runs, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(complete_run_ids(runs, study)) >= 3, 180, "three finished cells")
+    finally:
+        os.killpg(flow.pid, signal.SIGKILL)  # the flow process and its temporary server, mid-run
+        flow.wait()
+    workers = pids(markers)
+    wait_until(lambda: not any(_alive(pid) for pid in workers), 10, "the orphaned workers to stop")
+    done_before = complete_run_ids(runs, study)
+    manifests = {run_id: (runs / run_id / "complete.json").read_bytes() for run_id in done_before}
+    executed_before = executions(markers)
+    assert 3 <= len(done_before) < 8
+
+    state = sweep(study=str(study), runs_dir=str(runs), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    rows = rows_by_cell(result["results"])
+    assert {r["status"] for r in rows.values()} == {"ok"} and len(rows) == 8
+    assert {r["run_id"] for r in rows.values() if r["cached"]} == done_before
+    executed_after = executions(markers)
+    for row in rows.values():  # finished cells ran once; every other cell exactly once more
+        again = 0 if row["run_id"] in done_before else 1
+        assert executed_after[row["run_id"]] == executed_before.get(row["run_id"], 0) + again
+    assert sum(executed_after.values()) - sum(executed_before.values()) == 8 - len(done_before)
+    assert {run_id: (runs / run_id / "complete.json").read_bytes() for run_id in done_before} == manifests
+
+
+def test_two_concurrent_sweeps_on_one_runs_directory_compute_each_cell_once(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    markers, runs = tmp_path / "markers", tmp_path / "runs"
+    cells = [{"name": f"c{i}", "overrides": {"sleep_s": 0.5}} for i in range(6)]
+    study = write_study(tmp_path / "study.yaml", probe_study(markers, cells, max_parallel=2))
+    env = {"PREFECT_API_URL": prefect_server}
+    first, second = (
+        sweep_process(study, runs, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)
+    )
+    outputs = [process.communicate(timeout=240) for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert sorted(executions(markers).values()) == [1] * 6
+    run_ids = {c.run_id for c in plan_sweep(study).cells}
+    assert all(RunDir(runs, run_id).is_complete() for run_id in run_ids)
+    cached = [_cached_count(err) for _, err in outputs]
+    assert sum(cached) == 6, outputs  # every cell computed by one sweep was found complete by the other
+    assert {r["status"] for r in rows_by_cell(outputs[0][0].strip().splitlines()[-1]).values()} == {"ok"}
+
+
+def _cached_count(stderr: str) -> int:
+    line = next(line for line in stderr.splitlines() if " cached" in line and "cells:" in line)
+    return int(line.split(",")[-1].split()[0])
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for a non-reaping init counts as stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
