@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# A temporary Prefect server on a fresh database and a cold venv can take over 20 s (Prefect's
+# default limit) to start on 2 busy cores.
+PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: env demo test lint bench constraints clean slurm-up slurm-down

@@ -14,6 +14,8 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="llc-tests-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
+# A fresh database on 2 busy cores can take longer than Prefect's default 20 s to start a temporary server.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

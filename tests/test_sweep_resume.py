@@ -57,9 +57,18 @@ def test_a_sigkilled_sweep_resumes_computing_only_unfinished_cells(
     study = write_study(tmp_path / "study.yaml", probe_study(markers, cells, max_parallel=2))
     # Its own PREFECT_HOME and no API URL: the killed flow runs on its own temporary server.
     env = {"PREFECT_HOME": str(tmp_path / "prefect-home")}
-    flow = sweep_process(study, runs, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "flow.log"
+    with log.open("w") as out:
+        flow = sweep_process(study, runs, env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: len(complete_run_ids(runs, study)) >= 3, 180, "three finished cells")
+        wait_until(
+            lambda: len(complete_run_ids(runs, study)) >= 3 or flow.poll() is not None,
+            180,
+            "three finished cells",
+        )
+        assert flow.poll() is None, f"the flow process ended early:\n{log.read_text()[-3000:]}"
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nflow output (tail):\n{log.read_text()[-3000:]}") from None
     finally:
         os.killpg(flow.pid, signal.SIGKILL)  # the flow process and its temporary server, mid-run
         flow.wait()
