@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass, replace
@@ -139,8 +140,6 @@ class LLCExperiment:
             except (RuntimeError, KeyError, EOFError, OSError):
                 pass  # a torn or foreign file: train again and overwrite it
         w_star, loss0 = train(problem, config.erm_steps, config.erm_lr, config.seed)
-        import io
-
         buffer = io.BytesIO()
         torch.save({"w_star": w_star, "L0": loss0}, buffer)
         atomic_write(path, buffer.getvalue())
