@@ -12,20 +12,20 @@ PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: env demo test lint bench constraints clean slurm-up slurm-down
+.PHONY: env demo test lint bench constraints clean slurm-up slurm-down browser
 
 env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: env
 	$(PY) flows/sweep.py --study studies/quick.yaml
 
-test: env slurm-up
+test: env slurm-up browser
 	$(VENV)/bin/ruff check src tests benchmarks flows
 	$(PY) -m pytest
 
@@ -50,6 +50,11 @@ slurm-up: $(VENV)/.slurm-installed
 $(VENV)/.slurm-installed: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[slurm]"
 	touch $@
+
+# Headless Chromium (Debian's package) for the Prefect UI test.
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
 slurm-down:
 	$(SUDO) deployments/slurm/down.sh

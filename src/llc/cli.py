@@ -28,6 +28,16 @@ SetOption = Annotated[
     typer.Option("--set", help="KEY=VALUE config override (VALUE is YAML: --set widths=[4,3,3,4])"),
 ]
 PresetOption = Annotated[str | None, typer.Option(help=f"preset: {' | '.join(PRESETS)}")]
+BackendOption = Annotated[
+    str | None, typer.Option(help="where the work runs: local | slurm | modal (env LLC_BACKEND)")
+]
+BackendOptionsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--backend-option",
+        help="KEY=VALUE option of the backend, repeatable (VALUE is YAML): --backend-option partition=gpu",
+    ),
+]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -67,12 +77,19 @@ def run(
     runs_dir: Annotated[Path | None, typer.Option(help="where run directories go (env LLC_RUNS_DIR)")] = None,
     gpu_mode: Annotated[str | None, typer.Option(help="vectorized | sequential | off")] = None,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="reuse an existing complete run")] = True,
+    backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
 ) -> None:
     """Estimate the LLC with one sampler; prints the run directory."""
     from llc.experiment import run_llc
 
     config = _config(preset, sampler, set_, gpu_mode)
-    root = runs_dir or load_settings().runs_dir
+    settings = load_settings()
+    root = runs_dir or settings.runs_dir
+    backend = backend or settings.backend
+    if backend != "local" or backend_option:
+        _run_on_backend(config, root, skip, backend, backend_option)
+        return
     columns = (
         TextColumn(f"{config.sampler} {config.run_id}"),
         BarColumn(),
@@ -90,6 +107,37 @@ def run(
         f"r_hat={_fmt(m.get('r_hat'))}  diverged={m.get('chains_diverged')}{note}"
     )
     typer.echo(str(result.path))
+
+
+def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
+    """`llc run` as one cell on a backend (a SLURM job, a Modal call); exits 1 with its error row."""
+    from llc.backends import get_backend, parse_backend_options, run_on
+    from llc.rundir import RunDir
+    from llc.sweeps.cell import lone_cell
+
+    settings = load_settings()
+    cell = lone_cell(config)
+    try:
+        opened = get_backend(backend, 1, parse_backend_options(pairs))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    err.print(f"{config.sampler} {config.run_id}: running on the {backend} backend")
+    try:
+        with opened:
+            record = run_on(opened, cell, root.resolve(), skip, settings.timeout_s)
+    except Exception as exc:  # refused before it ran (sbatch, an unreachable service): no record
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+    if record.status != "ok":
+        err.print(f"[red]error:[/red] {record.error_type}: {record.error} (stage {record.stage})")
+        for line in record.traceback.splitlines()[-5:] if record.traceback else []:
+            err.print(f"  {line}")
+        raise typer.Exit(1)
+    m = record.metrics
+    note = " (cached)" if record.cached else ""
+    err.print(f"llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}{note}")
+    typer.echo(str(RunDir(root, config.run_id).path))
 
 
 @app.command()
@@ -135,7 +183,8 @@ def sweep(
     study: Annotated[
         Path | None, typer.Option(help="study YAML (env LLC_STUDY, default studies/quick.yaml)")
     ] = None,
-    backend: Annotated[str | None, typer.Option(help="where cells run: local (env LLC_BACKEND)")] = None,
+    backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
     runs_dir: RunsDirOption = None,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="reuse complete results of cells")] = True,
     max_parallel: Annotated[int | None, typer.Option(help="cells at once (env LLC_MAX_PARALLEL)")] = None,
@@ -147,18 +196,23 @@ def sweep(
     """Run every cell of a study (on Prefect's temporary server unless PREFECT_API_URL is set)."""
     if ctx.invoked_subcommand is not None:
         return
+    from llc.backends import BACKENDS, parse_backend_options
     from llc.sweeps.flow import sweep as sweep_flow
     from llc.sweeps.plan import plan_sweep
 
     study_path = str(study or load_settings().study)
     try:
         plan_sweep(study_path)  # a bad study is reported here, before a Prefect server starts
-    except ConfigError as exc:
+        options = parse_backend_options(backend_option)
+        if backend is not None and backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     state = sweep_flow(
         study=study_path, backend=backend, runs_dir=str(runs_dir) if runs_dir else None, skip=skip,
-        max_parallel=max_parallel, timeout_s=timeout_s, retries=retries, return_state=True,
+        max_parallel=max_parallel, timeout_s=timeout_s, retries=retries, backend_options=options or None,
+        return_state=True,
     )  # fmt: skip
     if not state.is_completed():
         err.print(f"[red]error:[/red] the sweep could not run: {state.message}")

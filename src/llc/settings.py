@@ -16,7 +16,7 @@ class Settings(BaseSettings):
 
     runs_dir: Path = Field(Path("runs"), description="where run directories and sweep tables are written")
     study: Path = Field(Path("studies/quick.yaml"), description="the study a sweep runs when none is given")
-    backend: str = Field("local", description="where cells run: local (slurm and modal come later)")
+    backend: str = Field("local", description="where cells run: local | slurm | modal")
     max_parallel: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="cells running at once"
     )

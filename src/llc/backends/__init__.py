@@ -5,12 +5,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import yaml
+
 from llc.backends.base import Backend, Job, JobState, run_on
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
-BACKENDS = {"local": "llc.backends.local:LocalBackend", "slurm": "llc.backends.slurm:SlurmBackend"}
+BACKENDS = {
+    "local": "llc.backends.local:LocalBackend",
+    "slurm": "llc.backends.slurm:SlurmBackend",
+    "modal": "llc.backends.modal:ModalBackend",
+}
 
-__all__ = ["BACKENDS", "Backend", "Job", "JobState", "get_backend", "run_on"]
+__all__ = ["BACKENDS", "Backend", "Job", "JobState", "get_backend", "parse_backend_options", "run_on"]
 
 
 def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = None) -> Backend:
@@ -18,8 +24,27 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     module, _, attr = BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except ImportError as exc:
+        missing = exc.name or exc
+        raise ValueError(f"backend {name} needs {missing} (missing): pip install 'llc[{name}]'") from None
     try:
         return cls(max_parallel=max_parallel, **(options or {}))
     except TypeError as exc:
         raise ValueError(f"backend {name}: bad backend option ({exc})") from None
+
+
+def parse_backend_options(pairs: list[str] | None) -> dict[str, Any]:
+    """`--backend-option KEY=VALUE` strings to a dict, VALUE parsed as YAML (`gpus=1`, `setup=[a, b]`)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            example = "--backend-option partition=gpu"
+            raise ValueError(f"--backend-option {pair!r}: expected KEY=VALUE, e.g. {example}")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--backend-option {pair!r}: VALUE is not valid YAML ({exc})") from None
+    return options

@@ -263,7 +263,13 @@ class SlurmBackend:
                 calls = [CellCall(r.cell, r.runs_dir, r.skip, import_path) for r in group]
                 jobs = executor.submit_array(calls)
             except Exception as exc:
-                error = SlurmSubmitError(f"sbatch failed for {len(group)} cell(s): {exc}")
+                hint = ""
+                if "gres" in str(exc).lower() and first.parameters.get("gpus_per_node"):
+                    hint = (
+                        "; the cells ask for a GPU (gpu_mode vectorized or sequential): on a partition"
+                        " without GPUs pass --backend-option gpus=0 (or --set device=cpu)"
+                    )
+                error = SlurmSubmitError(f"sbatch failed for {len(group)} cell(s): {exc}{hint}")
                 for request in group:
                     request.error = error
                     request.done.set()

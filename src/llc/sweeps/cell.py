@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from llc.sweeps.experiments import load_experiment
+from llc.sweeps.experiments import LLC_EXPERIMENT, family_id, load_experiment, run_id
 
 
 class Cell(BaseModel):
@@ -27,6 +27,21 @@ class Cell(BaseModel):
     def load_config(self) -> BaseModel:
         """The experiment's config model, re-validated from the stored (already valid) values."""
         return load_experiment(self.experiment).config_model.model_validate(self.config)
+
+
+def lone_cell(config: BaseModel) -> Cell:
+    """The cell of a single `llc run` (the LLC experiment on one config), for running it on a backend."""
+    sampler = getattr(config, "sampler", None)
+    seed = getattr(config, "seed", None)
+    return Cell(
+        name=cell_name(None, sampler, seed, {}),
+        experiment=LLC_EXPERIMENT,
+        sampler=sampler,
+        seed=seed,
+        config=config.model_dump(mode="json"),
+        run_id=run_id(LLC_EXPERIMENT, config),
+        family_id=family_id(config),
+    )
 
 
 def cell_name(problem: str | None, sampler: str | None, seed: int | None, grid: dict[str, Any]) -> str:

@@ -85,8 +85,9 @@ def sweep(
         settings, plan.study.execution,
         backend=backend, runs_dir=runs_dir, max_parallel=max_parallel, timeout_s=timeout_s, retries=retries,
     )  # fmt: skip
+    backend_options = {**plan.study.execution.backend_options, **(backend_options or {})}
     if options.threads_per_cell is not None:
-        backend_options = {"threads_per_cell": options.threads_per_cell, **(backend_options or {})}
+        backend_options = {"threads_per_cell": options.threads_per_cell, **backend_options}
     with get_backend(options.backend, options.max_parallel, backend_options) as cell_backend:
         out = sweep_dir(options.runs_dir, plan.sweep_id)
         atomic_write(out / "study.json", plan.study.model_dump_json(indent=2).encode())
@@ -137,7 +138,7 @@ def _record(future: PrefectFuture[CellRecord], cell: Cell, runs_dir: Path) -> Ce
     """The cell's record; a failure outside the cell (the orchestration itself) becomes one too."""
     try:
         value: Any = future.result(raise_on_failure=False)
-    except BaseException as exc:
+    except Exception as exc:
         value = exc
     if isinstance(value, CellRecord):
         return value

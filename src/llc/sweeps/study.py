@@ -40,6 +40,10 @@ class Execution(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    backend: str | None = Field(None, pattern=r"^[a-z]+$", description="local | slurm | modal")
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="the backend's own options, e.g. partition or gpu_types"
+    )
     max_parallel: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0)
     retries: int | None = Field(None, ge=0)
