@@ -111,7 +111,7 @@ def run(
 
 def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
     """`llc run` as one cell on a backend (a SLURM job, a Modal call); exits 1 with its error row."""
-    from llc.backends import get_backend, parse_backend_options, run_on
+    from llc.backends import BackendUnavailable, get_backend, parse_backend_options, run_on
     from llc.rundir import RunDir
     from llc.sweeps.cell import lone_cell
 
@@ -119,7 +119,7 @@ def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pai
     cell = lone_cell(config)
     try:
         opened = get_backend(backend, 1, parse_backend_options(pairs))
-    except ValueError as exc:
+    except (ValueError, BackendUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     err.print(f"{config.sampler} {config.run_id}: running on the {backend} backend")

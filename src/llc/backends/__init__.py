@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from llc.backends.base import Backend, Job, JobState, run_on
+from llc.backends.base import Backend, BackendUnavailable, Job, JobState, run_on
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
 BACKENDS = {
@@ -16,7 +16,16 @@ BACKENDS = {
     "modal": "llc.backends.modal:ModalBackend",
 }
 
-__all__ = ["BACKENDS", "Backend", "Job", "JobState", "get_backend", "parse_backend_options", "run_on"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendUnavailable",
+    "Job",
+    "JobState",
+    "get_backend",
+    "parse_backend_options",
+    "run_on",
+]
 
 
 def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = None) -> Backend:

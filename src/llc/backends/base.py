@@ -16,6 +16,11 @@ from llc.sweeps.cell import Cell
 from llc.sweeps.record import CellRecord
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot take work at all (no credentials, preflight failed, service unreachable);
+    raised when it is opened, before any cell is submitted. The message says what to do."""
+
+
 class JobState(StrEnum):
     PENDING = "pending"  # accepted, not started (queued on a cluster)
     RUNNING = "running"
