@@ -90,8 +90,9 @@ class SlurmOptions(BaseSettings):
     max_requeues: int = Field(3, ge=0, description="time limits a cell may hit and be requeued")
     array_parallelism: int = Field(256, ge=1, description="elements of one job array running at once")
     setup: list[str] = Field(default_factory=list, description="shell lines run before each cell")
-    sbatch: dict[str, str] = Field(
-        default_factory=dict, description="further sbatch options, e.g. constraint"
+    sbatch: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="further sbatch options, e.g. constraint=a100 (true: a bare flag, e.g. no-requeue)",
     )
     python: str | None = Field(None, description="python command on the nodes; default: this interpreter")
     folder: Path | None = Field(None, description="submitit's logs and pickles; default: RUNS_DIR/.slurm/...")

@@ -21,8 +21,9 @@ PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV
 RUNNING = frozenset(
     {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED"}
 )
-# A preempted job is requeued a moment later when the cluster requeues preempted jobs; it counts as
-# ended only once it has stayed PREEMPTED this long.
+# A preempted job, or one whose node was lost, is requeued a moment later when the cluster requeues
+# such jobs (the default); it counts as ended only once it has stayed in that state this long.
+SETTLING = frozenset({"PREEMPTED", "NODE_FAIL"})
 PREEMPTED_SETTLE_S = 10.0
 
 
@@ -34,7 +35,7 @@ def base_state(state: str) -> str:
 def is_final(state: str, since: float) -> bool:
     """Whether a job in `state` (first seen at monotonic time `since`) has ended."""
     base = base_state(state)
-    if base == "PREEMPTED":
+    if base in SETTLING:
         return time.monotonic() - since >= PREEMPTED_SETTLE_S
     return bool(base) and base not in PENDING and base not in RUNNING and base != "UNKNOWN"
 
