@@ -90,16 +90,14 @@ class MLP:
         weights = self._weights(params)
         for i, (w, b) in enumerate(weights):
             if i == len(weights) - 1:
-                return torch.baddbmm(b, h, w) if b is not None else torch.bmm(h, w)
+                return _affine(h, w, b)
             h = _activate(self.activation, self._pre_activation(h, w, b), in_place=True)
         raise AssertionError("unreachable: an MLP has at least one layer")
 
     def _pre_activation(self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         # tanh is computed as 2*sigmoid(2z) - 1 (four times faster on CPU), so produce 2z directly.
         scale = 2.0 if self.activation == "tanh" else 1.0
-        if b is None:
-            return torch.bmm(h, w).mul_(scale) if scale != 1.0 else torch.bmm(h, w)
-        return torch.baddbmm(b, h, w, beta=scale, alpha=scale)
+        return _affine(h, w, b, alpha=scale, beta=scale)
 
     def batch_loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch, one value per chain: [chains]."""
@@ -109,17 +107,19 @@ class MLP:
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss [chains] and its gradient [chains, d], by a hand-written backward pass."""
+        if self.activation == "tanh":
+            return self._tanh_loss_and_grad(params, x, y)
         chains = params.shape[0]
         h = x.expand(chains, *x.shape) if x.dim() == 2 else x
         weights = self._weights(params)
         inputs, pre = [h], []
         for i, (w, b) in enumerate(weights):
             if i == len(weights) - 1:
-                h = torch.baddbmm(b, h, w) if b is not None else torch.bmm(h, w)
+                h = _affine(h, w, b)
                 break
             z = self._pre_activation(h, w, b)
             pre.append(z)
-            h = _activate(self.activation, z, in_place=self.activation in ("tanh", "identity"))
+            h = _activate(self.activation, z, in_place=self.activation == "identity")
             inputs.append(h)
         resid = h - _chainwise(y, chains)
         value = _loss_value(self.loss, resid)
@@ -127,13 +127,61 @@ class MLP:
         grad = torch.empty_like(params)
         for i in range(len(weights) - 1, -1, -1):
             layer, (w, _) = self.layers[i], weights[i]
-            grad[:, layer.weight] = torch.bmm(inputs[i].transpose(1, 2), delta).reshape(chains, -1)
+            grad[:, layer.weight] = _weight_grad(inputs[i], delta).reshape(chains, -1)
             if layer.bias is not None:
                 grad[:, layer.bias] = delta.sum(dim=1)
             if i > 0:
-                delta = _activation_backward(
-                    self.activation, torch.bmm(delta, w.transpose(1, 2)), pre[i - 1], inputs[i]
-                )
+                delta = _activation_backward(self.activation, _backprop(delta, w), pre[i - 1], inputs[i])
+        return value, grad
+
+    def _tanh_loss_and_grad(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss_and_grad` for tanh networks in as few passes over the [chains, batch, width] tensors as
+        possible, since at LLC sizes those passes, not the matrix products, bound the speed.
+
+        A hidden layer keeps s = sigmoid(2z) instead of h = tanh(z) = 2s - 1: the affine map 2s - 1 is
+        folded into the next layer's (small) weights and bias, and tanh'(z) = 4·s·(1 - s) is formed in
+        place in s once the weight gradient no longer needs it. The backward signal is carried without
+        the factors 4, which are applied to the (small) gradient blocks instead.
+        """
+        chains = params.shape[0]
+        a = x.expand(chains, *x.shape) if x.dim() == 2 else x
+        weights = self._weights(params)
+        last = len(weights) - 1
+        inputs: list[torch.Tensor] = [a]
+        for i, (w, b) in enumerate(weights):
+            # Input h = c·a + d, with (c, d) = (1, 0) for the data and (2, -1) after a hidden layer.
+            c, d = (1.0, 0.0) if i == 0 else (2.0, -1.0)
+            bias = b if d == 0.0 or b is None else b - w.sum(dim=1, keepdim=True)
+            if d != 0.0 and b is None:
+                bias = -w.sum(dim=1, keepdim=True)
+            scale = 1.0 if i == last else 2.0  # a hidden layer computes 2z for sigmoid(2z)
+            out = _affine(a, w, bias, alpha=scale * c, beta=scale)
+            if i == last:
+                break
+            a = torch.sigmoid_(out)
+            inputs.append(a)
+        resid = out.sub_(_chainwise(y, chains))
+        value = _loss_value(self.loss, resid)
+        delta = _loss_grad(self.loss, resid)
+        grad = torch.empty_like(params)
+        k = 1.0  # the true backward signal is k · delta
+        for i in range(last, -1, -1):
+            layer, (w, _) = self.layers[i], weights[i]
+            c, d = (1.0, 0.0) if i == 0 else (2.0, -1.0)
+            g_w = _weight_grad(inputs[i], delta).mul_(k * c)  # [chains, fan_in, fan_out]
+            if layer.bias is not None or d != 0.0:
+                delta_sum = delta.sum(dim=1, keepdim=True)
+                if d != 0.0:
+                    g_w.add_(delta_sum, alpha=k * d)
+                if layer.bias is not None:
+                    grad[:, layer.bias] = delta_sum.squeeze(1).mul_(k)
+            grad[:, layer.weight] = g_w.reshape(chains, -1)
+            if i > 0:
+                s = inputs[i]
+                delta = _backprop(delta, w).mul_(torch.addcmul(s, s, s, value=-1.0, out=s))  # s·(1 - s)
+                k *= 4.0
         return value, grad
 
     def reference_forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -155,6 +203,41 @@ class MLP:
         value = _loss_value(self.loss, self.reference_forward(p, x) - _chainwise(y, p.shape[0]))
         (grad,) = torch.autograd.grad(value.sum(), p)
         return value.detach(), grad
+
+
+# Batched products whose output has this few columns run far faster transposed (a row per chain): at
+# 64 chains, h @ w with w of one column takes 1.2 ms as bmm and 0.13 ms as (wᵀ hᵀ)ᵀ.
+NARROW = 4
+
+
+def _affine(
+    a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, alpha: float = 1.0, beta: float = 1.0
+) -> torch.Tensor:
+    """beta·bias + alpha·(a @ w) for a [chains, batch, fan_in], w [chains, fan_in, fan_out]."""
+    if w.shape[2] <= NARROW:
+        wt, at = w.transpose(1, 2), a.transpose(1, 2)
+        if bias is None:
+            out = torch.bmm(wt, at)
+            return (out.mul_(alpha) if alpha != 1.0 else out).transpose(1, 2)
+        return torch.baddbmm(bias.transpose(1, 2), wt, at, beta=beta, alpha=alpha).transpose(1, 2)
+    if bias is None:
+        out = torch.bmm(a, w)
+        return out.mul_(alpha) if alpha != 1.0 else out
+    return torch.baddbmm(bias, a, w, beta=beta, alpha=alpha)
+
+
+def _weight_grad(a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """aᵀ @ delta: [chains, fan_in, fan_out]."""
+    if delta.shape[2] <= NARROW:
+        return torch.bmm(delta.transpose(1, 2), a).transpose(1, 2)
+    return torch.bmm(a.transpose(1, 2), delta)
+
+
+def _backprop(delta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """delta @ wᵀ: [chains, batch, fan_in]; an outer product when the layer has one output."""
+    if w.shape[2] == 1:
+        return delta * w.transpose(1, 2)
+    return torch.bmm(delta, w.transpose(1, 2))
 
 
 def _chainwise(y: torch.Tensor, chains: int) -> torch.Tensor:
