@@ -10,8 +10,8 @@ import torch
 
 _PACKAGE = Path(__file__).resolve().parent
 # Files that only move or present results: editing them does not change what a run computes.
-_PRESENTATION = {"cli.py", "plots.py"}
-_PRESENTATION_DIRS = {"backends", "sweeps"}
+_PRESENTATION = {"cli.py", "cli_runs.py", "cli_storage.py", "plots.py", "tracking.py"}
+_PRESENTATION_DIRS = {"backends", "sweeps", "storage"}
 
 
 @functools.cache

@@ -149,7 +149,8 @@ def _run_chains(
         now = time.perf_counter()
         warm = warm_before + ((sampling_start or now) - start if first < config.warmup else 0.0)
         sampled = sampled_before + (now - sampling_start if sampling_start is not None else 0.0)
-        kernel_state = {k: v for k, v in kernel.__dict__.items() if k != "posterior"}
+        transient = {"posterior", *getattr(kernel, "transient", ())}
+        kernel_state = {k: v for k, v in kernel.__dict__.items() if k not in transient}
         payload = {
             "t": t_next, "state": state, "stats": stats, "kernel": kernel_state, "gen": gen.get_state(),
             "eval_gen": eval_gen.get_state(), "t_warmup_s": warm, "t_sampling_s": sampled, **record_arrays,
@@ -159,40 +160,43 @@ def _run_chains(
         assert checkpoint is not None
         atomic_write(checkpoint.path, buffer.getvalue())
 
-    for t in range(first, total):
-        tune = t < config.warmup
-        s = t - config.warmup
-        if s == 0 and sampling_start is None:
-            _synchronize(device)
-            sampling_start = time.perf_counter()
-        record = s >= 0 and (s + 1) % config.thin == 0
-        # Minibatch kernels report the loss at the position they start from; the others, where they land.
-        before = (
-            kernel.position(state).clone() if record and kernel.minibatch and config.projections else None
-        )
-        state, info = kernel.step(state, gen, tune)
-        if record:
-            d = s // config.thin
-            losses[:, d] = info.loss
-            if config.projections:
-                position = before if before is not None else kernel.position(state)
-                w_proj[:, d] = (position - posterior.w_star) @ directions
-            for name, value in info.stats.items():
-                if name not in stats:
-                    fill = False if value.dtype == torch.bool else math.nan
-                    stats[name] = torch.full((chains, draws), fill, device=device, dtype=value.dtype)
-                stats[name][:, d] = value
-        if s >= 0 and n_evals and (s + 1) % eval_every == 0 and (s + 1) // eval_every <= n_evals:
-            e = (s + 1) // eval_every - 1
-            position = kernel.position(state)
-            eval_loss[:, e] = posterior.full_loss(position)
-            if config.sampler == "sgld":
-                mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, eval_gen)
-        if checkpoint is not None and t + 1 < total and time.perf_counter() - last_save >= checkpoint.every_s:
-            save(t + 1)
-            last_save = time.perf_counter()
-        if progress is not None and (t + 1) % 50 == 0:
-            progress(t + 1, total)
+    # A kernel that spreads its chains over the cores itself runs each share on one torch thread.
+    with cpu_threads(1 if getattr(kernel, "parts", 1) > 1 else 0):
+        for t in range(first, total):
+            tune = t < config.warmup
+            s = t - config.warmup
+            if s == 0 and sampling_start is None:
+                _synchronize(device)
+                sampling_start = time.perf_counter()
+            record = s >= 0 and (s + 1) % config.thin == 0
+            # Minibatch kernels report the loss at the position they start from; the others, where they land.
+            before = (
+                kernel.position(state).clone() if record and kernel.minibatch and config.projections else None
+            )
+            state, info = kernel.step(state, gen, tune)
+            if record:
+                d = s // config.thin
+                losses[:, d] = info.loss
+                if config.projections:
+                    position = before if before is not None else kernel.position(state)
+                    w_proj[:, d] = (position - posterior.w_star) @ directions
+                for name, value in info.stats.items():
+                    if name not in stats:
+                        fill = False if value.dtype == torch.bool else math.nan
+                        stats[name] = torch.full((chains, draws), fill, device=device, dtype=value.dtype)
+                    stats[name][:, d] = value
+            if s >= 0 and n_evals and (s + 1) % eval_every == 0 and (s + 1) // eval_every <= n_evals:
+                e = (s + 1) // eval_every - 1
+                position = kernel.position(state)
+                eval_loss[:, e] = posterior.full_loss(position)
+                if config.sampler == "sgld":
+                    mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, eval_gen)
+            due = checkpoint is not None and time.perf_counter() - last_save >= checkpoint.every_s
+            if due and t + 1 < total:
+                save(t + 1)
+                last_save = time.perf_counter()
+            if progress is not None and (t + 1) % 50 == 0:
+                progress(t + 1, total)
     _synchronize(device)
     end = time.perf_counter()
     if sampling_start is None:

@@ -13,6 +13,7 @@ import torch
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers.base import StepInfo
+from llc.samplers.blocks import Block, cpu_parts, make_blocks, minibatch_index, normal, run_parts, split
 
 RMSPROP_DECAY = 0.99
 ADAM_BETA1 = 0.9
@@ -30,6 +31,7 @@ class SGLDState:
 class SGLD:
     grad_evals_per_step = 1
     minibatch = True
+    transient = ("_fused",)  # not saved in checkpoints
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
         self.posterior = posterior
@@ -47,6 +49,9 @@ class SGLD:
         return loss, w - (0.5 * self.eps) * grad + math.sqrt(self.eps) * torch.randn_like(w)
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
+        # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
+        self.blocks = [Block(0, w.shape[0], gen)] if self.compiles_itself else make_blocks(w.shape[0], gen)
+        self.parts = cpu_parts(w.device, len(self.blocks))
         if self.precond == "none":
             return SGLDState(w.clone())
         momentum = torch.zeros_like(w) if self.precond == "adam" else None
@@ -59,20 +64,32 @@ class SGLD:
         if self._fused is not None:
             loss, state.w = self._fused(state.w)
             return state, StepInfo(loss)
-        w = state.w
-        loss, grad = self.posterior.loss_and_grad(w, self.posterior.minibatch(w.shape[0], gen))
-        noise = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
+        state.t += 1
+        losses = run_parts(lambda group: self._advance(state, group), split(self.blocks, self.parts))
+        return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
+
+    def _advance(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
+        """One step of the chains of `group` (contiguous blocks), in place; returns their losses."""
+        chains = slice(group[0].start, group[-1].stop)
+        w, post = state.w[chains], self.posterior
+        batch = None
+        if post.batch_size is not None and post.batch_size < post.n:
+            idx = minibatch_index(group, post.n, post.batch_size, w.device)
+            batch = (post.x[idx], post.y[idx])
+        loss, grad = post.loss_and_grad(w, batch)
+        noise = normal(group, w.shape[1], w.dtype, w.device)
         if self.precond == "none":
             w.add_(grad, alpha=-0.5 * self.eps).add_(noise, alpha=math.sqrt(self.eps))
-            return state, StepInfo(loss)
-        state.t += 1
+            return loss
         assert state.square_avg is not None
-        state.square_avg.mul_(RMSPROP_DECAY).addcmul_(grad, grad, value=1 - RMSPROP_DECAY)
-        scale = state.square_avg / (1 - RMSPROP_DECAY**state.t)
+        square_avg = state.square_avg[chains]
+        square_avg.mul_(RMSPROP_DECAY).addcmul_(grad, grad, value=1 - RMSPROP_DECAY)
+        scale = square_avg / (1 - RMSPROP_DECAY**state.t)
         precond = 1.0 / (scale.sqrt_().add_(PRECOND_EPS))
         drift = grad
         if state.momentum is not None:
-            state.momentum.mul_(ADAM_BETA1).add_(grad, alpha=1 - ADAM_BETA1)
-            drift = state.momentum / (1 - ADAM_BETA1**state.t)
+            momentum = state.momentum[chains]
+            momentum.mul_(ADAM_BETA1).add_(grad, alpha=1 - ADAM_BETA1)
+            drift = momentum / (1 - ADAM_BETA1**state.t)
         w.addcmul_(precond, drift, value=-0.5 * self.eps).addcmul_(precond.mul_(self.eps).sqrt_(), noise)
-        return state, StepInfo(loss)
+        return loss
