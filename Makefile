@@ -12,7 +12,7 @@ PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: env demo test lint bench constraints clean slurm-up slurm-down browser
+.PHONY: env demo test lint bench constraints clean slurm-up slurm-down s3-up s3-down browser
 
 env: $(STAMP)
 
@@ -59,5 +59,22 @@ browser:
 slurm-down:
 	$(SUDO) deployments/slurm/down.sh
 
+# An S3-compatible server (SeaweedFS) on localhost for development (deployments/s3); no root needed.
+s3-up: env
+	deployments/s3/up.sh
+
+s3-down:
+	deployments/s3/down.sh
+
 clean:
 	rm -rf $(VENV) .venv-bench .pytest_cache .ruff_cache
+
+# A local Prefect server (SQLite under .prefect/server, or PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL)
+# with the llc-process pool and the deployments of prefect.yaml; then run deployments/prefect/worker.sh.
+.PHONY: server-up server-down
+server-up: env
+	deployments/prefect/server.sh start
+	deployments/prefect/deploy.sh
+
+server-down:
+	deployments/prefect/server.sh stop

@@ -270,3 +270,8 @@ def _sweep_folder(sweep_id: str, runs_dir: Path | None) -> Path:
 
 def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+from llc import cli_runs  # noqa: E402  (after `app` exists: it adds its commands to it)
+
+cli_runs.register(app)

@@ -22,6 +22,7 @@ from typing import TypeVar
 import torch
 
 BLOCK = 4  # chains per random stream
+CHUNK = 16  # chains a core computes at once: their [chains, batch, width] tensors stay in its cache
 _pool: ThreadPoolExecutor | None = None
 
 T = TypeVar("T")
@@ -67,6 +68,12 @@ def split(blocks: list[Block], parts: int) -> list[list[Block]]:
         groups[part].append(block)
         done += block.size
     return [g for g in groups if g]
+
+
+def chunks(group: list[Block]) -> list[list[Block]]:
+    """A core's share of blocks in runs of about CHUNK chains, computed one after another."""
+    per_chunk = max(1, CHUNK // BLOCK)
+    return [group[i : i + per_chunk] for i in range(0, len(group), per_chunk)]
 
 
 def run_parts(work: Callable[[list[Block]], T], groups: list[list[Block]]) -> list[T]:

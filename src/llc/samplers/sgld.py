@@ -13,7 +13,16 @@ import torch
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers.base import StepInfo
-from llc.samplers.blocks import Block, cpu_parts, make_blocks, minibatch_index, normal, run_parts, split
+from llc.samplers.blocks import (
+    Block,
+    chunks,
+    cpu_parts,
+    make_blocks,
+    minibatch_index,
+    normal,
+    run_parts,
+    split,
+)
 
 RMSPROP_DECAY = 0.99
 ADAM_BETA1 = 0.9
@@ -65,8 +74,12 @@ class SGLD:
             loss, state.w = self._fused(state.w)
             return state, StepInfo(loss)
         state.t += 1
-        losses = run_parts(lambda group: self._advance(state, group), split(self.blocks, self.parts))
+        losses = run_parts(lambda group: self._advance_share(state, group), split(self.blocks, self.parts))
         return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
+
+    def _advance_share(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
+        losses = [self._advance(state, chunk) for chunk in chunks(group)]
+        return losses[0] if len(losses) == 1 else torch.cat(losses)
 
     def _advance(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
         """One step of the chains of `group` (contiguous blocks), in place; returns their losses."""

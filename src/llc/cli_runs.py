@@ -1,0 +1,125 @@
+"""`llc pull-runs` and `llc runs ls | rm`: run directories kept on the Modal runs volume (or in S3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+
+from llc.settings import load_settings
+
+runs_app = typer.Typer(help="Run directories on the Modal runs volume.", no_args_is_help=True)
+err = Console(stderr=True)
+
+VolumeOption = Annotated[
+    str | None, typer.Option("--volume", help="runs volume (env LLC_MODAL_RUNS_VOLUME, default llc-runs)")
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add `pull-runs` and `runs` to the `llc` command line."""
+    app.command("pull-runs")(pull_runs)
+    app.add_typer(runs_app, name="runs")
+
+
+def pull_runs(
+    run_ids: Annotated[list[str] | None, typer.Argument(help="run ids to fetch")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="the most recent sealed run")] = False,
+    source: Annotated[
+        Literal["volume", "s3"], typer.Option("--from", help="where the runs are kept: volume | s3")
+    ] = "volume",
+    runs_dir: Annotated[Path | None, typer.Option(help="where run directories go (env LLC_RUNS_DIR)")] = None,
+    volume: VolumeOption = None,
+) -> None:
+    """Copy run directories into the local runs directory (sealed, or not at all); prints their paths."""
+    if bool(run_ids) == latest:
+        err.print("[red]error:[/red] name RUN_IDs or pass --latest (not both)")
+        raise typer.Exit(2)
+    root = runs_dir or load_settings().runs_dir
+    if source == "s3":
+        try:
+            from llc.storage.s3 import pull_runs as pull_from_s3
+        except ImportError as exc:
+            err.print(f"[red]error:[/red] S3 storage is not available ({exc}): pip install 'llc[s3]'")
+            raise typer.Exit(2) from None
+        for path in pull_from_s3(run_ids or [], latest, root):
+            typer.echo(str(path))
+        return
+    from llc.backends.modal_volume import pull_run, select_runs
+
+    with _volume(volume) as opened:
+        for run in select_runs(opened, run_ids or [], latest):
+            typer.echo(str(pull_run(opened, run.run_id, root)))
+
+
+@runs_app.command("ls")
+def runs_ls(volume: VolumeOption = None) -> None:
+    """List the run directories on the volume, oldest first."""
+    from llc.backends.modal_volume import list_runs
+
+    with _volume(volume) as opened:
+        runs = list_runs(opened)
+    if not runs:
+        err.print("no run directories on the volume")
+        return
+    typer.echo(f"{'run_id':<18} {'state':<9} {'files':>5} {'size':>9}  modified")
+    for run in runs:
+        state = "sealed" if run.complete else "partial"
+        modified = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.mtime))
+        typer.echo(f"{run.run_id:<18} {state:<9} {len(run.files):>5} {_size(run.size):>9}  {modified}")
+
+
+@runs_app.command("rm")
+def runs_rm(
+    run_ids: Annotated[list[str], typer.Argument(help="run ids to delete from the volume")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would go, delete nothing")] = False,
+    volume: VolumeOption = None,
+) -> None:
+    """Delete run directories from the volume: the only way anything there is ever deleted."""
+    from llc.backends.modal_volume import remove_runs, select_runs
+
+    with _volume(volume) as opened:
+        runs = select_runs(opened, run_ids, latest=False)
+        paths = remove_runs(opened, runs, dry_run)
+    for path in paths:
+        typer.echo(f"{'would delete' if dry_run else 'deleted'} {path}")
+    err.print(f"{len(runs)} run(s), {len(paths)} file(s) {'would be ' if dry_run else ''}deleted")
+
+
+@contextmanager
+def _volume(name: str | None) -> Iterator[Any]:
+    """The runs volume; Modal's refusals and unknown run ids exit 2 with what to do."""
+    import modal.exception as modal_errors
+
+    from llc.backends.modal import ModalOptions, connect, refusal
+    from llc.backends.modal_volume import RunNotOnVolume
+
+    options = ModalOptions(**({"runs_volume": name} if name else {}))
+    try:
+        yield connect(options).volume(options.runs_volume)
+    except RunNotOnVolume as exc:
+        err.print(f"[red]error:[/red] {exc} (see `llc runs ls`)")
+        raise typer.Exit(2) from None
+    except modal_errors.NotFoundError as exc:
+        err.print(
+            f"[red]error:[/red] no Modal volume {options.runs_volume!r} ({exc}): nothing ran on Modal yet, "
+            "or LLC_MODAL_RUNS_VOLUME names another"
+        )
+        raise typer.Exit(2) from None
+    except modal_errors.Error as exc:
+        why = refusal(exc)
+        err.print(f"[red]error:[/red] {why[1] if why else f'{type(exc).__name__}: {exc}'}")
+        raise typer.Exit(2) from None
+
+
+def _size(size: float) -> str:
+    units = ("B", "KB", "MB", "GB", "TB")
+    step = 0
+    while size >= 1024 and step < len(units) - 1:
+        size, step = size / 1024, step + 1
+    return f"{size:.0f} B" if step == 0 else f"{size:.1f} {units[step]}"

@@ -1,0 +1,122 @@
+"""The Prefect server path: deployments from prefect.yaml, a run through a process worker, its artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.schedules import CronSchedule
+
+from llc.sweeps.results import read_results
+
+if TYPE_CHECKING:
+    from prefect_fixtures import DeploymentRun, PrefectServer
+
+pytest_plugins = ["prefect_fixtures"]
+
+DEPLOYMENTS = ("local", "slurm", "modal")
+CELLS = {"alpha-s0": "Completed", "beta-s0": "Completed", "broken-s0": "Failed"}
+
+
+def results_csv(run: DeploymentRun) -> Path:
+    (path,) = (run.runs_dir / "sweeps").glob("*/results.csv")
+    return path
+
+
+def test_deploy_all_registers_sweep_local_slurm_and_modal_on_the_process_pool(
+    sweep_deployments: PrefectServer,
+) -> None:
+    with sweep_deployments.client() as client:
+        pool = client.read_work_pool("llc-process")
+        deployments = {name: client.read_deployment_by_name(f"sweep/{name}") for name in DEPLOYMENTS}
+    assert pool.type == "process"
+    for name, deployment in deployments.items():
+        assert deployment.entrypoint == "flows/sweep.py:sweep"
+        assert (deployment.work_pool_name, deployment.work_queue_name) == ("llc-process", name)
+        assert deployment.parameters == {"study": "studies/quick.yaml", "backend": name}
+        # The code is found on the worker through LLC_PROJECT_DIR, not a path baked in at deploy time.
+        assert deployment.path is None
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $LLC_PROJECT_DIR }}"}}
+        ]
+    (schedule,) = deployments["slurm"].schedules
+    assert (schedule.schedule.cron, schedule.active) == ("0 2 * * *", False)
+    assert deployments["local"].schedules == [] and deployments["modal"].schedules == []
+
+
+def test_a_deployment_run_takes_the_study_to_completed_with_one_task_run_per_cell(
+    sweep_run: DeploymentRun, sweep_deployments: PrefectServer
+) -> None:
+    flow_run_id = UUID(sweep_run.flow_run_id)
+    with sweep_deployments.client() as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        deployment = client.read_deployment_by_name("sweep/local")
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    assert flow_run.state_name == "Completed", sweep_run.worker_output
+    assert flow_run.name == "sweep-server-probe"
+    assert flow_run.deployment_id == deployment.id
+    assert flow_run.parameters["backend"] == "local"  # the deployment's default, merged with the run's
+    assert {t.name: t.state_name for t in task_runs} == CELLS
+    # The run's runs_dir parameter reached the flow: the table is there, not in the repository's runs/.
+    rows = {row["cell"]: row for row in read_results(results_csv(sweep_run))}
+    assert {cell: row["status"] for cell, row in rows.items()} == {
+        "alpha-s0": "ok", "beta-s0": "ok", "broken-s0": "error",
+    }  # fmt: skip
+    assert rows["beta-s0"]["value"] == 4.0 and rows["broken-s0"]["error_type"] == "ValueError"
+
+
+def test_the_sweep_publishes_its_results_summary_progress_and_run_links_as_artifacts(
+    sweep_run: DeploymentRun, sweep_deployments: PrefectServer
+) -> None:
+    sweep_id = results_csv(sweep_run).parent.name
+    with sweep_deployments.client() as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(sweep_run.flow_run_id)])
+            )
+        )
+    by_key = {artifact.key: artifact for artifact in found}
+    prefix = f"sweep-{sweep_id}"
+    # With a bucket configured the sweep adds a `-stored-results` link; these four are always there.
+    assert set(by_key) >= {f"{prefix}-results", f"{prefix}-summary", f"{prefix}-runs", f"{prefix}-progress"}
+    assert all(key.startswith(prefix) for key in by_key)
+    assert {by_key[f"{prefix}-{kind}"].type for kind in ("results", "summary", "runs", "progress")} == {
+        "table", "markdown", "progress",
+    }  # fmt: skip
+    table = by_key[f"{prefix}-results"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert sorted((row["cell"], row["status"]) for row in rows) == [
+        ("alpha-s0", "ok"), ("beta-s0", "ok"), ("broken-s0", "error"),
+    ]  # fmt: skip
+    summary = str(by_key[f"{prefix}-summary"].data)
+    assert f"# Sweep `{sweep_id}`" in summary and "| 3 | 2 | 1 | 0 |" in summary and "broken-s0" in summary
+    links = str(by_key[f"{prefix}-runs"].data)
+    assert all(cell in links for cell in CELLS) and str(sweep_run.runs_dir) in links
+    assert by_key[f"{prefix}-progress"].data == 100.0
+
+
+def test_a_schedule_added_in_the_ui_survives_a_redeploy_and_prefect_yaml_schedules_are_not_duplicated(
+    sweep_deployments: PrefectServer,
+) -> None:
+    with sweep_deployments.client() as client:
+        local = client.read_deployment_by_name("sweep/local")
+        # The same API call the UI's "+ Schedule" makes; inactive, so the test server schedules no runs.
+        client.create_deployment_schedules(
+            local.id, [(CronSchedule(cron="30 4 * * 1", timezone="UTC"), False)]
+        )
+    sweep_deployments.deploy()
+    with sweep_deployments.client() as client:
+        local = client.read_deployment_by_name("sweep/local")
+        slurm = client.read_deployment_by_name("sweep/slurm")
+    assert [s.schedule.cron for s in local.schedules] == ["30 4 * * 1"]
+    assert [s.schedule.cron for s in slurm.schedules] == ["0 2 * * *"]
