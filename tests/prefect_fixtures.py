@@ -18,12 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
+
+if TYPE_CHECKING:
+    from s3_fixtures import S3Server
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -125,10 +128,14 @@ def sweep_deployments(live_prefect_server: PrefectServer) -> PrefectServer:
     return live_prefect_server
 
 
+E2E_S3_PREFIX = "deployment-e2e"
+
+
 @pytest.fixture(scope="session")
-def sweep_worker_env() -> dict[str, str]:
-    """Extra environment of the worker that runs the end-to-end sweep (e.g. S3 settings); none by default."""
-    return {}
+def sweep_worker_env(s3_server: S3Server) -> dict[str, str]:
+    """The worker of the end-to-end sweep stores results in a real S3 server (SeaweedFS), configured
+    through the environment as a user would, under its own prefix."""
+    return s3_server.settings_env(E2E_S3_PREFIX)
 
 
 def probe_study_file(folder: Path) -> Path:

@@ -15,12 +15,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.schedules import CronSchedule
 
+from llc.rundir import MANIFEST
 from llc.sweeps.results import read_results
 
 if TYPE_CHECKING:
     from prefect_fixtures import DeploymentRun, PrefectServer
+    from s3_fixtures import S3Server
 
-pytest_plugins = ["prefect_fixtures"]
+pytest_plugins = ["prefect_fixtures", "s3_fixtures"]
 
 DEPLOYMENTS = ("local", "slurm", "modal")
 CELLS = {"alpha-s0": "Completed", "beta-s0": "Completed", "broken-s0": "Failed"}
@@ -120,3 +122,34 @@ def test_a_schedule_added_in_the_ui_survives_a_redeploy_and_prefect_yaml_schedul
         slurm = client.read_deployment_by_name("sweep/slurm")
     assert [s.schedule.cron for s in local.schedules] == ["30 4 * * 1"]
     assert [s.schedule.cron for s in slurm.schedules] == ["0 2 * * *"]
+
+
+def test_the_deployment_runs_results_are_in_the_bucket_and_its_link_artifact_points_there(
+    sweep_run: DeploymentRun, sweep_deployments: PrefectServer, s3_server: S3Server
+) -> None:
+    from prefect_fixtures import E2E_S3_PREFIX
+
+    stored = s3_server.objects(E2E_S3_PREFIX)
+    rows = {row["cell"]: row for row in read_results(results_csv(sweep_run))}
+    sweep_id = results_csv(sweep_run).parent.name
+    for cell in ("alpha-s0", "beta-s0"):  # every ok cell's run directory, whole and byte-identical
+        run_dir = Path(rows[cell]["run_dir"])
+        local = {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        remote = {
+            key.removeprefix(f"runs/{run_dir.name}/"): body
+            for key, body in stored.items()
+            if key.startswith(f"runs/{run_dir.name}/")
+        }
+        assert MANIFEST in remote and remote == local
+    assert stored[f"sweeps/{sweep_id}/results.csv"] == results_csv(sweep_run).read_bytes()
+    assert {f"sweeps/{sweep_id}/{name}" for name in ("errors.csv", "summary.md", "study.json")} <= set(stored)
+    task_results = [key for key in stored if key.startswith(f"prefect-results/{sweep_run.flow_run_id}/")]
+    assert len(task_results) == 2  # the two ok cells' Prefect task results
+    with sweep_deployments.client() as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(sweep_run.flow_run_id)])
+            )
+        )
+    link = next(a for a in found if a.key == f"sweep-{sweep_id}-stored-results")
+    assert f"s3://llc-test/{E2E_S3_PREFIX}/sweeps/{sweep_id}/results.csv" in str(link.data)

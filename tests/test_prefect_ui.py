@@ -11,7 +11,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from prefect_fixtures import DeploymentRun, PrefectServer
 
-pytest_plugins = ["prefect_fixtures"]
+pytest_plugins = ["prefect_fixtures", "s3_fixtures"]
 
 CELLS = ("alpha-s0", "beta-s0", "broken-s0")
 

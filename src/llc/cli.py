@@ -275,3 +275,8 @@ def _fmt(value: object) -> str:
 from llc import cli_runs  # noqa: E402  (after `app` exists: it adds its commands to it)
 
 cli_runs.register(app)
+
+
+from llc import cli_storage  # noqa: E402  (its commands join the app)
+
+cli_storage.register(app)

@@ -43,11 +43,16 @@ def pull_runs(
     root = runs_dir or load_settings().runs_dir
     if source == "s3":
         try:
-            from llc.storage.s3 import pull_runs as pull_from_s3
+            from llc.storage.pull import pull_runs as pull_from_s3
         except ImportError as exc:
             err.print(f"[red]error:[/red] S3 storage is not available ({exc}): pip install 'llc[s3]'")
             raise typer.Exit(2) from None
-        for path in pull_from_s3(run_ids or [], latest, root):
+        try:
+            paths = pull_from_s3(run_ids or [], latest, root)
+        except (RuntimeError, FileNotFoundError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        for path in paths:
             typer.echo(str(path))
         return
     from llc.backends.modal_volume import pull_run, select_runs

@@ -10,7 +10,7 @@ import torch
 
 _PACKAGE = Path(__file__).resolve().parent
 # Files that only move or present results: editing them does not change what a run computes.
-_PRESENTATION = {"cli.py", "cli_runs.py", "cli_storage.py", "plots.py", "tracking.py"}
+_PRESENTATION = {"cli.py", "cli_runs.py", "cli_storage.py", "plots.py", "settings.py", "tracking.py"}
 _PRESENTATION_DIRS = {"backends", "sweeps", "storage"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,25 @@ class Settings(BaseSettings):
     )
     progress_every_s: float = Field(
         2.0, ge=0, description="how often the progress artifact and results.csv are refreshed mid-sweep"
+    )
+    # Where results are stored (docs/storage.md). Keys never live here: AWS_* variables or prefect-aws blocks.
+    s3_block: str | None = Field(None, description="name of a saved prefect-aws S3Bucket block")
+    s3_bucket: str | None = Field(None, description="bucket, when no S3Bucket block is named")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (Tigris, MinIO, SeaweedFS); none: AWS"
+    )
+    s3_prefix: str = Field("", description="folder inside the bucket that everything goes under")
+    s3_credentials_block: str | None = Field(
+        None, description="name of a saved AwsCredentials block; none: the standard AWS_* variables"
+    )
+    # W&B tracking (docs/tracking.md). The API key comes from WANDB_API_KEY or the Secret block named here.
+    wandb_mode: Literal["online", "offline", "disabled"] = Field(
+        "disabled", description="W&B tracking of each computed cell: online | offline | disabled"
+    )
+    wandb_project: str = Field("llc", description="W&B project of the runs")
+    wandb_entity: str | None = Field(None, description="W&B entity (user or team); none: the key's default")
+    wandb_api_key_block: str | None = Field(
+        None, description="name of a Prefect Secret block holding the W&B API key"
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import (
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -43,8 +44,16 @@ class ProgressArtifact:
         self._last = time.monotonic()
 
 
-def publish(sweep_id: str, rows: list[dict[str, Any]], markdown: str) -> None:
-    """The results table, the summary, and one link per cell to its run directory.
+def publish(
+    sweep_id: str,
+    rows: list[dict[str, Any]],
+    markdown: str,
+    stored: dict[str, str | None] | None = None,
+    stored_results: str | None = None,
+) -> None:
+    """The results table, the summary, one link per cell to its run directory (and, with a bucket, to
+    its stored copy: `stored` maps run_id to an s3:// folder or None while pending), and a link to the
+    stored results.csv.
 
     The links are one artifact, not one per cell: a server write per cell costs more than a no-op cell's
     whole task. The writes go out together, so one slow answer of a busy server delays the sweep once.
@@ -54,20 +63,43 @@ def publish(sweep_id: str, rows: list[dict[str, Any]], markdown: str) -> None:
                 description=f"one row per cell of sweep {sweep_id}"),
         partial(create_markdown_artifact, markdown=markdown, key=artifact_key(sweep_id, "summary"),
                 description=f"summary of sweep {sweep_id}"),
-        partial(create_markdown_artifact, markdown=run_links(rows), key=artifact_key(sweep_id, "runs"),
+        partial(create_markdown_artifact, markdown=run_links(rows, stored),
+                key=artifact_key(sweep_id, "runs"),
                 description=f"a link per cell to its run directory, sweep {sweep_id}"),
     ]  # fmt: skip
+    if stored_results:
+        writes.append(partial(create_link_artifact, link=stored_results, link_text=stored_results,
+                              key=artifact_key(sweep_id, "stored-results"),
+                              description=f"results.csv of sweep {sweep_id} in the bucket"))  # fmt: skip
     with ThreadPoolExecutor(len(writes)) as pool:
         # Each write runs in a copy of this context, so the artifacts belong to the flow run.
         for done in [pool.submit(contextvars.copy_context().run, write) for write in writes]:
             done.result()
 
 
-def run_links(rows: list[dict[str, Any]]) -> str:
-    """A markdown table with a link from every cell to its run directory."""
+def run_links(rows: list[dict[str, Any]], stored: dict[str, str | None] | None = None) -> str:
+    """A markdown table with a link from every cell to its run directory, and to its stored copy."""
     lines = ["| cell | status | run directory |", "| --- | --- | --- |"]
+    if stored is not None:
+        lines = ["| cell | status | run directory | stored |", "| --- | --- | --- | --- |"]
     for row in rows:
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['error_type']}"
         status += " (cached)" if row["cached"] else ""
-        lines.append(f"| {row['cell']} | {status} | [{row['run_dir']}]({Path(row['run_dir']).as_uri()}) |")
+        line = f"| {row['cell']} | {status} | [{row['run_dir']}]({Path(row['run_dir']).as_uri()}) |"
+        if stored is not None:
+            line += f" {_stored(stored, row['run_id'])} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _stored(stored: dict[str, str | None], run_id: str) -> str:
+    if run_id not in stored:
+        return "-"
+    folder = stored[run_id]
+    return f"[{folder}]({folder})" if folder else "upload pending"
+
+
+def storage_markdown(stored_results: str | None, pending: int) -> str:
+    """The summary's storage section: where results.csv is stored and how many uploads are pending."""
+    where = f"[{stored_results}]({stored_results})" if stored_results else "upload pending"
+    return f"\n## Storage\n\nresults.csv in the bucket: {where}\n\nuploads pending: {pending}\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +23,9 @@ class Cell(BaseModel):
     config: dict[str, Any]
     run_id: str
     family_id: str | None = None
+    # How the cell is run, not what it computes: neither changes run_id, which comes from the config.
+    sweep_id: str | None = None
+    wandb_mode: Literal["online", "offline", "disabled"] = "disabled"
 
     def load_config(self) -> BaseModel:
         """The experiment's config model, re-validated from the stored (already valid) values."""

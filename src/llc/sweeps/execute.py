@@ -17,9 +17,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from llc.rundir import RunDir
+from llc.settings import load_settings
 from llc.sweeps.cell import Cell
 from llc.sweeps.experiments import LLC_EXPERIMENT, load_experiment
 from llc.sweeps.record import CellRecord
+from llc.tracking import track
 
 StageCallback = Callable[[str], None]
 
@@ -50,7 +52,11 @@ def run_cell(
             metrics = _compute(cell, cell.load_config(), run_dir, enter)
     except Exception as exc:
         return CellRecord.from_exception(cell, exc, stage, time.perf_counter() - start)
-    return _outcome(cell, run_dir, metrics, time.perf_counter() - start, cached=False)
+    record = _outcome(cell, run_dir, metrics, time.perf_counter() - start, cached=False)
+    enter("track")
+    if warning := track(cell, run_dir.path, metrics, load_settings()):
+        record = record.model_copy(update={"metrics": {**record.metrics, "wandb_warning": warning}})
+    return record
 
 
 def cached_record(cell: Cell, runs_dir: Path) -> CellRecord | None:

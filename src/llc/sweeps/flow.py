@@ -8,8 +8,9 @@ detected before any cell is submitted.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -21,9 +22,12 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task, exponential_backoff
 
+from llc import tracking
 from llc.backends import Backend, get_backend, run_on
 from llc.rundir import RunDir, atomic_write
 from llc.settings import load_settings
+from llc.storage import pending, s3
+from llc.storage.sync import store_run, store_sweep, sync
 from llc.sweeps import artifacts
 from llc.sweeps.cell import Cell
 from llc.sweeps.execute import cached_record
@@ -33,7 +37,12 @@ from llc.sweeps.record import CellFailed, CellRecord, is_retryable
 from llc.sweeps.results import error_rows, result_rows, sweep_dir, write_results
 from llc.sweeps.summary import summarize, to_markdown
 
+if TYPE_CHECKING:
+    from prefect_aws import S3Bucket
+
 EXTRA_TASK_THREADS = 4
+# Where Prefect keeps each cell task's result, under prefect-results/ in the bucket (beside runs/, sweeps/).
+TASK_RESULT_KEY = "{flow_run.id}/{parameters[cell].name}.json"
 
 
 def retry_if_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -88,6 +97,14 @@ def sweep(
     backend_options = {**plan.study.execution.backend_options, **(backend_options or {})}
     if options.threads_per_cell is not None:
         backend_options = {"threads_per_cell": options.threads_per_cell, **backend_options}
+    tracking.export_api_key(settings, options.wandb_mode)
+    plan = replace(plan, cells=[c.model_copy(update={"wandb_mode": options.wandb_mode}) for c in plan.cells])
+    bucket = s3.open_bucket(settings)
+    if bucket is not None:
+        earlier = sync(bucket, options.runs_dir, missing=False)
+        if earlier.runs or earlier.sweeps:
+            logger.info("uploaded %d runs and %d sweeps left pending by earlier runs",
+                        len(earlier.runs), len(earlier.sweeps))  # fmt: skip
     with get_backend(options.backend, options.max_parallel, backend_options) as cell_backend:
         out = sweep_dir(options.runs_dir, plan.sweep_id)
         atomic_write(out / "study.json", plan.study.model_dump_json(indent=2).encode())
@@ -95,20 +112,36 @@ def sweep(
             "sweep %s: %d cells on the %s backend, %d at once; results in %s",
             plan.sweep_id, len(plan.cells), options.backend, options.max_parallel, out,
         )  # fmt: skip
-        records = _run_cells(plan, options, skip, cell_backend, out)
-    return _finish(plan, options, records, out, logger, started)
+        records, stored = _run_cells(plan, options, skip, cell_backend, out, bucket, logger)
+    return _finish(plan, options, records, out, logger, started, bucket, stored)
 
 
 def _run_cells(
-    plan: Plan, options: SweepOptions, skip: bool, backend: Backend, out: Path
-) -> dict[str, CellRecord]:
-    """Map one task per cell; collect records as cells finish."""
+    plan: Plan,
+    options: SweepOptions,
+    skip: bool,
+    backend: Backend,
+    out: Path,
+    bucket: S3Bucket | None,
+    logger: Any,
+) -> tuple[dict[str, CellRecord], dict[str, str | None]]:
+    """Map one task per cell; collect records as cells finish, storing each run in the bucket if any.
+
+    Returns the records by cell and, with a bucket, each stored run's s3:// folder (None: pending).
+    """
     cell_task = run_cell_task.with_options(
         task_run_name="{cell.name}",
         retries=options.retries,
         retry_delay_seconds=exponential_backoff(options.retry_delay_s) if options.retry_delay_s else 0,
         retry_jitter_factor=options.retry_jitter or None,
     )
+    if bucket is not None:
+        # The cached-results machinery stays off (refresh_cache): the result is written, never looked up.
+        cell_task = cell_task.with_options(
+            persist_result=True, result_storage=s3.task_result_storage(bucket), result_serializer="json",
+            result_storage_key=TASK_RESULT_KEY, cache_policy=None, refresh_cache=True,
+        )  # fmt: skip
+    stored: dict[str, str | None] = {}
     progress = artifacts.ProgressArtifact(plan.sweep_id, len(plan.cells), options.progress_every_s)
     records: dict[str, CellRecord] = {}
     # The backend lets at most max_parallel cells compute; a few more task threads keep Prefect's
@@ -128,10 +161,13 @@ def _run_cells(
         for future in as_completed(futures):
             record = _record(future, cells[future.task_run_id], options.runs_dir)
             records[record.cell] = record
+            if bucket is not None and record.status == "ok":
+                runs_dir = options.runs_dir
+                stored[record.run_id] = store_run(bucket, runs_dir, record.run_id, record.cached, logger)
             if progress.due(len(records)):
                 _write(plan, records, out)  # a partial table survives an interrupted sweep
                 progress.update(len(records))
-    return records
+    return records, stored
 
 
 def _record(future: PrefectFuture[CellRecord], cell: Cell, runs_dir: Path) -> CellRecord:
@@ -156,20 +192,34 @@ def _write(plan: Plan, records: dict[str, CellRecord], out: Path) -> tuple[Path,
 
 
 def _finish(
-    plan: Plan, options: SweepOptions, records: dict[str, CellRecord], out: Path, logger: Any, started: float
+    plan: Plan,
+    options: SweepOptions,
+    records: dict[str, CellRecord],
+    out: Path,
+    logger: Any,
+    started: float,
+    bucket: S3Bucket | None,
+    stored: dict[str, str | None],
 ) -> dict[str, Any]:
     path, rows = _write(plan, records, out)
     summary = summarize(rows, options.best_by)
     markdown = to_markdown(plan.sweep_id, summary, str(path))
     atomic_write(out / "summary.md", markdown.encode())
-    artifacts.publish(plan.sweep_id, rows, markdown)
+    stored_results, waiting = None, 0
+    if bucket is not None:
+        stored_results = store_sweep(bucket, options.runs_dir, plan.sweep_id, logger)
+        waiting = len(pending.pending(options.runs_dir))
+        markdown += artifacts.storage_markdown(stored_results, waiting)
+    artifacts.publish(plan.sweep_id, rows, markdown, stored if bucket is not None else None, stored_results)
     wall_s = time.perf_counter() - started
     logger.info(
         "sweep %s finished in %.1f s: %d cells, %d ok, %d failed, %d cached; results: %s",
         plan.sweep_id, wall_s, summary.total, summary.ok, summary.failed, summary.cached, path,
     )  # fmt: skip
+    if waiting:
+        logger.warning("%d uploads to S3 are pending; `llc sync` or the next sweep uploads them", waiting)
     return {
         "sweep_id": plan.sweep_id, "results": str(path), "errors": str(out / "errors.csv"),
         "total": summary.total, "ok": summary.ok, "failed": summary.failed, "cached": summary.cached,
-        "wall_s": round(wall_s, 3),
+        "wall_s": round(wall_s, 3), "stored": stored_results, "pending_uploads": waiting,
     }  # fmt: skip

@@ -22,6 +22,7 @@ class SweepOptions:
     best_by: str
     progress_every_s: float
     threads_per_cell: int | None
+    wandb_mode: str
 
 
 def resolve_options(settings: Settings, execution: Execution, **flags: Any) -> SweepOptions:

@@ -64,7 +64,8 @@ def plan_sweep(study: str | Path | dict[str, Any]) -> Plan:
     _check_names(cells, issues)
     if issues:
         raise StudyError(_report(issues))
-    return Plan(parsed, f"{parsed.name}-{parsed.study_hash}", cells)
+    sweep_id = f"{parsed.name}-{parsed.study_hash}"
+    return Plan(parsed, sweep_id, [cell.model_copy(update={"sweep_id": sweep_id}) for cell in cells])
 
 
 def _values(

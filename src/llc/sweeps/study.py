@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,6 +50,9 @@ class Execution(BaseModel):
     retry_delay_s: float | None = Field(None, ge=0)
     retry_jitter: float | None = Field(None, ge=0)
     best_by: str | None = Field(None, pattern=BEST_BY_PATTERN)
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="W&B tracking of each computed cell"
+    )
 
 
 class Study(BaseModel):

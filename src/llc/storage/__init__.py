@@ -1,0 +1,1 @@
+"""Where results are kept besides the local runs directory: an S3-compatible bucket (docs/storage.md)."""
