@@ -193,7 +193,7 @@ def test_sgld_gives_the_same_draws_on_one_core_and_on_two():
     """Chains advance in blocks with their own random streams (samplers/blocks.py); spreading the blocks
     over cores must not change a single number, nor may it leave any chain out."""
     base = {"problem": "mlp", "in_dim": 4, "widths": (8, 8), "teacher_widths": (4,), "n_data": 500,
-            "erm_steps": 50, "sampler": "sgld", "chains": 10, "steps": 30, "warmup": 5,
+            "erm_steps": 50, "sampler": "sgld", "chains": 34, "steps": 30, "warmup": 5,
             "batch_size": 32}  # fmt: skip
     traces = []
     for threads in (1, 2):
@@ -201,7 +201,7 @@ def test_sgld_gives_the_same_draws_on_one_core_and_on_two():
         posterior, loss0 = _posterior(config)
         traces.append(sample(config, posterior, loss0, torch.Generator().manual_seed(3)))
     one, two = traces
-    assert np.isfinite(one.loss).all() and one.loss.shape == (10, 30)
+    assert np.isfinite(one.loss).all() and one.loss.shape == (34, 30)
     np.testing.assert_array_equal(one.loss, two.loss)
     # Each block of chains has its own stream: no two chains share their draws.
-    assert len({tuple(row) for row in one.loss.round(7)}) == 10
+    assert len({tuple(row) for row in one.loss.round(7)}) == 34

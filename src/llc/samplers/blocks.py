@@ -51,11 +51,14 @@ def make_blocks(chains: int, gen: torch.Generator) -> list[Block]:
     ]
 
 
-def cpu_parts(device: torch.device, blocks: int) -> int:
-    """How many cores share the chains: every core torch may use, at most one per block; 1 off the CPU."""
+def cpu_parts(device: torch.device, blocks: list[Block]) -> int:
+    """How many cores share the chains: every core torch may use, each with at least CHUNK chains
+    (fewer chains per core lose more to handing the interpreter lock between threads than they gain,
+    and torch's own intra-op threads serve them better); 1 off the CPU."""
     if device.type != "cpu":
         return 1
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, blocks))
+    chains = sum(b.size for b in blocks)
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, len(blocks), chains // CHUNK))
 
 
 def split(blocks: list[Block], parts: int) -> list[list[Block]]:

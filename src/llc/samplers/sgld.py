@@ -60,7 +60,7 @@ class SGLD:
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
         self.blocks = [Block(0, w.shape[0], gen)] if self.compiles_itself else make_blocks(w.shape[0], gen)
-        self.parts = cpu_parts(w.device, len(self.blocks))
+        self.parts = cpu_parts(w.device, self.blocks)
         if self.precond == "none":
             return SGLDState(w.clone())
         momentum = torch.zeros_like(w) if self.precond == "adam" else None
