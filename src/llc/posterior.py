@@ -46,7 +46,14 @@ class LocalizedPosterior:
         if self.batch_size is None or self.batch_size >= self.n:
             return self.x, self.y
         idx = torch.randint(0, self.n, (chains, self.batch_size), generator=gen, device=self.x.device)
-        return self.x[idx], self.y[idx]
+        return self.gather(idx)
+
+    def gather(self, idx: torch.Tensor) -> Batch:
+        """The points at indices idx [chains, batch]: ([chains, batch, in], [chains, batch, out]).
+        (index_select is several times faster than advanced indexing here.)"""
+        flat = idx.reshape(-1)
+        x = torch.index_select(self.x, 0, flat).view(*idx.shape, self.x.shape[1])
+        return x, torch.index_select(self.y, 0, flat).view(*idx.shape, self.y.shape[1])
 
     def loss_and_grad(self, w: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss L [chains] on the batch and the potential's gradient ∇U [chains, d]."""

@@ -87,8 +87,7 @@ class SGLD:
         w, post = state.w[chains], self.posterior
         batch = None
         if post.batch_size is not None and post.batch_size < post.n:
-            idx = minibatch_index(group, post.n, post.batch_size, w.device)
-            batch = (post.x[idx], post.y[idx])
+            batch = post.gather(minibatch_index(group, post.n, post.batch_size, w.device))
         loss, grad = post.loss_and_grad(w, batch)
         noise = normal(group, w.shape[1], w.dtype, w.device)
         if self.precond == "none":
