@@ -22,7 +22,7 @@ from typing import TypeVar
 import torch
 
 BLOCK = 4  # chains per random stream
-CHUNK = 8  # chains a core computes at once: their [chains, batch, width] tensors stay in its cache
+CHUNK = 16  # chains a core computes at once: their [chains, batch, width] tensors stay in its cache
 _pool: ThreadPoolExecutor | None = None
 
 T = TypeVar("T")
