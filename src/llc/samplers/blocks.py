@@ -7,7 +7,8 @@ share of the chains, start to end, with one torch thread, on tensors that stay i
 
 Random numbers come from one stream per block of BLOCK chains, whatever the number of cores, so a
 run gives the same numbers on a laptop and on a 64-core node. A run with at most BLOCK chains uses
-the caller's generator, exactly as an unblocked kernel would.
+the caller's generator, exactly as an unblocked kernel would. A block is also what a core computes
+at once: its [chains, batch, width] tensors stay in the core's cache.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from typing import TypeVar
 
 import torch
 
-BLOCK = 4  # chains per random stream
-CHUNK = 16  # chains a core computes at once: their [chains, batch, width] tensors stay in its cache
+BLOCK = 16  # chains per random stream, and per computation on one core
 _pool: ThreadPoolExecutor | None = None
 
 T = TypeVar("T")
@@ -52,13 +52,13 @@ def make_blocks(chains: int, gen: torch.Generator) -> list[Block]:
 
 
 def cpu_parts(device: torch.device, blocks: list[Block]) -> int:
-    """How many cores share the chains: every core torch may use, each with at least CHUNK chains
+    """How many cores share the chains: every core torch may use, each with at least BLOCK chains
     (fewer chains per core lose more to handing the interpreter lock between threads than they gain,
     and torch's own intra-op threads serve them better); 1 off the CPU."""
     if device.type != "cpu":
         return 1
     chains = sum(b.size for b in blocks)
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, len(blocks), chains // CHUNK))
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, len(blocks), chains // BLOCK))
 
 
 def split(blocks: list[Block], parts: int) -> list[list[Block]]:
@@ -71,12 +71,6 @@ def split(blocks: list[Block], parts: int) -> list[list[Block]]:
         groups[part].append(block)
         done += block.size
     return [g for g in groups if g]
-
-
-def chunks(group: list[Block]) -> list[list[Block]]:
-    """A core's share of blocks in runs of about CHUNK chains, computed one after another."""
-    per_chunk = max(1, CHUNK // BLOCK)
-    return [group[i : i + per_chunk] for i in range(0, len(group), per_chunk)]
 
 
 def run_parts(work: Callable[[list[Block]], T], groups: list[list[Block]]) -> list[T]:

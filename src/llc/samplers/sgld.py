@@ -15,7 +15,6 @@ from llc.posterior import LocalizedPosterior
 from llc.samplers.base import StepInfo
 from llc.samplers.blocks import (
     Block,
-    chunks,
     cpu_parts,
     make_blocks,
     minibatch_index,
@@ -78,7 +77,7 @@ class SGLD:
         return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
 
     def _advance_share(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
-        losses = [self._advance(state, chunk) for chunk in chunks(group)]
+        losses = [self._advance(state, [block]) for block in group]
         return losses[0] if len(losses) == 1 else torch.cat(losses)
 
     def _advance(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
