@@ -180,7 +180,7 @@ def test_run_llc_keeps_the_checkpoint_until_the_result_is_sealed(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_sgld_agrees_with_eager():
-    """compile=true fuses SGLD's whole step (its own RNG) and estimates the same LLC as eager."""
+    """compile=true compiles SGLD's gradient and estimates the same LLC as eager."""
     common = {**RRR, "sampler": "sgld", "chains": 4, "steps": 1500, "batch_size": 256, "step_size": 1e-4}
     eager, _ = _estimate(build_config(None, common))
     compiled, trace = _estimate(build_config(None, {**common, "compile": True}))

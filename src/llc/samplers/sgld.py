@@ -39,26 +39,28 @@ class SGLDState:
 class SGLD:
     grad_evals_per_step = 1
     minibatch = True
-    transient = ("_fused",)  # not saved in checkpoints
+    transient = ("steps_taken", "_langevin_compiled")  # not checkpointed: a resumed run compiles afresh
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
-        self.posterior = posterior
+        self.posterior = posterior  # with compile=true the driver compiles its gradient
         self.eps = config.resolved_step_size
         self.precond = config.precond
-        # compile=true fuses the whole step, minibatch draw and noise included, into one graph; its
-        # random numbers then come from torch's global (counter-based, parallel) generator.
-        self.compiles_itself = config.compile and self.precond == "none"
-        self._fused = torch.compile(self._langevin_step, dynamic=False) if self.compiles_itself else None
-        if self.compiles_itself:
-            torch.manual_seed(config.seed)
+        self.compiled = config.compile
+        self.steps_taken = 0
+        # compile=true: gradient, localization and update of a block as one compiled function; the
+        # random numbers stay with the blocks' streams, drawn before it.
+        fuse = config.compile and self.precond == "none"
+        self._langevin_compiled = torch.compile(self._langevin, dynamic=False) if fuse else None
 
-    def _langevin_step(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, grad = self.posterior.loss_and_grad(w, self.posterior.minibatch(w.shape[0], None))
-        return loss, w - (0.5 * self.eps) * grad + math.sqrt(self.eps) * torch.randn_like(w)
+    def _langevin(
+        self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, grad = self.posterior.loss_and_grad(w, (x, y))
+        return loss, w - (0.5 * self.eps) * grad + math.sqrt(self.eps) * noise
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
-        self.blocks = [Block(0, w.shape[0], gen)] if self.compiles_itself else make_blocks(w.shape[0], gen)
+        self.blocks = make_blocks(w.shape[0], gen)
         self.parts = cpu_parts(w.device, self.blocks)
         if self.precond == "none":
             return SGLDState(w.clone())
@@ -69,11 +71,11 @@ class SGLD:
         return state.w
 
     def step(self, state: SGLDState, gen: torch.Generator, tune: bool) -> tuple[SGLDState, StepInfo]:
-        if self._fused is not None:
-            loss, state.w = self._fused(state.w)
-            return state, StepInfo(loss)
         state.t += 1
-        losses = run_parts(lambda group: self._advance_share(state, group), split(self.blocks, self.parts))
+        # A compiled gradient compiles on its first calls (one per block shape): not from two threads.
+        parts = 1 if self.compiled and self.steps_taken < 2 else self.parts
+        self.steps_taken += 1
+        losses = run_parts(lambda group: self._advance_share(state, group), split(self.blocks, parts))
         return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
 
     def _advance_share(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
@@ -84,9 +86,14 @@ class SGLD:
         """One step of the chains of `group` (contiguous blocks), in place; returns their losses."""
         chains = slice(group[0].start, group[-1].stop)
         w, post = state.w[chains], self.posterior
-        batch = None
+        batch = (post.x, post.y)
         if post.batch_size is not None and post.batch_size < post.n:
             batch = post.gather(minibatch_index(group, post.n, post.batch_size, w.device))
+        if self._langevin_compiled is not None:
+            noise = normal(group, w.shape[1], w.dtype, w.device)
+            loss, moved = self._langevin_compiled(w, *batch, noise)
+            w.copy_(moved)
+            return loss
         loss, grad = post.loss_and_grad(w, batch)
         noise = normal(group, w.shape[1], w.dtype, w.device)
         if self.precond == "none":
