@@ -13,14 +13,13 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Annotated, Any, Literal, Protocol, Self
 
 import modal
@@ -28,7 +27,7 @@ import modal.exception as modal_errors
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llc.backends.base import BackendUnavailable, JobState
+from llc.backends.base import BackendUnavailable, CancelOnSignal, JobState
 from llc.config import RunConfig
 from llc.sweeps.cell import Cell
 from llc.sweeps.record import CellRecord
@@ -230,7 +229,7 @@ class ModalBackend:
         self._lock = threading.RLock()
         self._slots = threading.BoundedSemaphore(max_parallel)
         self._closed = threading.Event()
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = CancelOnSignal(self.cancel_all, "Modal calls")
         if self.options.preflight:
             self._preflight()
 
@@ -292,10 +291,7 @@ class ModalBackend:
     def close(self) -> None:
         """Cancel the calls still queued or running, restore signal handlers."""
         self.cancel_all("the Modal backend was closed")
-        for signum, previous in self._previous_handlers.items():
-            if signal.getsignal(signum) == self._on_signal:
-                signal.signal(signum, previous)
-        self._previous_handlers.clear()
+        self._signals.restore()
 
     def cancel_all(self, why: str) -> None:
         self._closed.set()
@@ -305,28 +301,13 @@ class ModalBackend:
             job.interrupt(why)
 
     def __enter__(self) -> Self:
-        # A cancelled flow run gets SIGTERM (Ctrl-C: SIGINT) in its main thread: cancel the calls first.
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                if signal.getsignal(signum) != signal.SIG_IGN:
-                    self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        self._signals.install()  # a cancelled flow run cancels the work first
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        log.warning("signal %s: cancelling the Modal calls of this sweep", name)
-        self.cancel_all(f"the sweep was interrupted ({name})")
-        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
 
     def _preflight(self) -> None:
         """Ping the deployed app before any cell is submitted; BackendUnavailable says what to do."""

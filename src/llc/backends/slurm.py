@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,13 +23,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Self
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llc.backends.base import JobState
+from llc.backends.base import CancelOnSignal, JobState
 from llc.backends.slurm_states import PENDING, RUNNING, StateTracker, base_state, is_final
 from llc.sweeps.cell import Cell
 from llc.sweeps.execute import run_cell
@@ -138,7 +137,7 @@ class SlurmBackend:
         self._lock = threading.RLock()  # cancel_all may run in a signal handler
         self._slots = threading.BoundedSemaphore(max_parallel)  # jobs queued or running at once
         self._closed = threading.Event()
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = CancelOnSignal(self.cancel_all, "SLURM jobs")
 
     def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> SlurmJob:
         """Queue the cell for the next array; returns once its sbatch has been accepted."""
@@ -159,10 +158,7 @@ class SlurmBackend:
         """Cancel the jobs still queued or running (one scancel), stop polling, restore signal handlers."""
         self.cancel_all()
         self.states.close()
-        for signum, previous in self._previous_handlers.items():
-            if signal.getsignal(signum) == self._on_signal:
-                signal.signal(signum, previous)
-        self._previous_handlers.clear()
+        self._signals.restore()
 
     def cancel_all(self, why: str = "the SLURM backend was closed") -> None:
         """scancel every job still queued or running; each ends with a SlurmCancelled record saying why."""
@@ -177,12 +173,7 @@ class SlurmBackend:
             self._slots.release()
 
     def __enter__(self) -> Self:
-        # A cancelled flow run gets SIGTERM (Ctrl-C: SIGINT) in its main thread, while the task threads
-        # wait on jobs: cancel the jobs first, then let the previous handler (Prefect's) do its work.
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                if signal.getsignal(signum) != signal.SIG_IGN:  # e.g. SIGINT in a background job
-                    self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        self._signals.install()  # a cancelled flow run cancels the work first
         return self
 
     def __exit__(
@@ -207,17 +198,6 @@ class SlurmBackend:
             job.cancel()
         else:
             self._slots.release()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        log.warning("signal %s: cancelling the SLURM jobs of this sweep", name)
-        self.cancel_all(f"the sweep was interrupted ({name})")
-        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
 
     def _parameters(self, cell: Cell, timeout_s: float | None) -> dict[str, Any]:
         """submitit's SlurmExecutor parameters for this cell; cells with equal parameters share an array."""
