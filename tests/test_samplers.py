@@ -189,11 +189,12 @@ def test_compiled_sgld_agrees_with_eager():
     assert abs(eager["llc_mean"] - compiled["llc_mean"]) < tolerance, (eager, compiled)
 
 
-def test_sgld_gives_the_same_draws_on_one_core_and_on_two():
+@pytest.mark.parametrize("sampler", ["sgld", "sghmc"])
+def test_minibatch_samplers_give_the_same_draws_on_one_core_and_on_two(sampler):
     """Chains advance in blocks with their own random streams (samplers/blocks.py); spreading the blocks
     over cores must not change a single number, nor may it leave any chain out."""
     base = {"problem": "mlp", "in_dim": 4, "widths": (8, 8), "teacher_widths": (4,), "n_data": 500,
-            "erm_steps": 50, "sampler": "sgld", "chains": 34, "steps": 30, "warmup": 5,
+            "erm_steps": 50, "sampler": sampler, "chains": 34, "steps": 30, "warmup": 5,
             "batch_size": 32}  # fmt: skip
     traces = []
     for threads in (1, 2):

@@ -13,6 +13,7 @@ import torch
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers.base import StepInfo
+from llc.samplers.blocks import Block, cpu_parts, make_blocks, minibatch_index, normal, run_parts, split
 
 
 @dataclass
@@ -31,16 +32,31 @@ class SGHMC:
         self.alpha = config.friction
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGHMCState:
+        # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
+        self.blocks = make_blocks(w.shape[0], gen)
+        self.parts = cpu_parts(w.device, self.blocks)
         return SGHMCState(w.clone(), torch.zeros_like(w))
 
     def position(self, state: SGHMCState) -> torch.Tensor:
         return state.w
 
     def step(self, state: SGHMCState, gen: torch.Generator, tune: bool) -> tuple[SGHMCState, StepInfo]:
-        loss, grad = self.posterior.loss_and_grad(state.w, self.posterior.minibatch(state.w.shape[0], gen))
-        noise = torch.randn(state.w.shape, generator=gen, device=state.w.device, dtype=state.w.dtype)
-        state.v.mul_(1 - self.alpha).add_(grad, alpha=-self.eta).add_(
-            noise, alpha=math.sqrt(2 * self.alpha * self.eta)
-        )
-        state.w.add_(state.v)
-        return state, StepInfo(loss)
+        losses = run_parts(lambda group: self._advance_share(state, group), split(self.blocks, self.parts))
+        return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
+
+    def _advance_share(self, state: SGHMCState, group: list[Block]) -> torch.Tensor:
+        losses = [self._advance(state, block) for block in group]
+        return losses[0] if len(losses) == 1 else torch.cat(losses)
+
+    def _advance(self, state: SGHMCState, block: Block) -> torch.Tensor:
+        chains = slice(block.start, block.stop)
+        w, v, post = state.w[chains], state.v[chains], self.posterior
+        batch = None
+        if post.batch_size is not None and post.batch_size < post.n:
+            batch = post.gather(minibatch_index([block], post.n, post.batch_size, w.device))
+        loss, grad = post.loss_and_grad(w, batch)
+        noise = normal([block], w.shape[1], w.dtype, w.device)
+        kick = math.sqrt(2 * self.alpha * self.eta)
+        v.mul_(1 - self.alpha).add_(grad, alpha=-self.eta).add_(noise, alpha=kick)
+        w.add_(v)
+        return loss
