@@ -6,6 +6,7 @@ import torch
 
 from llc.problems import Problem
 from llc.problems.build import STREAM_INIT, stream
+from llc.threads import cpu_threads
 
 
 def train(problem: Problem, steps: int, lr: float, seed: int) -> tuple[torch.Tensor, float]:
@@ -24,6 +25,9 @@ def train(problem: Problem, steps: int, lr: float, seed: int) -> tuple[torch.Ten
     if len(model.widths) == 2 and model.activation == "identity" and model.loss == "mse" and not model.bias:
         # A one-layer linear model (the `linear` problem): least squares gives the exact minimum, which
         # a few hundred Adam steps may not reach; a w* short of the minimum biases the LLC downwards.
-        w_star = torch.linalg.lstsq(problem.x, problem.y).solution.reshape(1, -1).to(w_star.dtype)
+        # In float64 on one thread, so every machine and thread count gets the same w*.
+        with cpu_threads(1):
+            exact = torch.linalg.lstsq(problem.x.double(), problem.y.double()).solution
+        w_star = exact.reshape(1, -1).to(w_star.dtype)
     loss = model.batch_loss(w_star, problem.x, problem.y)
     return w_star[0].clone(), float(loss[0])
