@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llc.config import PRESETS, ConfigError, RunConfig, build_config
-from llc.settings import load_settings
+from llc.settings import load_settings, parse_pairs
 
 app = typer.Typer(
     help="Estimate local learning coefficients and run sweeps of experiments.", no_args_is_help=True
@@ -41,17 +41,8 @@ BackendOptionsOption = Annotated[
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """KEY=VALUE strings to a dict, VALUE parsed as YAML; a malformed pair is a ConfigError."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set chains=16")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {pair!r}: VALUE is not valid YAML ({exc})") from None
-    return overrides
+    """`--set KEY=VALUE` strings to a dict, VALUE parsed as YAML; a malformed pair is a ConfigError."""
+    return parse_pairs(pairs, "--set", "chains=16")
 
 
 def _config(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llc.config import ConfigError
 
 BEST_BY_PATTERN = r"^(min|max):\w+$"
 
@@ -59,3 +62,18 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
+
+
+def parse_pairs(pairs: list[str] | None, flag: str, example: str) -> dict[str, Any]:
+    """`FLAG KEY=VALUE` strings (`--set`, `--backend-option`) to a dict, VALUE parsed as YAML;
+    a malformed pair is a ConfigError naming the flag and an example."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} {example}")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{flag} {pair!r}: VALUE is not valid YAML ({exc})") from None
+    return parsed

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import yaml
-
 from llc.backends.base import Backend, BackendUnavailable, Job, JobState, run_on
+from llc.settings import parse_pairs
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
 BACKENDS = {
@@ -46,14 +45,4 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
 
 def parse_backend_options(pairs: list[str] | None) -> dict[str, Any]:
     """`--backend-option KEY=VALUE` strings to a dict, VALUE parsed as YAML (`gpus=1`, `setup=[a, b]`)."""
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            example = "--backend-option partition=gpu"
-            raise ValueError(f"--backend-option {pair!r}: expected KEY=VALUE, e.g. {example}")
-        try:
-            options[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--backend-option {pair!r}: VALUE is not valid YAML ({exc})") from None
-    return options
+    return parse_pairs(pairs, "--backend-option", "partition=gpu")
