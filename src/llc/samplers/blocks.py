@@ -38,6 +38,14 @@ class Block:
     def size(self) -> int:
         return self.stop - self.start
 
+    @property
+    def chains(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def normal(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like `like` (the block's rows), from the block's stream."""
+        return torch.randn(like.shape, generator=self.gen, dtype=like.dtype, device=like.device)
+
 
 def make_blocks(chains: int, gen: torch.Generator) -> list[Block]:
     """BLOCK-chain blocks with their own streams, seeded from `gen`; one block on `gen` for few chains."""
@@ -84,19 +92,3 @@ def run_parts(work: Callable[[list[Block]], T], groups: list[list[Block]]) -> li
     futures = [_pool.submit(work, group) for group in groups[1:]]
     first = work(groups[0])
     return [first, *(f.result() for f in futures)]
-
-
-def minibatch_index(blocks: list[Block], n: int, batch: int, device: torch.device) -> torch.Tensor:
-    """Indices [chains of the blocks, batch] of an independent minibatch per chain, per block stream."""
-    parts = [torch.randint(0, n, (b.size, batch), generator=b.gen, device=device) for b in blocks]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def normal(blocks: list[Block], dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Standard normal noise [chains of the blocks, dim], per block stream."""
-    out = torch.empty(sum(b.size for b in blocks), dim, dtype=dtype, device=device)
-    row = 0
-    for b in blocks:
-        torch.randn(b.size, dim, generator=b.gen, dtype=dtype, device=device, out=out[row : row + b.size])
-        row += b.size
-    return out

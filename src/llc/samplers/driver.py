@@ -110,7 +110,7 @@ def _run_chains(
 ) -> Trace:
     kernel = KERNELS[config.sampler](posterior, config)
     grad_fn = posterior.grad_fn
-    if config.compile and not getattr(kernel, "compiles_itself", False):
+    if config.compile:
         posterior = replace(posterior, grad_fn=torch.compile(grad_fn, dynamic=False))
         kernel.posterior = posterior  # type: ignore[attr-defined]
     w0 = posterior.w_star.expand(chains, -1).clone()

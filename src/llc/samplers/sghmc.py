@@ -13,7 +13,7 @@ import torch
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers.base import StepInfo
-from llc.samplers.blocks import Block, cpu_parts, make_blocks, minibatch_index, normal, run_parts, split
+from llc.samplers.blocks import Block, cpu_parts, make_blocks, run_parts, split
 
 
 @dataclass
@@ -49,13 +49,9 @@ class SGHMC:
         return losses[0] if len(losses) == 1 else torch.cat(losses)
 
     def _advance(self, state: SGHMCState, block: Block) -> torch.Tensor:
-        chains = slice(block.start, block.stop)
-        w, v, post = state.w[chains], state.v[chains], self.posterior
-        batch = None
-        if post.batch_size is not None and post.batch_size < post.n:
-            batch = post.gather(minibatch_index([block], post.n, post.batch_size, w.device))
-        loss, grad = post.loss_and_grad(w, batch)
-        noise = normal([block], w.shape[1], w.dtype, w.device)
+        w, v = state.w[block.chains], state.v[block.chains]
+        loss, grad = self.posterior.loss_and_grad(w, self.posterior.minibatch(block.size, block.gen))
+        noise = block.normal(w)
         kick = math.sqrt(2 * self.alpha * self.eta)
         v.mul_(1 - self.alpha).add_(grad, alpha=-self.eta).add_(noise, alpha=kick)
         w.add_(v)

@@ -13,15 +13,7 @@ import torch
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers.base import StepInfo
-from llc.samplers.blocks import (
-    Block,
-    cpu_parts,
-    make_blocks,
-    minibatch_index,
-    normal,
-    run_parts,
-    split,
-)
+from llc.samplers.blocks import Block, cpu_parts, make_blocks, run_parts, split
 
 RMSPROP_DECAY = 0.99
 ADAM_BETA1 = 0.9
@@ -79,23 +71,20 @@ class SGLD:
         return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
 
     def _advance_share(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
-        losses = [self._advance(state, [block]) for block in group]
+        losses = [self._advance(state, block) for block in group]
         return losses[0] if len(losses) == 1 else torch.cat(losses)
 
-    def _advance(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
-        """One step of the chains of `group` (contiguous blocks), in place; returns their losses."""
-        chains = slice(group[0].start, group[-1].stop)
-        w, post = state.w[chains], self.posterior
-        batch = (post.x, post.y)
-        if post.batch_size is not None and post.batch_size < post.n:
-            batch = post.gather(minibatch_index(group, post.n, post.batch_size, w.device))
+    def _advance(self, state: SGLDState, block: Block) -> torch.Tensor:
+        """One step of the block's chains, in place; returns their losses."""
+        chains = block.chains
+        w = state.w[chains]
+        batch = self.posterior.minibatch(block.size, block.gen)
         if self._langevin_compiled is not None:
-            noise = normal(group, w.shape[1], w.dtype, w.device)
-            loss, moved = self._langevin_compiled(w, *batch, noise)
+            loss, moved = self._langevin_compiled(w, *batch, block.normal(w))
             w.copy_(moved)
             return loss
-        loss, grad = post.loss_and_grad(w, batch)
-        noise = normal(group, w.shape[1], w.dtype, w.device)
+        loss, grad = self.posterior.loss_and_grad(w, batch)
+        noise = block.normal(w)
         if self.precond == "none":
             w.add_(grad, alpha=-0.5 * self.eps).add_(noise, alpha=math.sqrt(self.eps))
             return loss
