@@ -153,9 +153,10 @@ class MLP:
         for i, (w, b) in enumerate(weights):
             # Input h = c·a + d, with (c, d) = (1, 0) for the data and (2, -1) after a hidden layer.
             c, d = (1.0, 0.0) if i == 0 else (2.0, -1.0)
-            bias = b if d == 0.0 or b is None else b - w.sum(dim=1, keepdim=True)
-            if d != 0.0 and b is None:
-                bias = -w.sum(dim=1, keepdim=True)
+            bias = b
+            if d != 0.0:  # h = 2s - 1: the -1 shifts the bias by -Σ_in w
+                shift = w.sum(dim=1, keepdim=True)
+                bias = -shift if b is None else b - shift
             scale = 1.0 if i == last else 2.0  # a hidden layer computes 2z for sigmoid(2z)
             out = _affine(a, w, bias, alpha=scale * c, beta=scale)
             if i == last:
