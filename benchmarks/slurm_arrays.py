@@ -27,26 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-
-class NoOpConfig(BaseModel):
-    seed: int = 0
-
-
-class NoOp:
-    """An experiment that returns at once: a cell's time is all submission, scheduling and start-up."""
-
-    config_model = NoOpConfig
-
-    def run(self, config: NoOpConfig, run_dir: Path) -> dict[str, Any]:
-        return {"seed": config.seed}
-
 
 def study(cells: int) -> dict[str, Any]:
     return {
         "name": "slurm-noop",
-        "experiment": "slurm_arrays:NoOp",
+        "experiment": "orchestration:NoOp",
         "seeds": list(range(cells)),
         "execution": {"max_parallel": cells, "retries": 0, "timeout_s": 300},
     }
@@ -67,11 +52,17 @@ def single_cell_seconds(runs: Path, seed: int) -> float:
 
 
 def cluster_span_s(job_ids: list[str]) -> float:
-    """First start to last end (whole seconds) of the jobs, array elements included, by sacct."""
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "Start,End", "-j", ",".join(job_ids)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    """First start to last end (whole seconds) of the jobs, array elements included, by sacct (which
+    may show an end as Unknown for a few seconds after the job's result is in)."""
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "Start,End", "-j", ",".join(job_ids)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        if "Unknown" not in out or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     rows = [[datetime.fromisoformat(t) for t in line.split("|")] for line in out.splitlines()]
     return (max(end for _, end in rows) - min(start for start, _ in rows)).total_seconds()
 
