@@ -108,7 +108,11 @@ class MLP:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss [chains] and its gradient [chains, d], by a hand-written backward pass."""
         if self.activation == "tanh":
-            return self._tanh_loss_and_grad(params, x, y)
+            value, pieces = self._tanh_loss_and_grad(params, x, y)
+            grad = torch.empty_like(params)
+            for columns, piece in pieces:
+                grad[:, columns] = piece
+            return value, grad
         chains = params.shape[0]
         h = x.expand(chains, *x.shape) if x.dim() == 2 else x
         weights = self._weights(params)
@@ -134,11 +138,21 @@ class MLP:
                 delta = _activation_backward(self.activation, _backprop(delta, w), pre[i - 1], inputs[i])
         return value, grad
 
+    def loss_and_grad_pieces(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[slice, torch.Tensor]]]:
+        """Loss [chains] and the gradient as (columns of the flat parameters, block [chains, n]) pairs,
+        without assembling the flat gradient: a compiled step updates each block where it lies."""
+        if self.activation == "tanh":
+            return self._tanh_loss_and_grad(params, x, y)
+        value, grad = self.loss_and_grad(params, x, y)
+        return value, [(slice(0, self.n_params), grad)]
+
     def _tanh_loss_and_grad(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`loss_and_grad` for tanh networks in as few passes over the [chains, batch, width] tensors as
-        possible, since at LLC sizes those passes, not the matrix products, bound the speed.
+    ) -> tuple[torch.Tensor, list[tuple[slice, torch.Tensor]]]:
+        """`loss_and_grad_pieces` for tanh networks in as few passes over the [chains, batch, width]
+        tensors as possible, since at LLC sizes those passes, not the matrix products, bound the speed.
 
         A hidden layer keeps s = sigmoid(2z) instead of h = tanh(z) = 2s - 1: the affine map 2s - 1 is
         folded into the next layer's (small) weights and bias, and tanh'(z) = 4·s·(1 - s) is formed in
@@ -166,7 +180,7 @@ class MLP:
         resid = out.sub_(_chainwise(y, chains))
         value = _loss_value(self.loss, resid)
         delta = _loss_grad(self.loss, resid)
-        grad = torch.empty_like(params)
+        pieces: list[tuple[slice, torch.Tensor]] = []
         k = 1.0  # the true backward signal is k · delta
         for i in range(last, -1, -1):
             layer, (w, _) = self.layers[i], weights[i]
@@ -177,13 +191,13 @@ class MLP:
                 if d != 0.0:
                     g_w.add_(delta_sum, alpha=k * d)
                 if layer.bias is not None:
-                    grad[:, layer.bias] = delta_sum.squeeze(1).mul_(k)
-            grad[:, layer.weight] = g_w.reshape(chains, -1)
+                    pieces.append((layer.bias, delta_sum.squeeze(1).mul_(k)))
+            pieces.append((layer.weight, g_w.reshape(chains, -1)))
             if i > 0:
                 s = inputs[i]
                 delta = _backprop(delta, w).mul_(torch.addcmul(s, s, s, value=-1.0, out=s))  # s·(1 - s)
                 k *= 4.0
-        return value, grad
+        return value, pieces
 
     def reference_forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The forward pass in plain, out-of-place torch ops: the independent reference for tests."""

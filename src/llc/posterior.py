@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from llc.network import MLP
 
+if TYPE_CHECKING:
+    from llc.samplers.blocks import Block
+
 Batch = tuple[torch.Tensor, torch.Tensor]
+Piece = tuple[slice, torch.Tensor]  # columns of the flat parameters, and a block [chains, n] of them
 GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -41,12 +46,12 @@ class LocalizedPosterior:
     def dim(self) -> int:
         return self.w_star.shape[0]
 
-    def minibatch(self, chains: int, gen: torch.Generator | None) -> Batch:
-        """An independent minibatch (sampled with replacement) per chain: [chains, batch, ...]."""
+    def minibatch(self, block: Block) -> Batch:
+        """An independent minibatch (sampled with replacement) per chain of the block, from the block's
+        random streams: [chains, batch, ...]; all n points when the batch is not smaller than n."""
         if self.batch_size is None or self.batch_size >= self.n:
             return self.x, self.y
-        idx = torch.randint(0, self.n, (chains, self.batch_size), generator=gen, device=self.x.device)
-        return self.gather(idx)
+        return self.gather(block.indices(self.n, self.batch_size, self.x.device))
 
     def gather(self, idx: torch.Tensor) -> Batch:
         """The points at indices idx [chains, batch]: ([chains, batch, in], [chains, batch, out]).
@@ -62,6 +67,23 @@ class LocalizedPosterior:
         loss, grad = self.grad_fn(w, x, y)
         grad.mul_(self.nbeta).add_(w - self.w_star, alpha=self.gamma)
         return loss, grad
+
+    def loss_and_grad_pieces(self, w: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, list[Piece]]:
+        """`loss_and_grad` with ∇U as (columns, block [chains, n]) pairs in column order, never assembled
+        into one tensor: a compiled step computes each block's update where the block lies, and
+        joins the updated blocks with one `torch.cat(..., out=)` (assembling ∇U inside a compiled
+        graph costs a slow masked kernel)."""
+        x, y = batch
+        if self.grad_fn == self.model.loss_and_grad:
+            loss, pieces = self.model.loss_and_grad_pieces(w, x, y)
+        else:
+            assert self.grad_fn is not None
+            loss, grad = self.grad_fn(w, x, y)
+            pieces = [(slice(0, self.dim), grad)]
+        pieces = sorted(pieces, key=lambda piece: piece[0].start)
+        return loss, [
+            (cols, g * self.nbeta + self.gamma * (w[:, cols] - self.w_star[cols])) for cols, g in pieces
+        ]
 
     def potential(self, w: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """U(w) [chains] from the full-data loss at w."""

@@ -32,3 +32,33 @@ class Kernel(Protocol):
     def step(self, state: Any, gen: torch.Generator, tune: bool) -> tuple[Any, StepInfo]: ...
 
     def position(self, state: Any) -> torch.Tensor: ...
+
+
+class Recorder(Protocol):
+    """What a kernel that runs several steps at once (`BlockedKernel.advance`) reports, per block of
+    chains (`rows`) and step `j` of the call: the position its draw is recorded at (a minibatch
+    kernel's is where the step starts), and the draw's loss."""
+
+    def position(self, j: int, rows: slice, w: torch.Tensor) -> None: ...
+
+    def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None: ...
+
+
+class BlockedKernel(Kernel, Protocol):
+    """A minibatch kernel whose chains advance in independent blocks (blocks.py): it runs `count`
+    steps in one call, each core its own blocks, and reports through `recorder` as it goes."""
+
+    def advance(self, state: Any, count: int, tune: bool, recorder: Recorder) -> Any: ...
+
+
+@dataclass
+class KeepLosses:
+    """A recorder that keeps the losses of a one-step `advance`: how `step` is built on it."""
+
+    losses: torch.Tensor
+
+    def position(self, j: int, rows: slice, w: torch.Tensor) -> None:
+        pass
+
+    def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None:
+        self.losses[rows] = loss

@@ -1,38 +1,53 @@
-"""Chains advanced in blocks: one random stream per block, and blocks spread over CPU cores.
+"""Chains advanced in blocks: random streams of a few chains, blocks spread over CPU cores.
 
 At LLC sizes a step is dozens of small operations on [chains, batch, width] tensors. Splitting one
 step across cores inside each operation (torch's intra-op threads) pays a fork-join per operation
 and streams tensors larger than a core's cache. Here each core instead advances its own contiguous
 share of the chains, start to end, with one torch thread, on tensors that stay in its cache.
 
-Random numbers come from one stream per block of BLOCK chains, whatever the number of cores, so a
-run gives the same numbers on a laptop and on a 64-core node. A run with at most BLOCK chains uses
-the caller's generator, exactly as an unblocked kernel would. A block is also what a core computes
-at once: its [chains, batch, width] tensors stay in the core's cache.
+Random numbers come from one stream per STREAM chains, whatever the number of cores, so a run gives
+the same numbers on a laptop and on a 64-core node. A run with at most STREAM chains uses the
+caller's generator, exactly as an unblocked kernel would. A block is the chains one call computes:
+whole streams, at most UNIT chains. Where the blocks fall depends on the number of chains and on
+whether the step is compiled, never on the number of cores, so the cores cannot change a result.
+
+Eager steps hold Python's interpreter lock between torch operations, so two threads with small
+blocks mostly wait for each other: eager blocks are UNIT chains and a core takes at least UNIT
+chains. A compiled step (`fused`) runs as one C++ call that releases the lock, so its blocks shrink
+(to STREAM chains at the least) until every core has one: 8 chains run as two blocks of 4 on 2 cores.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import torch
 
-BLOCK = 16  # chains per random stream, and per computation on one core
+from llc.samplers.base import KeepLosses, Recorder, StepInfo
+
+STREAM = 4  # chains per random stream
+UNIT = 16  # most chains one call computes: its [chains, batch, width] tensors stay in a core's cache
 _pool: ThreadPoolExecutor | None = None
 
-T = TypeVar("T")
+
+@dataclass(frozen=True)
+class Stream:
+    start: int
+    stop: int
+    gen: torch.Generator
 
 
 @dataclass(frozen=True)
 class Block:
+    """Consecutive chains computed together, with the streams that draw their random numbers."""
+
     start: int
     stop: int
-    gen: torch.Generator
+    streams: tuple[Stream, ...]
 
     @property
     def size(self) -> int:
@@ -43,30 +58,58 @@ class Block:
         return slice(self.start, self.stop)
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like `like` (the block's rows), from the block's stream."""
-        return torch.randn(like.shape, generator=self.gen, dtype=like.dtype, device=like.device)
+        """Standard normal noise shaped like `like` (the block's rows), each stream drawing its rows."""
+        out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        for s in self.streams:
+            out[s.start - self.start : s.stop - self.start].normal_(generator=s.gen)
+        return out
+
+    def indices(self, high: int, count: int, device: torch.device) -> torch.Tensor:
+        """`count` integers uniform in [0, high) per chain: [size, count]."""
+        out = torch.empty((self.size, count), dtype=torch.long, device=device)
+        for s in self.streams:
+            out[s.start - self.start : s.stop - self.start].random_(0, high, generator=s.gen)
+        return out
 
 
-def make_blocks(chains: int, gen: torch.Generator) -> list[Block]:
-    """BLOCK-chain blocks with their own streams, seeded from `gen`; one block on `gen` for few chains."""
-    if chains <= BLOCK:
-        return [Block(0, chains, gen)]
-    count = math.ceil(chains / BLOCK)
-    seeds = torch.randint(0, 2**62, (count,), generator=gen, device=gen.device).tolist()
+def layout(chains: int, gen: torch.Generator, fused: bool) -> list[Block]:
+    """The blocks of a run: streams seeded from `gen` (or `gen` itself for few chains or off the CPU,
+    where all chains make one block), grouped into blocks as described above."""
+    if gen.device.type != "cpu":
+        return [Block(0, chains, (Stream(0, chains, gen),))]
+    streams = _streams(chains, gen)
+    size = UNIT
+    while fused and size > STREAM and chains < 2 * size:
+        size //= 2
+    blocks, group = [], []
+    for s in streams:
+        group.append(s)
+        if s.stop - group[0].start >= size or s is streams[-1]:
+            blocks.append(Block(group[0].start, s.stop, tuple(group)))
+            group = []
+    return blocks
+
+
+def _streams(chains: int, gen: torch.Generator) -> list[Stream]:
+    if chains <= STREAM:
+        return [Stream(0, chains, gen)]
+    starts = range(0, chains, STREAM)
+    seeds = torch.randint(0, 2**62, (len(starts),), generator=gen).tolist()
     return [
-        Block(b * BLOCK, min(chains, (b + 1) * BLOCK), torch.Generator(device=gen.device).manual_seed(seed))
-        for b, seed in enumerate(seeds)
+        Stream(start, min(chains, start + STREAM), torch.Generator().manual_seed(seed))
+        for start, seed in zip(starts, seeds, strict=True)
     ]
 
 
-def cpu_parts(device: torch.device, blocks: list[Block]) -> int:
-    """How many cores share the chains: every core torch may use, each with at least BLOCK chains
-    (fewer chains per core lose more to handing the interpreter lock between threads than they gain,
-    and torch's own intra-op threads serve them better); 1 off the CPU."""
+def cpu_parts(device: torch.device, blocks: list[Block], fused: bool) -> int:
+    """How many cores share the blocks: every core torch may use, each with at least one block, and
+    for eager steps at least UNIT chains (torch's own intra-op threads serve fewer better); 1 off the CPU."""
     if device.type != "cpu":
         return 1
-    chains = sum(b.size for b in blocks)
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, len(blocks), chains // BLOCK))
+    most = min(torch.get_num_threads(), os.cpu_count() or 1, len(blocks))
+    if not fused:
+        most = min(most, sum(b.size for b in blocks) // UNIT)
+    return max(1, most)
 
 
 def split(blocks: list[Block], parts: int) -> list[list[Block]]:
@@ -81,14 +124,75 @@ def split(blocks: list[Block], parts: int) -> list[list[Block]]:
     return [g for g in groups if g]
 
 
-def run_parts(work: Callable[[list[Block]], T], groups: list[list[Block]]) -> list[T]:
-    """`work` on each group at once: the first in this thread, the others on pool threads."""
+def run_steps(work: Callable[[Block, int], None], blocks: list[Block], parts: int, count: int) -> None:
+    """`work(block, j)` for steps j = 0..count-1 of every block. Each group of `split` runs its steps
+    start to end on its own thread (the first in this thread, the others on pool threads), meeting
+    the others only at the end: a core that waits for its neighbour at every step loses more time
+    waking up than at LLC sizes a step takes."""
+
+    def share(group: list[Block]) -> None:
+        for j in range(count):
+            for block in group:
+                work(block, j)
+
+    if count <= 0:
+        return
+    groups = split(blocks, parts)
     if len(groups) == 1:
-        return [work(groups[0])]
+        share(groups[0])
+        return
     global _pool
     if _pool is None:
         workers = max(1, (os.cpu_count() or 2) - 1)
         _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llc-chains")
-    futures = [_pool.submit(work, group) for group in groups[1:]]
-    first = work(groups[0])
-    return [first, *(f.result() for f in futures)]
+    futures = [_pool.submit(share, group) for group in groups[1:]]
+    try:
+        share(groups[0])
+    finally:
+        for future in futures:
+            future.result()
+
+
+def compile_step(fn: Callable, device: torch.device) -> Callable:
+    """torch.compile for a whole block step; on the CPU with a C++ wrapper, so that the step is one
+    call that releases the interpreter lock and blocks on several cores run truly at once."""
+    options = {"cpp_wrapper": True} if device.type == "cpu" else {}
+    return torch.compile(fn, dynamic=False, options=options)
+
+
+class BlockedChains:
+    """What SGLD and SGHMC share: chains in blocks spread over the cores, advanced several steps per
+    call (`advance`), each block by `_step_block`."""
+
+    fused: bool  # the whole block step is one compiled call (compile_step)
+    steps_taken: int
+    blocks: list[Block]
+    parts: int
+
+    def plan(self, w: torch.Tensor, gen: torch.Generator) -> None:
+        self.blocks = layout(w.shape[0], gen, self.fused)
+        self.parts = cpu_parts(w.device, self.blocks, self.fused)
+
+    def position(self, state: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _step_block(self, state: Any, block: Block, j: int) -> torch.Tensor:
+        """Step j of this call for the block's chains, in place; returns their losses."""
+        raise NotImplementedError
+
+    def advance(self, state: Any, count: int, tune: bool, recorder: Recorder) -> Any:
+        def work(block: Block, j: int) -> None:
+            recorder.position(j, block.chains, self.position(state)[block.chains])
+            recorder.loss(j, block.chains, self._step_block(state, block, j))
+
+        # A compiled step compiles on its first calls (one per block shape): not from two threads.
+        done = min(count, 2 - self.steps_taken) if self.fused and self.steps_taken < 2 else 0
+        run_steps(work, self.blocks, 1, done)
+        run_steps(lambda block, j: work(block, done + j), self.blocks, self.parts, count - done)
+        self.steps_taken += count
+        return state
+
+    def step(self, state: Any, gen: torch.Generator, tune: bool) -> tuple[Any, StepInfo]:
+        w = self.position(state)
+        losses = KeepLosses(torch.empty(w.shape[0], dtype=w.dtype, device=w.device))
+        return self.advance(state, 1, tune, losses), StepInfo(losses.losses)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from llc.samplers import KERNELS
 from llc.threads import cpu_threads, threads_for
 
 Progress = Callable[[int, int], None]
+PROGRESS_EVERY = 50  # steps between progress reports
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def _run_chains(
 ) -> Trace:
     kernel = KERNELS[config.sampler](posterior, config)
     grad_fn = posterior.grad_fn
-    if config.compile:
+    if config.compile and not getattr(kernel, "fused", False):  # a fused kernel compiles its whole step
         posterior = replace(posterior, grad_fn=torch.compile(grad_fn, dynamic=False))
         kernel.posterior = posterior  # type: ignore[attr-defined]
     w0 = posterior.w_star.expand(chains, -1).clone()
@@ -160,43 +162,36 @@ def _run_chains(
         assert checkpoint is not None
         atomic_write(checkpoint.path, buffer.getvalue())
 
+    blocked = hasattr(kernel, "advance")  # runs several steps per call (BlockedKernel)
     # A kernel that spreads its chains over the cores itself runs each share on one torch thread.
     with cpu_threads(1 if getattr(kernel, "parts", 1) > 1 else 0):
-        for t in range(first, total):
+        t = first
+        while t < total:
             tune = t < config.warmup
-            s = t - config.warmup
-            if s == 0 and sampling_start is None:
+            if not tune and sampling_start is None:
                 _synchronize(device)
                 sampling_start = time.perf_counter()
-            record = s >= 0 and (s + 1) % config.thin == 0
-            # Minibatch kernels report the loss at the position they start from; the others, where they land.
-            before = (
-                kernel.position(state).clone() if record and kernel.minibatch and config.projections else None
-            )
-            state, info = kernel.step(state, gen, tune)
-            if record:
-                d = s // config.thin
-                losses[:, d] = info.loss
-                if config.projections:
-                    position = before if before is not None else kernel.position(state)
-                    w_proj[:, d] = (position - posterior.w_star) @ directions
-                for name, value in info.stats.items():
-                    if name not in stats:
-                        fill = False if value.dtype == torch.bool else math.nan
-                        stats[name] = torch.full((chains, draws), fill, device=device, dtype=value.dtype)
-                    stats[name][:, d] = value
-            if s >= 0 and n_evals and (s + 1) % eval_every == 0 and (s + 1) // eval_every <= n_evals:
-                e = (s + 1) // eval_every - 1
+            recorder = _Recorder(t - config.warmup, config.thin, losses, w_proj, directions, posterior)
+            if blocked:
+                stop = _stride_end(t, total, config, n_evals)
+                state = kernel.advance(state, stop - t, tune, recorder)  # type: ignore[attr-defined]
+            else:
+                stop = t + 1
+                state = _one_step(kernel, state, gen, tune, recorder, stats)
+            t = stop
+            s = t - config.warmup  # steps sampled so far
+            if s > 0 and n_evals and s % eval_every == 0 and s // eval_every <= n_evals:
+                e = s // eval_every - 1
                 position = kernel.position(state)
                 eval_loss[:, e] = posterior.full_loss(position)
                 if config.sampler == "sgld":
                     mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, eval_gen)
             due = checkpoint is not None and time.perf_counter() - last_save >= checkpoint.every_s
-            if due and t + 1 < total:
-                save(t + 1)
+            if due and t < total:
+                save(t)
                 last_save = time.perf_counter()
-            if progress is not None and (t + 1) % 50 == 0:
-                progress(t + 1, total)
+            if progress is not None and t % PROGRESS_EVERY == 0:
+                progress(t, total)
     _synchronize(device)
     end = time.perf_counter()
     if sampling_start is None:
@@ -225,6 +220,72 @@ def _run_chains(
         t_sampling_s=sampled_before + end - sampling_start,
         t_warmup_s=warm_before + (sampling_start - start if first < config.warmup else 0.0),
     )
+
+
+def _stride_end(t: int, total: int, config: RunConfig, n_evals: int) -> int:
+    """Where a run of steps from t must stop for the driver to look: a progress report, the end of
+    warm-up, an evaluation."""
+    end = min(total, (t // PROGRESS_EVERY + 1) * PROGRESS_EVERY)
+    if t < config.warmup:
+        return min(end, config.warmup)
+    if n_evals:
+        s = t - config.warmup
+        end = min(end, config.warmup + (s // config.eval_every + 1) * config.eval_every)
+    return end
+
+
+@dataclass
+class _Recorder:
+    """Records a run of steps from sampled step `s0` (negative during warm-up) as the kernel reports
+    them: the draw's position (projected on the trace's directions) and its loss, per block of rows."""
+
+    s0: int
+    thin: int
+    losses: torch.Tensor
+    w_proj: torch.Tensor
+    directions: torch.Tensor
+    posterior: LocalizedPosterior
+
+    def draw(self, j: int) -> int | None:
+        """The draw that step j of the run makes, or None when it is not recorded."""
+        s = self.s0 + j
+        return s // self.thin if s >= 0 and (s + 1) % self.thin == 0 else None
+
+    def position(self, j: int, rows: slice, w: torch.Tensor) -> None:
+        d = self.draw(j)
+        if d is not None and self.directions.shape[1]:
+            self.w_proj[rows, d] = (w - self.posterior.w_star) @ self.directions
+
+    def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None:
+        d = self.draw(j)
+        if d is not None:
+            self.losses[rows, d] = loss
+
+
+def _one_step(
+    kernel: Any,
+    state: Any,
+    gen: torch.Generator,
+    tune: bool,
+    recorder: _Recorder,
+    stats: dict[str, torch.Tensor],
+) -> Any:
+    """One step of a kernel that steps all chains at once, recorded when it is a draw."""
+    everyone = slice(None)
+    # Minibatch kernels report the loss at the position they start from; the others, where they land.
+    if kernel.minibatch:
+        recorder.position(0, everyone, kernel.position(state))
+    state, info = kernel.step(state, gen, tune)
+    if not kernel.minibatch:
+        recorder.position(0, everyone, kernel.position(state))
+    recorder.loss(0, everyone, info.loss)
+    d = recorder.draw(0)
+    for name, value in info.stats.items() if d is not None else ():
+        if name not in stats:
+            fill = False if value.dtype == torch.bool else math.nan
+            stats[name] = torch.full(recorder.losses.shape, fill, device=value.device, dtype=value.dtype)
+        stats[name][:, d] = value
+    return state
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict | None:

@@ -6,14 +6,14 @@ v <- (1 - alpha)·v - eta·∇U_B(w) + sqrt(2·alpha·eta)·N(0, I),   w <- w + 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
-from llc.samplers.base import StepInfo
-from llc.samplers.blocks import Block, cpu_parts, make_blocks, run_parts, split
+from llc.samplers.blocks import Block, BlockedChains, compile_step
 
 
 @dataclass
@@ -22,35 +22,48 @@ class SGHMCState:
     v: torch.Tensor
 
 
-class SGHMC:
+class SGHMC(BlockedChains):
     grad_evals_per_step = 1
     minibatch = True
+    transient = ("steps_taken", "parts", "_kick_compiled")  # not checkpointed: a resumed run re-plans
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
         self.posterior = posterior
         self.eta = config.resolved_step_size
         self.alpha = config.friction
+        # compile=true: gradient, localization and update of a block as one compiled call (as in SGLD).
+        self.fused = config.compile
+        self.steps_taken = 0
+        self._kick_compiled: Callable | None = None
+
+    def _kick(
+        self, w: torch.Tensor, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Loss, the new position and the new velocity, as blocks of columns (as SGLD's `_langevin`)."""
+        loss, pieces = self.posterior.loss_and_grad_pieces(w, (x, y))
+        kick = math.sqrt(2 * self.alpha * self.eta)
+        velocity = [(1 - self.alpha) * v[:, c] - self.eta * g + kick * noise[:, c] for c, g in pieces]
+        return loss, [w[:, c] + u for (c, _), u in zip(pieces, velocity, strict=True)], velocity
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGHMCState:
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
-        self.blocks = make_blocks(w.shape[0], gen)
-        self.parts = cpu_parts(w.device, self.blocks)
+        self.plan(w, gen)
+        if self.fused:
+            self._kick_compiled = compile_step(self._kick, w.device)
         return SGHMCState(w.clone(), torch.zeros_like(w))
 
     def position(self, state: SGHMCState) -> torch.Tensor:
         return state.w
 
-    def step(self, state: SGHMCState, gen: torch.Generator, tune: bool) -> tuple[SGHMCState, StepInfo]:
-        losses = run_parts(lambda group: self._advance_share(state, group), split(self.blocks, self.parts))
-        return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
-
-    def _advance_share(self, state: SGHMCState, group: list[Block]) -> torch.Tensor:
-        losses = [self._advance(state, block) for block in group]
-        return losses[0] if len(losses) == 1 else torch.cat(losses)
-
-    def _advance(self, state: SGHMCState, block: Block) -> torch.Tensor:
+    def _step_block(self, state: SGHMCState, block: Block, j: int) -> torch.Tensor:
         w, v = state.w[block.chains], state.v[block.chains]
-        loss, grad = self.posterior.loss_and_grad(w, self.posterior.minibatch(block.size, block.gen))
+        batch = self.posterior.minibatch(block)
+        if self._kick_compiled is not None:
+            loss, w_new, v_new = self._kick_compiled(w, v, *batch, block.normal(w))
+            torch.cat(w_new, dim=1, out=w)
+            torch.cat(v_new, dim=1, out=v)
+            return loss
+        loss, grad = self.posterior.loss_and_grad(w, batch)
         noise = block.normal(w)
         kick = math.sqrt(2 * self.alpha * self.eta)
         v.mul_(1 - self.alpha).add_(grad, alpha=-self.eta).add_(noise, alpha=kick)

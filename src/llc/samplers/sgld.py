@@ -6,14 +6,15 @@ w <- w - (eps/2)·G·∇U_B(w) + sqrt(eps·G)·N(0, I),   G = 1 / (lambda + sqrt
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
-from llc.samplers.base import StepInfo
-from llc.samplers.blocks import Block, cpu_parts, make_blocks, run_parts, split
+from llc.samplers.base import Recorder
+from llc.samplers.blocks import Block, BlockedChains, compile_step
 
 RMSPROP_DECAY = 0.99
 ADAM_BETA1 = 0.9
@@ -28,32 +29,35 @@ class SGLDState:
     t: int = 0
 
 
-class SGLD:
+class SGLD(BlockedChains):
     grad_evals_per_step = 1
     minibatch = True
-    transient = ("steps_taken", "_langevin_compiled")  # not checkpointed: a resumed run compiles afresh
+    transient = ("steps_taken", "parts", "_langevin_compiled")  # not checkpointed: a resumed run re-plans
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
-        self.posterior = posterior  # with compile=true the driver compiles its gradient
+        self.posterior = posterior
         self.eps = config.resolved_step_size
         self.precond = config.precond
-        self.compiled = config.compile
+        # compile=true without preconditioning: gradient, localization and update of a block as one
+        # compiled call (blocks.compile_step); the random numbers stay with the blocks' streams, drawn
+        # before it. With preconditioning the driver compiles the gradient alone.
+        self.fused = config.compile and self.precond == "none"
         self.steps_taken = 0
-        # compile=true: gradient, localization and update of a block as one compiled function; the
-        # random numbers stay with the blocks' streams, drawn before it.
-        fuse = config.compile and self.precond == "none"
-        self._langevin_compiled = torch.compile(self._langevin, dynamic=False) if fuse else None
+        self._langevin_compiled: Callable | None = None
 
     def _langevin(
         self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, grad = self.posterior.loss_and_grad(w, (x, y))
-        return loss, w - (0.5 * self.eps) * grad + math.sqrt(self.eps) * noise
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Loss and the moved position, as blocks of columns (posterior.loss_and_grad_pieces)."""
+        loss, pieces = self.posterior.loss_and_grad_pieces(w, (x, y))
+        step = math.sqrt(self.eps)
+        return loss, [w[:, c] - (0.5 * self.eps) * g + step * noise[:, c] for c, g in pieces]
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
-        self.blocks = make_blocks(w.shape[0], gen)
-        self.parts = cpu_parts(w.device, self.blocks)
+        self.plan(w, gen)
+        if self.fused:
+            self._langevin_compiled = compile_step(self._langevin, w.device)
         if self.precond == "none":
             return SGLDState(w.clone())
         momentum = torch.zeros_like(w) if self.precond == "adam" else None
@@ -62,26 +66,18 @@ class SGLD:
     def position(self, state: SGLDState) -> torch.Tensor:
         return state.w
 
-    def step(self, state: SGLDState, gen: torch.Generator, tune: bool) -> tuple[SGLDState, StepInfo]:
-        state.t += 1
-        # A compiled gradient compiles on its first calls (one per block shape): not from two threads.
-        parts = 1 if self.compiled and self.steps_taken < 2 else self.parts
-        self.steps_taken += 1
-        losses = run_parts(lambda group: self._advance_share(state, group), split(self.blocks, parts))
-        return state, StepInfo(losses[0] if len(losses) == 1 else torch.cat(losses))
+    def advance(self, state: SGLDState, count: int, tune: bool, recorder: Recorder) -> SGLDState:
+        super().advance(state, count, tune, recorder)
+        state.t += count
+        return state
 
-    def _advance_share(self, state: SGLDState, group: list[Block]) -> torch.Tensor:
-        losses = [self._advance(state, block) for block in group]
-        return losses[0] if len(losses) == 1 else torch.cat(losses)
-
-    def _advance(self, state: SGLDState, block: Block) -> torch.Tensor:
-        """One step of the block's chains, in place; returns their losses."""
+    def _step_block(self, state: SGLDState, block: Block, j: int) -> torch.Tensor:
         chains = block.chains
         w = state.w[chains]
-        batch = self.posterior.minibatch(block.size, block.gen)
+        batch = self.posterior.minibatch(block)
         if self._langevin_compiled is not None:
             loss, moved = self._langevin_compiled(w, *batch, block.normal(w))
-            w.copy_(moved)
+            torch.cat(moved, dim=1, out=w)
             return loss
         loss, grad = self.posterior.loss_and_grad(w, batch)
         noise = block.normal(w)
@@ -89,14 +85,15 @@ class SGLD:
             w.add_(grad, alpha=-0.5 * self.eps).add_(noise, alpha=math.sqrt(self.eps))
             return loss
         assert state.square_avg is not None
+        t = state.t + j + 1  # steps taken by the preconditioner, this one included
         square_avg = state.square_avg[chains]
         square_avg.mul_(RMSPROP_DECAY).addcmul_(grad, grad, value=1 - RMSPROP_DECAY)
-        scale = square_avg / (1 - RMSPROP_DECAY**state.t)
+        scale = square_avg / (1 - RMSPROP_DECAY**t)
         precond = 1.0 / (scale.sqrt_().add_(PRECOND_EPS))
         drift = grad
         if state.momentum is not None:
             momentum = state.momentum[chains]
             momentum.mul_(ADAM_BETA1).add_(grad, alpha=1 - ADAM_BETA1)
-            drift = momentum / (1 - ADAM_BETA1**state.t)
+            drift = momentum / (1 - ADAM_BETA1**t)
         w.addcmul_(precond, drift, value=-0.5 * self.eps).addcmul_(precond.mul_(self.eps).sqrt_(), noise)
         return loss
