@@ -191,20 +191,61 @@ def test_compiled_sgld_agrees_with_eager():
     assert abs(eager["llc_mean"] - compiled["llc_mean"]) < tolerance, (eager, compiled)
 
 
+MLP_SMALL = {"problem": "mlp", "in_dim": 4, "widths": (8, 8), "teacher_widths": (4,), "n_data": 500,
+             "erm_steps": 50, "batch_size": 32}  # fmt: skip
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("sampler", ["sgld", "sghmc"])
-def test_minibatch_samplers_give_the_same_draws_on_one_core_and_on_two(sampler):
+def test_minibatch_samplers_give_the_same_draws_on_one_core_and_on_two(sampler, compiled):
     """Chains advance in blocks with their own random streams (samplers/blocks.py); spreading the blocks
-    over cores must not change a single number, nor may it leave any chain out."""
-    base = {"problem": "mlp", "in_dim": 4, "widths": (8, 8), "teacher_widths": (4,), "n_data": 500,
-            "erm_steps": 50, "sampler": sampler, "chains": 34, "steps": 30, "warmup": 5,
-            "batch_size": 32}  # fmt: skip
+    over cores must not change a single number, nor may it leave any chain out. Compiled, 10 chains
+    make blocks of 4, 4 and 2 chains, which two cores step at once."""
+    chains = 10 if compiled else 34
+    base = {**MLP_SMALL, "sampler": sampler, "chains": chains, "steps": 30, "warmup": 5, "compile": compiled}
     traces = []
     for threads in (1, 2):
         config = build_config("quick", {**base, "threads": threads})
         posterior, loss0 = _posterior(config)
         traces.append(sample(config, posterior, loss0, torch.Generator().manual_seed(3)))
     one, two = traces
-    assert np.isfinite(one.loss).all() and one.loss.shape == (34, 30)
+    assert np.isfinite(one.loss).all() and one.loss.shape == (chains, 30)
     np.testing.assert_array_equal(one.loss, two.loss)
-    # Each block of chains has its own stream: no two chains share their draws.
-    assert len({tuple(row) for row in one.loss.round(7)}) == 34
+    np.testing.assert_array_equal(one.w_proj, two.w_proj)
+    # Each stream of chains has its own numbers: no two chains share their draws.
+    assert len({tuple(row) for row in one.loss.round(7)}) == chains
+
+
+@pytest.mark.parametrize("sampler", ["sgld", "sghmc"])
+def test_a_compiled_step_draws_the_eager_numbers_and_lands_where_eager_does(sampler):
+    """compile=true runs each block's step as one compiled call; the random streams are those of the
+    eager run, so over a few steps the two differ by float rounding only."""
+    base = {**MLP_SMALL, "sampler": sampler, "chains": 8, "steps": 20, "warmup": 0}
+    traces = []
+    for compiled in (False, True):
+        config = build_config("quick", {**base, "compile": compiled})
+        posterior, loss0 = _posterior(config)
+        traces.append(sample(config, posterior, loss0, torch.Generator().manual_seed(4)))
+    eager, compiled_trace = traces
+    np.testing.assert_allclose(compiled_trace.loss, eager.loss, rtol=1e-4)
+    np.testing.assert_allclose(compiled_trace.w_proj, eager.w_proj, rtol=1e-3, atol=1e-5)
+    assert not np.array_equal(eager.loss[0], eager.loss[4])  # the 2 streams differ
+
+
+def test_several_steps_per_call_record_what_one_step_per_call_records(monkeypatch):
+    """Blocked kernels run up to 50 steps per call, each core its own blocks (driver._stride_end);
+    losses, projections, thinning, warm-up and evaluations come out as with one step per call."""
+    from llc.samplers import driver
+
+    base = {**MLP_SMALL, "sampler": "sgld", "chains": 20, "steps": 120, "warmup": 7, "thin": 3,
+            "eval_every": 10, "projections": 3}  # fmt: skip
+    config = build_config("quick", base)
+    posterior, loss0 = _posterior(config)
+    strided = sample(config, posterior, loss0, torch.Generator().manual_seed(6))
+    monkeypatch.setattr(driver, "_stride_end", lambda t, total, config, n_evals: t + 1)
+    single = sample(config, posterior, loss0, torch.Generator().manual_seed(6))
+    assert strided.loss.shape == (20, 40) and np.isfinite(strided.loss).all()
+    np.testing.assert_array_equal(strided.loss, single.loss)
+    np.testing.assert_array_equal(strided.w_proj, single.w_proj)
+    np.testing.assert_array_equal(strided.eval_loss, single.eval_loss)
+    np.testing.assert_array_equal(strided.mala_acceptance, single.mala_acceptance)
