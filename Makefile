@@ -12,11 +12,11 @@ PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: env demo test lint bench constraints clean slurm-up slurm-down s3-up s3-down browser
+.PHONY: env demo test lint bench constraints clean slurm-up slurm-down s3-up s3-down browser compiler
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt | compiler
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
@@ -50,6 +50,13 @@ slurm-up: $(VENV)/.slurm-installed
 $(VENV)/.slurm-installed: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[slurm]"
 	touch $@
+
+# compile=true builds C++ (torch inductor): a compiler and the interpreter's headers.
+compiler:
+	command -v g++ >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends g++ >/dev/null; }
+	test -f "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends python3-dev >/dev/null; }
 
 # Headless Chromium (Debian's package) for the Prefect UI test.
 browser:
