@@ -35,6 +35,8 @@ class LocalizedPosterior:
     grad_fn: GradFn | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # Decided here, not inside a compiled function (where comparing bound methods is unreliable).
+        self._model_gradient = self.grad_fn is None
         if self.grad_fn is None:
             self.grad_fn = self.model.loss_and_grad
 
@@ -74,7 +76,7 @@ class LocalizedPosterior:
         joins the updated blocks with one `torch.cat(..., out=)` (assembling ∇U inside a compiled
         graph costs a slow masked kernel)."""
         x, y = batch
-        if self.grad_fn == self.model.loss_and_grad:
+        if self._model_gradient:
             loss, pieces = self.model.loss_and_grad_pieces(w, x, y)
         else:
             assert self.grad_fn is not None

@@ -131,8 +131,8 @@ def run_steps(work: Callable[[Block, int], None], blocks: list[Block], parts: in
     waking up than at LLC sizes a step takes."""
 
     def share(group: list[Block]) -> None:
-        for j in range(count):
-            for block in group:
+        for block in group:  # block by block: a block's chains and buffers stay in cache for its steps
+            for j in range(count):
                 work(block, j)
 
     if count <= 0:
