@@ -51,9 +51,17 @@ class LocalizedPosterior:
     def minibatch(self, block: Block) -> Batch:
         """An independent minibatch (sampled with replacement) per chain of the block, from the block's
         random streams: [chains, batch, ...]; all n points when the batch is not smaller than n."""
+        return self.batch_at(self.indices(block))
+
+    def indices(self, block: Block) -> torch.Tensor | None:
+        """The block's minibatch as indices of points [chains, batch]; None when a step uses all n."""
         if self.batch_size is None or self.batch_size >= self.n:
-            return self.x, self.y
-        return self.gather(block.indices(self.n, self.batch_size, self.x.device))
+            return None
+        return block.indices(self.n, self.batch_size, self.x.device)
+
+    def batch_at(self, idx: torch.Tensor | None) -> Batch:
+        """The points at `indices` (all n for None)."""
+        return (self.x, self.y) if idx is None else self.gather(idx)
 
     def gather(self, idx: torch.Tensor) -> Batch:
         """The points at indices idx [chains, batch]: ([chains, batch, in], [chains, batch, out]).

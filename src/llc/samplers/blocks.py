@@ -59,6 +59,9 @@ class Block:
 
     def normal(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like `like` (the block's rows), each stream drawing its rows."""
+        if len(self.streams) == 1:  # the same numbers as the loop below, in one call
+            gen = self.streams[0].gen
+            return torch.randn(like.shape, generator=gen, dtype=like.dtype, device=like.device)
         out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
         for s in self.streams:
             out[s.start - self.start : s.stop - self.start].normal_(generator=s.gen)
@@ -66,6 +69,8 @@ class Block:
 
     def indices(self, high: int, count: int, device: torch.device) -> torch.Tensor:
         """`count` integers uniform in [0, high) per chain: [size, count]."""
+        if len(self.streams) == 1:
+            return torch.randint(0, high, (self.size, count), generator=self.streams[0].gen, device=device)
         out = torch.empty((self.size, count), dtype=torch.long, device=device)
         for s in self.streams:
             out[s.start - self.start : s.stop - self.start].random_(0, high, generator=s.gen)

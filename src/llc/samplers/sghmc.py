@@ -37,10 +37,10 @@ class SGHMC(BlockedChains):
         self._kick_compiled: Callable | None = None
 
     def _kick(
-        self, w: torch.Tensor, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+        self, w: torch.Tensor, v: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Loss, the new position and the new velocity, as blocks of columns (as SGLD's `_langevin`)."""
-        loss, pieces = self.posterior.loss_and_grad_pieces(w, (x, y))
+        loss, pieces = self.posterior.loss_and_grad_pieces(w, self.posterior.batch_at(idx))
         kick = math.sqrt(2 * self.alpha * self.eta)
         velocity = [(1 - self.alpha) * v[:, c] - self.eta * g + kick * noise[:, c] for c, g in pieces]
         return loss, [w[:, c] + u for (c, _), u in zip(pieces, velocity, strict=True)], velocity
@@ -57,13 +57,13 @@ class SGHMC(BlockedChains):
 
     def _step_block(self, state: SGHMCState, block: Block, j: int) -> torch.Tensor:
         w, v = state.w[block.chains], state.v[block.chains]
-        batch = self.posterior.minibatch(block)
+        idx = self.posterior.indices(block)
         if self._kick_compiled is not None:
-            loss, w_new, v_new = self._kick_compiled(w, v, *batch, block.normal(w))
+            loss, w_new, v_new = self._kick_compiled(w, v, idx, block.normal(w))
             torch.cat(w_new, dim=1, out=w)
             torch.cat(v_new, dim=1, out=v)
             return loss
-        loss, grad = self.posterior.loss_and_grad(w, batch)
+        loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx))
         noise = block.normal(w)
         kick = math.sqrt(2 * self.alpha * self.eta)
         v.mul_(1 - self.alpha).add_(grad, alpha=-self.eta).add_(noise, alpha=kick)

@@ -46,10 +46,11 @@ class SGLD(BlockedChains):
         self._langevin_compiled: Callable | None = None
 
     def _langevin(
-        self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+        self, w: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Loss and the moved position, as blocks of columns (posterior.loss_and_grad_pieces)."""
-        loss, pieces = self.posterior.loss_and_grad_pieces(w, (x, y))
+        """Loss on the minibatch at `idx` and the moved position, as blocks of columns
+        (posterior.loss_and_grad_pieces)."""
+        loss, pieces = self.posterior.loss_and_grad_pieces(w, self.posterior.batch_at(idx))
         step = math.sqrt(self.eps)
         return loss, [w[:, c] - (0.5 * self.eps) * g + step * noise[:, c] for c, g in pieces]
 
@@ -74,12 +75,12 @@ class SGLD(BlockedChains):
     def _step_block(self, state: SGLDState, block: Block, j: int) -> torch.Tensor:
         chains = block.chains
         w = state.w[chains]
-        batch = self.posterior.minibatch(block)
+        idx = self.posterior.indices(block)
         if self._langevin_compiled is not None:
-            loss, moved = self._langevin_compiled(w, *batch, block.normal(w))
+            loss, moved = self._langevin_compiled(w, idx, block.normal(w))
             torch.cat(moved, dim=1, out=w)
             return loss
-        loss, grad = self.posterior.loss_and_grad(w, batch)
+        loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx))
         noise = block.normal(w)
         if self.precond == "none":
             w.add_(grad, alpha=-0.5 * self.eps).add_(noise, alpha=math.sqrt(self.eps))
