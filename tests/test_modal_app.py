@@ -113,6 +113,7 @@ def test_the_image_installs_the_projects_dependencies_settings_and_code(define_a
     ):
         assert requirement in install
     assert "pytest" not in install and "submitit" not in install  # test and SLURM extras stay out
+    assert any("apt-get install" in layer and "g++" in layer for layer in layers)  # for compile=true
     env = [layer.removeprefix("ENV ") for layer in layers if layer.startswith("ENV")]
     for setting in (
         "LLC_MODAL_GPU_TYPES=A100",

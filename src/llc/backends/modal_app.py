@@ -49,7 +49,8 @@ def project_requirements(extras: tuple[str, ...] = IMAGE_EXTRAS) -> list[str]:
 
 
 def build_image(settings: ModalOptions) -> modal.Image:
-    """Debian with this Python, llc's dependencies, the settings the functions were defined with, llc."""
+    """Debian with this Python, a C++ compiler, llc's dependencies, the settings the functions were
+    defined with, llc."""
     baked = {
         "LLC_VERSION": llc_version(),
         "LLC_MODAL_APP_NAME": settings.app_name,
@@ -65,6 +66,7 @@ def build_image(settings: ModalOptions) -> modal.Image:
     }
     return (
         modal.Image.debian_slim(python_version=f"{sys.version_info.major}.{sys.version_info.minor}")
+        .apt_install("g++")  # compile=true: torch inductor builds C++ (CPU) and Triton's launchers (GPU)
         .uv_pip_install(*project_requirements())
         .env({
             **{key: value for key, value in baked.items() if value},
