@@ -227,6 +227,7 @@ def test_a_compiled_step_draws_the_eager_numbers_and_lands_where_eager_does(samp
         posterior, loss0 = _posterior(config)
         traces.append(sample(config, posterior, loss0, torch.Generator().manual_seed(4)))
     eager, compiled_trace = traces
+    assert compiled_trace.compiled and not eager.compiled
     np.testing.assert_allclose(compiled_trace.loss, eager.loss, rtol=1e-4)
     np.testing.assert_allclose(compiled_trace.w_proj, eager.w_proj, rtol=1e-3, atol=1e-5)
     assert not np.array_equal(eager.loss[0], eager.loss[4])  # the 2 streams differ
@@ -249,3 +250,31 @@ def test_several_steps_per_call_record_what_one_step_per_call_records(monkeypatc
     np.testing.assert_array_equal(strided.w_proj, single.w_proj)
     np.testing.assert_array_equal(strided.eval_loss, single.eval_loss)
     np.testing.assert_array_equal(strided.mala_acceptance, single.mala_acceptance)
+
+
+def test_compile_auto_compiles_long_runs_of_the_block_samplers_only(monkeypatch):
+    """compile=auto (the default) compiles SGLD without a preconditioner and SGHMC on the CPU when eager
+    sampling is estimated at a minute or more, and a C++ compiler is there; otherwise it stays eager."""
+    from llc.samplers import driver
+
+    config = build_config("quick", {**MLP_SMALL, "sampler": "sgld", "chains": 8})
+    posterior, _ = _posterior(config)
+    assert config.compile == "auto" and not driver.compiles(config, posterior)  # seconds of work
+    long = config.model_copy(update={"steps": 10_000_000})
+    assert driver.compiles(long, posterior)
+    assert driver.compiles(long.model_copy(update={"sampler": "sghmc"}), posterior)
+    for update in ({"sampler": "hmc"}, {"precond": "adam"}, {"gpu_mode": "sequential"}, {"compile": False}):
+        assert not driver.compiles(long.model_copy(update=update), posterior), update
+    assert driver.compiles(config.model_copy(update={"compile": True}), posterior)
+    monkeypatch.setattr(driver.shutil, "which", lambda name: None)
+    assert not driver.compiles(long, posterior)  # no C++ compiler: eager
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_compile_takes_auto_or_a_boolean(value):
+    assert build_config("quick", {"compile": value}).compile == value
+
+
+def test_compile_refuses_other_values():
+    with pytest.raises(ValueError, match="compile"):
+        build_config("quick", {"compile": "sometimes"})

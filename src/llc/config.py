@@ -90,8 +90,10 @@ class RunConfig(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     gpu_mode: Literal["vectorized", "sequential", "off"] = "vectorized"
     threads: int = Field(0, ge=0, description="CPU threads (0: one for small models, else torch's default)")
-    compile: bool = Field(
-        False, description="torch.compile the loss-and-gradient pass (pays off on long runs)"
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile each SGLD/SGHMC block step (other samplers: the gradient); "
+        "auto: when the run is long enough to repay the compilation (docs/samplers.md)",
     )
 
     @field_validator("widths", "teacher_widths")

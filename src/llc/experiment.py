@@ -169,6 +169,7 @@ def build_metrics(
         "t_erm_s": t_erm,
         "t_warmup_s": trace.t_warmup_s,
         "t_sampling_s": trace.t_sampling_s,
+        "compiled": trace.compiled,
         "grad_evals": total_grad_evals,
         "draws_per_second": draws / trace.t_sampling_s if trace.t_sampling_s > 0 else math.nan,
         "ess_per_second": ess / trace.t_sampling_s if trace.t_sampling_s > 0 else math.nan,
