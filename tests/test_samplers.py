@@ -278,3 +278,39 @@ def test_compile_takes_auto_or_a_boolean(value):
 def test_compile_refuses_other_values():
     with pytest.raises(ValueError, match="compile"):
         build_config("quick", {"compile": "sometimes"})
+
+
+def _failing_compile(fn, device):
+    def compiled(*args):
+        raise RuntimeError("no C++ compiler here")
+
+    return compiled
+
+
+@pytest.mark.parametrize("sampler", ["sgld", "sghmc"])
+def test_compile_auto_falls_back_to_the_eager_run_when_compiling_fails(sampler, monkeypatch, caplog):
+    """With compile=auto a step that cannot be compiled is found before any random number is drawn;
+    the run goes on eager, with exactly the numbers of a compile=false run, and says so."""
+    from llc.samplers import driver, sghmc, sgld
+
+    base = {**MLP_SMALL, "sampler": sampler, "chains": 10, "steps": 20, "warmup": 3}
+    eager_config = build_config("quick", {**base, "compile": False})
+    posterior, loss0 = _posterior(eager_config)
+    eager = sample(eager_config, posterior, loss0, torch.Generator().manual_seed(8))
+    monkeypatch.setattr(driver, "compiles", lambda config, posterior: True)  # auto decides to compile
+    monkeypatch.setattr({"sgld": sgld, "sghmc": sghmc}[sampler], "compile_step", _failing_compile)
+    auto = sample(build_config("quick", base), posterior, loss0, torch.Generator().manual_seed(8))
+    assert not auto.compiled
+    np.testing.assert_array_equal(auto.loss, eager.loss)
+    assert "running eager" in caplog.text and "no C++ compiler here" in caplog.text
+
+
+def test_compile_true_that_cannot_compile_is_an_error_that_says_what_to_do(monkeypatch):
+    from llc.samplers import sgld
+    from llc.samplers.blocks import CompileFailed
+
+    config = build_config("quick", {**MLP_SMALL, "sampler": "sgld", "chains": 4, "steps": 5, "compile": True})
+    posterior, loss0 = _posterior(config)
+    monkeypatch.setattr(sgld, "compile_step", _failing_compile)
+    with pytest.raises(CompileFailed, match="compile=false"):
+        sample(config, posterior, loss0, torch.Generator().manual_seed(8))

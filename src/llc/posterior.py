@@ -59,6 +59,12 @@ class LocalizedPosterior:
             return None
         return block.indices(self.n, self.batch_size, self.x.device)
 
+    def placeholder_indices(self, chains: int) -> torch.Tensor | None:
+        """Indices shaped as `indices` gives them, all 0, drawing no random number (to compile with)."""
+        if self.batch_size is None or self.batch_size >= self.n:
+            return None
+        return torch.zeros((chains, self.batch_size), dtype=torch.long, device=self.x.device)
+
     def batch_at(self, idx: torch.Tensor | None) -> Batch:
         """The points at `indices` (all n for None)."""
         return (self.x, self.y) if idx is None else self.gather(idx)

@@ -19,6 +19,7 @@ chains. A compiled step (`fused`) runs as one C++ call that releases the lock, s
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,8 @@ from typing import Any
 import torch
 
 from llc.samplers.base import KeepLosses, Recorder, StepInfo
+
+log = logging.getLogger(__name__)
 
 STREAM = 4  # chains per random stream
 UNIT = 16  # most chains one call computes: its [chains, batch, width] tensors stay in a core's cache
@@ -82,7 +85,12 @@ def layout(chains: int, gen: torch.Generator, fused: bool) -> list[Block]:
     where all chains make one block), grouped into blocks as described above."""
     if gen.device.type != "cpu":
         return [Block(0, chains, (Stream(0, chains, gen),))]
-    streams = _streams(chains, gen)
+    return _group(_streams(chains, gen), fused)
+
+
+def _group(streams: list[Stream], fused: bool) -> list[Block]:
+    """Consecutive streams grouped into blocks of UNIT chains (fused: fewer, while there are < 2 blocks)."""
+    chains = streams[-1].stop
     size = UNIT
     while fused and size > STREAM and chains < 2 * size:
         size //= 2
@@ -165,6 +173,10 @@ def compile_step(fn: Callable, device: torch.device) -> Callable:
     return torch.compile(fn, dynamic=False, options=options)
 
 
+class CompileFailed(RuntimeError):
+    """compile=true and the block step could not be compiled."""
+
+
 class BlockedChains:
     """What SGLD and SGHMC share: chains in blocks spread over the cores, advanced several steps per
     call (`advance`), each block by `_step_block`."""
@@ -173,10 +185,40 @@ class BlockedChains:
     steps_taken: int
     blocks: list[Block]
     parts: int
+    _compiled_step: Callable | None = None
 
     def plan(self, w: torch.Tensor, gen: torch.Generator) -> None:
         self.blocks = layout(w.shape[0], gen, self.fused)
         self.parts = cpu_parts(w.device, self.blocks, self.fused)
+
+    def prepare(self, state: Any, fall_back: bool) -> None:
+        """Compile the fused step now for every block shape, before any random number is drawn. If that
+        fails and the run may fall back (compile=auto), it goes on eager with the same streams (so with
+        the numbers an eager run has); with compile=true the failure is the run's error."""
+        if not self.fused:
+            self._compiled_step = None
+            return
+        try:
+            for block in {b.size: b for b in self.blocks}.values():
+                self._compile_block(state, block)
+        except Exception as exc:
+            if not fall_back:
+                raise CompileFailed(
+                    f"compile=true could not compile the sampler's step ({type(exc).__name__}: {exc}). It "
+                    "needs a C++ compiler and Python's headers (`make env` installs both); or set "
+                    "compile=auto, which then runs eager, or compile=false"
+                ) from exc
+            log.warning(
+                "compiling the sampler's step failed (%s: %s); running eager", type(exc).__name__, exc
+            )
+            device = self.position(state).device
+            self.fused, self._compiled_step = False, None
+            self.blocks = _group([s for b in self.blocks for s in b.streams], fused=False)
+            self.parts = cpu_parts(device, self.blocks, fused=False)
+
+    def _compile_block(self, state: Any, block: Block) -> None:
+        """Call the compiled step once on the block's shapes (placeholder inputs; nothing is updated)."""
+        raise NotImplementedError
 
     def position(self, state: Any) -> torch.Tensor:
         raise NotImplementedError

@@ -69,11 +69,10 @@ def sample(
     from the last save with the same random streams, so an interrupted run ends as an uninterrupted one.
     """
     threads = 0 if posterior.x.is_cuda else threads_for(config.threads, step_work(config, posterior))
+    fall_back = config.compile == "auto"  # if compiling fails, run eager rather than fail
     config = config.model_copy(update={"compile": compiles(config, posterior)})
     with cpu_threads(threads):
-        trace = _sample(config, posterior, loss0, gen, progress, checkpoint)
-    trace.compiled = bool(config.compile)
-    return trace
+        return _sample(config, posterior, loss0, gen, progress, checkpoint, fall_back)
 
 
 # compile=auto compiles a run whose eager sampling is estimated at AUTO_COMPILE_S seconds or more: the
@@ -112,9 +111,10 @@ def _sample(
     gen: torch.Generator,
     progress: Progress | None,
     checkpoint: Checkpointing | None,
+    fall_back: bool = False,
 ) -> Trace:
     if config.gpu_mode != "sequential":
-        return _run_chains(config, posterior, loss0, config.chains, gen, progress, checkpoint)
+        return _run_chains(config, posterior, loss0, config.chains, gen, progress, checkpoint, fall_back)
     traces = []
     reference = replace(posterior, grad_fn=posterior.model.autograd_loss_and_grad)
     for c in range(config.chains):
@@ -137,6 +137,7 @@ def _run_chains(
     gen: torch.Generator,
     progress: Progress | None,
     checkpoint: Checkpointing | None,
+    fall_back: bool = False,
 ) -> Trace:
     kernel = KERNELS[config.sampler](posterior, config)
     grad_fn = posterior.grad_fn
@@ -191,7 +192,12 @@ def _run_chains(
         atomic_write(checkpoint.path, buffer.getvalue())
 
     blocked = hasattr(kernel, "advance")  # runs several steps per call (BlockedKernel)
-    # A kernel that spreads its chains over the cores itself runs each share on one torch thread.
+    # A kernel that spreads its chains over the cores itself runs each share on one torch thread (and
+    # a compiled step is compiled for the thread count it will run with).
+    if blocked:
+        with cpu_threads(1 if kernel.parts > 1 else 0):  # type: ignore[attr-defined]
+            kernel.prepare(state, fall_back)  # type: ignore[attr-defined]
+    compiled = bool(getattr(kernel, "fused", config.compile))
     with cpu_threads(1 if getattr(kernel, "parts", 1) > 1 else 0):
         t = first
         while t < total:
@@ -245,6 +251,7 @@ def _run_chains(
         mala_acceptance=mala.cpu().double().numpy() if n_evals and config.sampler == "sgld" else None,
         diverged_at=diverged_at,
         grad_evals=total * kernel.grad_evals_per_step,
+        compiled=compiled,
         t_sampling_s=sampled_before + end - sampling_start,
         t_warmup_s=warm_before + (sampling_start - start if first < config.warmup else 0.0),
     )
@@ -375,4 +382,5 @@ def _concat(traces: list[Trace]) -> Trace:
         grad_evals=first.grad_evals,
         t_sampling_s=sum(t.t_sampling_s for t in traces),
         t_warmup_s=sum(t.t_warmup_s for t in traces),
+        compiled=first.compiled,
     )

@@ -25,7 +25,7 @@ class SGHMCState:
 class SGHMC(BlockedChains):
     grad_evals_per_step = 1
     minibatch = True
-    transient = ("steps_taken", "parts", "_kick_compiled")  # not checkpointed: a resumed run re-plans
+    transient = ("steps_taken", "parts", "_compiled_step")  # not checkpointed: a resumed run re-plans
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
         self.posterior = posterior
@@ -34,7 +34,7 @@ class SGHMC(BlockedChains):
         # compile=true: gradient, localization and update of a block as one compiled call (as in SGLD).
         self.fused = config.compile
         self.steps_taken = 0
-        self._kick_compiled: Callable | None = None
+        self._compiled_step: Callable | None = None
 
     def _kick(
         self, w: torch.Tensor, v: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor
@@ -49,17 +49,22 @@ class SGHMC(BlockedChains):
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
         self.plan(w, gen)
         if self.fused:
-            self._kick_compiled = compile_step(self._kick, w.device)
+            self._compiled_step = compile_step(self._kick, w.device)
         return SGHMCState(w.clone(), torch.zeros_like(w))
 
     def position(self, state: SGHMCState) -> torch.Tensor:
         return state.w
 
+    def _compile_block(self, state: SGHMCState, block: Block) -> None:
+        assert self._compiled_step is not None
+        w, v = state.w[block.chains], state.v[block.chains]
+        self._compiled_step(w, v, self.posterior.placeholder_indices(block.size), torch.zeros_like(w))
+
     def _step_block(self, state: SGHMCState, block: Block, j: int) -> torch.Tensor:
         w, v = state.w[block.chains], state.v[block.chains]
         idx = self.posterior.indices(block)
-        if self._kick_compiled is not None:
-            loss, w_new, v_new = self._kick_compiled(w, v, idx, block.normal(w))
+        if self._compiled_step is not None:
+            loss, w_new, v_new = self._compiled_step(w, v, idx, block.normal(w))
             torch.cat(w_new, dim=1, out=w)
             torch.cat(v_new, dim=1, out=v)
             return loss

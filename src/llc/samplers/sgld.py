@@ -32,7 +32,7 @@ class SGLDState:
 class SGLD(BlockedChains):
     grad_evals_per_step = 1
     minibatch = True
-    transient = ("steps_taken", "parts", "_langevin_compiled")  # not checkpointed: a resumed run re-plans
+    transient = ("steps_taken", "parts", "_compiled_step")  # not checkpointed: a resumed run re-plans
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
         self.posterior = posterior
@@ -43,7 +43,7 @@ class SGLD(BlockedChains):
         # before it. With preconditioning the driver compiles the gradient alone.
         self.fused = config.compile and self.precond == "none"
         self.steps_taken = 0
-        self._langevin_compiled: Callable | None = None
+        self._compiled_step: Callable | None = None
 
     def _langevin(
         self, w: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor
@@ -58,7 +58,7 @@ class SGLD(BlockedChains):
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
         self.plan(w, gen)
         if self.fused:
-            self._langevin_compiled = compile_step(self._langevin, w.device)
+            self._compiled_step = compile_step(self._langevin, w.device)
         if self.precond == "none":
             return SGLDState(w.clone())
         momentum = torch.zeros_like(w) if self.precond == "adam" else None
@@ -66,6 +66,11 @@ class SGLD(BlockedChains):
 
     def position(self, state: SGLDState) -> torch.Tensor:
         return state.w
+
+    def _compile_block(self, state: SGLDState, block: Block) -> None:
+        assert self._compiled_step is not None
+        w = state.w[block.chains]
+        self._compiled_step(w, self.posterior.placeholder_indices(block.size), torch.zeros_like(w))
 
     def advance(self, state: SGLDState, count: int, tune: bool, recorder: Recorder) -> SGLDState:
         super().advance(state, count, tune, recorder)
@@ -76,8 +81,8 @@ class SGLD(BlockedChains):
         chains = block.chains
         w = state.w[chains]
         idx = self.posterior.indices(block)
-        if self._langevin_compiled is not None:
-            loss, moved = self._langevin_compiled(w, idx, block.normal(w))
+        if self._compiled_step is not None:
+            loss, moved = self._compiled_step(w, idx, block.normal(w))
             torch.cat(moved, dim=1, out=w)
             return loss
         loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx))
