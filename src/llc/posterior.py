@@ -48,13 +48,9 @@ class LocalizedPosterior:
     def dim(self) -> int:
         return self.w_star.shape[0]
 
-    def minibatch(self, block: Block) -> Batch:
-        """An independent minibatch (sampled with replacement) per chain of the block, from the block's
-        random streams: [chains, batch, ...]; all n points when the batch is not smaller than n."""
-        return self.batch_at(self.indices(block))
-
     def indices(self, block: Block) -> torch.Tensor | None:
-        """The block's minibatch as indices of points [chains, batch]; None when a step uses all n."""
+        """The block's minibatch as indices of points [chains, batch]: an independent minibatch (with
+        replacement) per chain, from the block's random streams; None when a step uses all n."""
         if self.batch_size is None or self.batch_size >= self.n:
             return None
         return block.indices(self.n, self.batch_size, self.x.device)

@@ -1,4 +1,5 @@
-"""What every kernel offers the driver: init a state, take a step, tune during warm-up."""
+"""What every kernel offers the driver: init a state, then take steps (one per call, or several
+for blocked kernels), tuning during warm-up."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class StepInfo:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Kernel(Protocol):
+class _KernelBase(Protocol):
     #: gradient evaluations per chain per step (each on the kernel's batch)
     grad_evals_per_step: int
     #: whether the recorded loss is a minibatch estimate (else the full-data loss)
@@ -29,9 +30,13 @@ class Kernel(Protocol):
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> Any: ...
 
-    def step(self, state: Any, gen: torch.Generator, tune: bool) -> tuple[Any, StepInfo]: ...
-
     def position(self, state: Any) -> torch.Tensor: ...
+
+
+class Kernel(_KernelBase, Protocol):
+    """A kernel that steps all chains at once, one step per call."""
+
+    def step(self, state: Any, gen: torch.Generator, tune: bool) -> tuple[Any, StepInfo]: ...
 
 
 class Recorder(Protocol):
@@ -44,21 +49,8 @@ class Recorder(Protocol):
     def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None: ...
 
 
-class BlockedKernel(Kernel, Protocol):
+class BlockedKernel(_KernelBase, Protocol):
     """A minibatch kernel whose chains advance in independent blocks (blocks.py): it runs `count`
     steps in one call, each core its own blocks, and reports through `recorder` as it goes."""
 
     def advance(self, state: Any, count: int, tune: bool, recorder: Recorder) -> Any: ...
-
-
-@dataclass
-class KeepLosses:
-    """A recorder that keeps the losses of a one-step `advance`: how `step` is built on it."""
-
-    losses: torch.Tensor
-
-    def position(self, j: int, rows: slice, w: torch.Tensor) -> None:
-        pass
-
-    def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None:
-        self.losses[rows] = loss

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from llc.samplers.base import KeepLosses, Recorder, StepInfo
+from llc.config import RunConfig
+from llc.samplers.base import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,14 @@ class BlockedChains:
     call (`advance`), each block by `_step_block`."""
 
     fused: bool  # the whole block step is one compiled call (compile_step)
-    steps_taken: int
     blocks: list[Block]
     parts: int
     _compiled_step: Callable | None = None
+
+    @staticmethod
+    def fuses(config: RunConfig) -> bool:
+        """Whether compiling this kernel compiles its whole block step (`fused`)."""
+        return True
 
     def plan(self, w: torch.Tensor, gen: torch.Generator) -> None:
         self.blocks = layout(w.shape[0], gen, self.fused)
@@ -232,14 +237,5 @@ class BlockedChains:
             recorder.position(j, block.chains, self.position(state)[block.chains])
             recorder.loss(j, block.chains, self._step_block(state, block, j))
 
-        # A compiled step compiles on its first calls (one per block shape): not from two threads.
-        done = min(count, 2 - self.steps_taken) if self.fused and self.steps_taken < 2 else 0
-        run_steps(work, self.blocks, 1, done)
-        run_steps(lambda block, j: work(block, done + j), self.blocks, self.parts, count - done)
-        self.steps_taken += count
+        run_steps(work, self.blocks, self.parts, count)  # `prepare` has compiled every block shape
         return state
-
-    def step(self, state: Any, gen: torch.Generator, tune: bool) -> tuple[Any, StepInfo]:
-        w = self.position(state)
-        losses = KeepLosses(torch.empty(w.shape[0], dtype=w.dtype, device=w.device))
-        return self.advance(state, 1, tune, losses), StepInfo(losses.losses)

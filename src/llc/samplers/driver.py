@@ -88,8 +88,8 @@ def compiles(config: RunConfig, posterior: LocalizedPosterior) -> bool:
     on the CPU, vectorized, with a C++ compiler present, when eager sampling would take long."""
     if config.compile != "auto":
         return bool(config.compile)
-    fused = config.sampler == "sghmc" or (config.sampler == "sgld" and config.precond == "none")
-    if not fused or posterior.x.is_cuda or config.gpu_mode == "sequential":
+    fuses = getattr(KERNELS[config.sampler], "fuses", None)  # blocked kernels compile whole steps
+    if fuses is None or not fuses(config) or posterior.x.is_cuda or config.gpu_mode == "sequential":
         return False
     if not any(shutil.which(name) for name in COMPILERS):
         return False

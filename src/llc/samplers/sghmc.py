@@ -25,15 +25,14 @@ class SGHMCState:
 class SGHMC(BlockedChains):
     grad_evals_per_step = 1
     minibatch = True
-    transient = ("steps_taken", "parts", "_compiled_step")  # not checkpointed: a resumed run re-plans
+    transient = ("parts", "_compiled_step")  # not checkpointed: a resumed run re-plans
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
         self.posterior = posterior
         self.eta = config.resolved_step_size
         self.alpha = config.friction
         # compile=true: gradient, localization and update of a block as one compiled call (as in SGLD).
-        self.fused = config.compile
-        self.steps_taken = 0
+        self.fused = bool(config.compile)
         self._compiled_step: Callable | None = None
 
     def _kick(

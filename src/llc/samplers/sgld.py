@@ -32,7 +32,7 @@ class SGLDState:
 class SGLD(BlockedChains):
     grad_evals_per_step = 1
     minibatch = True
-    transient = ("steps_taken", "parts", "_compiled_step")  # not checkpointed: a resumed run re-plans
+    transient = ("parts", "_compiled_step")  # not checkpointed: a resumed run re-plans
 
     def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
         self.posterior = posterior
@@ -41,9 +41,12 @@ class SGLD(BlockedChains):
         # compile=true without preconditioning: gradient, localization and update of a block as one
         # compiled call (blocks.compile_step); the random numbers stay with the blocks' streams, drawn
         # before it. With preconditioning the driver compiles the gradient alone.
-        self.fused = config.compile and self.precond == "none"
-        self.steps_taken = 0
+        self.fused = bool(config.compile) and self.fuses(config)
         self._compiled_step: Callable | None = None
+
+    @staticmethod
+    def fuses(config: RunConfig) -> bool:
+        return config.precond == "none"
 
     def _langevin(
         self, w: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor
