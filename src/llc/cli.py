@@ -22,7 +22,7 @@ config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 sweep_app = typer.Typer(help="Run a study as the Prefect flow `sweep`, or summarize a past sweep.")
 app.add_typer(sweep_app, name="sweep")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width
 
 SetOption = Annotated[
     list[str] | None,

@@ -8,7 +8,7 @@ from rich.console import Console
 from llc import local_server
 from llc.settings import load_settings
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width
 
 
 def register(app: typer.Typer) -> None:
