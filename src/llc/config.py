@@ -205,7 +205,7 @@ class RunConfig(BaseModel):
             return ""
         if self._module_fingerprint is not None:
             return self._module_fingerprint
-        from llc.problems.module import reference_fingerprint
+        from llc.module_ids import reference_fingerprint
 
         return reference_fingerprint(self.model, self.data, self.loss, self.weights)
 
