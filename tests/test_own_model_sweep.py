@@ -138,3 +138,39 @@ def test_an_interrupted_module_run_resumes_from_its_checkpoint_to_the_uninterrup
     assert not resumed.cached
     same = {k for k in reference if k not in TIMING}
     assert {k: resumed.metrics[k] for k in same} == {k: reference[k] for k in same}
+
+
+def test_a_module_cell_on_modal_gets_its_weights_file_with_the_request(tmp_path):
+    """Through the in-process stand-in of Modal: the container cannot read the client's weights path
+    (the file is moved away while the call runs), so the result can only come from the shipped bytes."""
+    from modal_standin import StandInModal
+
+    from llc.backends import run_on
+    from llc.backends.modal import ModalBackend
+    from llc.sweeps.cell import lone_cell
+
+    weights = trained_weights(tmp_path / "trained.pt")
+    run = {"chains": 2, "steps": 30, "batch_size": 32, "device": "cpu"}  # the CPU function
+    config = build_config(None, {**MODULE, "weights": str(weights), **run})
+    expected = run_llc(config, tmp_path / "local").metrics
+    standin = StandInModal(tmp_path / "modal")
+    body = standin.functions["run_cell_cpu"].body
+    away = tmp_path / "away.pt"
+
+    def in_a_container(request: dict[str, Any]) -> dict[str, Any]:
+        weights.rename(away)
+        try:
+            return body(request)
+        finally:
+            away.rename(weights)
+
+    standin.functions["run_cell_cpu"].body = in_a_container
+    cell = lone_cell(config)
+    with ModalBackend(1, client=standin, poll_s=0.05, preflight_timeout_s=5.0) as backend:
+        record = run_on(backend, cell, tmp_path / "runs", skip=True, timeout_s=120)
+    assert record.status == "ok", record
+    assert standin.functions["run_cell_cpu"].spawns == 1
+    assert record.run_id == config.run_id and RunDir(tmp_path / "runs", config.run_id).is_complete()
+    assert {k: v for k, v in record.metrics.items() if k not in TIMING} == {
+        k: v for k, v in expected.items() if k not in TIMING
+    }

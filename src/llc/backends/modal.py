@@ -9,6 +9,7 @@ gets an error row that says what to do.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ OUT_OF_FUNDS = (
     "workspace's spending limit on modal.com (Settings → Usage and Billing), then run the sweep again"
 )
 # The request and reply of the remote function; bumped when either changes shape.
-PROTOCOL = 1
+PROTOCOL = 2  # 2: the request carries `files`, a module problem's weights
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class ModalOptions(BaseSettings):
     wandb_secret: str | None = Field(None, description="Modal secret with WANDB_API_KEY (deploy time)")
     s3_secret: str | None = Field(None, description="Modal secret with AWS credentials (deploy time)")
     python_sources: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="more local modules in the image (custom experiments)"
+        default_factory=list,
+        description="more local modules in the image (custom experiments, `problem: module` factories)",
     )
     poll_s: float = Field(2.0, gt=0, description="how often a waiting cell asks for its result")
     client_hang_timeout_s: float = Field(
@@ -153,6 +155,15 @@ def mismatch(client: dict[str, Any], worker: dict[str, Any]) -> str | None:
         return " ".join(f"{key}={side.get(key)}" for key in keys)
 
     return f"the deployed app runs {show(worker)}, this client {show(client)}: redeploy: `{DEPLOY_COMMAND}`"
+
+
+def attachments(cell: Cell) -> dict[str, str]:
+    """Files of the client's disk that the cell reads, base64-encoded for the request: a module
+    problem's weights (the container sees neither that path nor the client's filesystem)."""
+    weights = cell.config.get("weights") if cell.config.get("problem") == "module" else None
+    if not weights:
+        return {}
+    return {"weights": base64.b64encode(Path(weights).read_bytes()).decode("ascii")}
 
 
 class ModalClient(Protocol):
@@ -242,10 +253,10 @@ class ModalBackend:
             error_type, guidance = self._refused
             job.end(CellRecord.failed(cell, "submit", error_type, f"not submitted: {guidance}", 0.0, False))
             return job
-        request = {"cell": cell.model_dump(mode="json"), "skip": skip, "handshake": self.handshake,
-                   "ticket": job.ticket}  # fmt: skip
         function = self.client.function("run_cell_gpu" if needs_gpu(cell) else "run_cell_cpu")
         try:
+            request = {"cell": cell.model_dump(mode="json"), "skip": skip, "handshake": self.handshake,
+                       "ticket": job.ticket, "files": attachments(cell)}  # fmt: skip
             call = function.spawn(request)
         except Exception as exc:
             job.end(self.failure(cell, "submit", exc, 0.0))

@@ -8,6 +8,7 @@ volume only ever holds whole results, and nothing on it is ever deleted here.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import sys
 import tempfile
@@ -141,8 +142,20 @@ def serve_cell(request: dict[str, Any], runs_root: Path, board: Any | None) -> d
             board.put(ticket, {"stage": stage})
 
     report("start")
-    record = run_on_volume(Cell.model_validate(request["cell"]), runs_root, request["skip"], report)
+    with tempfile.TemporaryDirectory(prefix="llc-files-") as folder:
+        cell = with_attachments(Cell.model_validate(request["cell"]), request.get("files", {}), Path(folder))
+        record = run_on_volume(cell, runs_root, request["skip"], report)
     return {"worker": worker, "record": record.model_dump(mode="json")}
+
+
+def with_attachments(cell: Cell, files: dict[str, str], folder: Path) -> Cell:
+    """The cell reading the files the request carries from `folder`. The weights' path is not part of
+    the run_id (their content is), so the cell keeps its run_id."""
+    if "weights" not in files:
+        return cell
+    path = folder / "weights.pt"
+    path.write_bytes(base64.b64decode(files["weights"]))
+    return cell.model_copy(update={"config": {**cell.config, "weights": str(path)}})
 
 
 def run_on_volume(cell: Cell, runs_root: Path, skip: bool, on_stage: Callable[[str], None]) -> CellRecord:
