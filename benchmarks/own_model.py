@@ -9,7 +9,7 @@ one after another, so one chain's rate is its 8-chain rate). Each ratio is the m
 per-round ratios. The rounds' devinterp chains make its LLC estimate for the cross-check.
 
     python benchmarks/own_model.py [--rounds 8] [--steps 300] [--devinterp-draws 300] [--threads 1]
-                                   [--quick] [--json OUT]
+                                   [--batch-size 64] [--quick] [--json OUT]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from throughput import REFERENCE, as_module, devinterp_missing, machine, spread
 
 from llc import diagnostics
+from llc.allocator import keep_freed_memory
 from llc.config import IN_MEMORY_MODULE, RunConfig, build_config
 from llc.erm import train
 from llc.posterior import LocalizedPosterior
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per engine measurement")
     parser.add_argument("--devinterp-draws", type=int, default=300, help="draws per devinterp chain")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both libraries (default 1)")
+    parser.add_argument("--batch-size", type=int, default=64, help="SGLD minibatch, both workloads")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: seconds")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args(argv)
@@ -72,7 +74,7 @@ class Workload:
     description: str
 
 
-def digits_mlp(quick: bool) -> Workload:
+def digits_mlp(quick: bool, batch_size: int) -> Workload:
     """MLP 64-128-10 (ReLU) on scikit-learn's digits (1,797 images of 8×8 pixels), trained by Adam."""
     from sklearn.datasets import load_digits
 
@@ -82,7 +84,14 @@ def digits_mlp(quick: bool) -> Workload:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
     fit(model, x, y, 20 if quick else 500)
-    return Workload("digits_mlp", model, x, y, 64, "MLP 64-128-10 ReLU, sklearn digits (n=1797), batch 64")
+    return Workload(
+        "digits_mlp",
+        model,
+        x,
+        y,
+        batch_size,
+        f"MLP 64-128-10 ReLU, sklearn digits (n=1797), batch {batch_size}",
+    )
 
 
 class Block(torch.nn.Module):
@@ -124,7 +133,7 @@ class TinyTransformer(torch.nn.Module):
         return self.head(self.norm(h[:, -1]))
 
 
-def transformer(quick: bool) -> Workload:
+def transformer(quick: bool, batch_size: int) -> Workload:
     """Recall: the label of a sequence of 8 tokens (vocabulary 16) is its first token."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 16, (2000, 8), generator=gen)
@@ -133,13 +142,9 @@ def transformer(quick: bool) -> Workload:
     model = TinyTransformer()
     fit(model, x, y, 20 if quick else 400)
     return Workload(
-        "transformer",
-        model,
-        x,
-        y,
-        64,
-        "1 block, d_model 64, 4 heads, seq 8, vocab 16 (first-token recall), batch 64",
-    )
+        "transformer", model, x, y, batch_size,
+        f"1 block, d_model 64, 4 heads, seq 8, vocab 16 (first-token recall), batch {batch_size}",
+    )  # fmt: skip
 
 
 def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
@@ -215,9 +220,10 @@ def reference_pair(quick: bool, steps: int) -> tuple[RunConfig, dict[str, Locali
 
 # ---- the run --------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
     missing = devinterp_missing()
-    workloads = [digits_mlp(args.quick), transformer(args.quick)]
+    workloads = [digits_mlp(args.quick, args.batch_size), transformer(args.quick, args.batch_size)]
     setups = {w.name: engine_setup(w, args.steps) for w in workloads}
     ref_config, ref_posteriors, ref_loss0 = reference_pair(args.quick, args.steps)
     for config, posterior, loss0 in [
@@ -246,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "machine": {**machine(), "torch_threads": args.threads},
         "settings": {
+            "batch_size": args.batch_size,
             "rounds": args.rounds,
             "steps": args.steps,
             "devinterp_draws": args.devinterp_draws,

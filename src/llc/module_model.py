@@ -87,11 +87,12 @@ class ModuleModel:
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of flat parameters [..., d] (cut outside vmap: cheaper than inside)."""
-        lead, views, start = flat.shape[:-1], {}, 0
-        for name, size, shape in zip(self.names, self.sizes, self.shapes, strict=True):
-            views[name] = flat[..., start : start + size].view(*lead, *shape)
-            start += size
-        return views
+        lead = flat.shape[:-1]
+        pieces = flat.split(self.sizes, dim=-1)
+        return {
+            name: piece.view(*lead, *shape)
+            for name, piece, shape in zip(self.names, pieces, self.shapes, strict=True)
+        }
 
     def _chain_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean per-example loss of one chain's parameters on a batch."""
@@ -100,9 +101,8 @@ class ModuleModel:
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
-        if x.dim() == self.example_dims + 2:
-            return self._per_chain_loss(self._views(params), x, y)
-        return self._shared_loss(self._views(params), x, y)
+        loss = self._per_chain_loss if self._per_chain(x) else self._shared_loss
+        return loss(self._views(params), x, y)
 
     def _per_chain(self, x: torch.Tensor) -> bool:
         return x.dim() == self.example_dims + 2
@@ -115,18 +115,28 @@ class ModuleModel:
         vmap, the backward by autograd through it (faster than torch.func.grad inside vmap)."""
         if not self.vectorized:
             return self.autograd_loss_and_grad(params, x, y)
-        chunks = [(x, y)] if self._per_chain(x) else _chunks(x, y)
+        if self._per_chain(x):
+            return self._loss_and_grad(params, x, y)
         value = torch.zeros(params.shape[0], dtype=params.dtype, device=params.device)
         grad = torch.zeros_like(params)
-        for xs, ys in chunks:
-            w = params.detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = self._loss(w, xs, ys)
-                (g,) = torch.autograd.grad(loss.sum(), w)
-            weight = xs.shape[-self.example_dims - 1] / x.shape[-self.example_dims - 1]
-            value.add_(loss.detach(), alpha=weight)
-            grad.add_(g, alpha=weight)
+        for xs, ys in _chunks(x, y):
+            v, g = self._loss_and_grad(params, xs, ys)
+            value.add_(v, alpha=xs.shape[0] / x.shape[0])
+            grad.add_(g, alpha=xs.shape[0] / x.shape[0])
         return value, grad
+
+    def _loss_and_grad(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The per-parameter views are the leaves autograd differentiates: the flat gradient is then
+        # one cat of their gradients (through the slicing, each would be a zero-filled [chains, d]).
+        views = {name: view.requires_grad_(True) for name, view in self._views(params.detach()).items()}
+        per_chain = self._per_chain(x)
+        with torch.enable_grad():
+            loss = (self._per_chain_loss if per_chain else self._shared_loss)(views, x, y)
+            grads = torch.autograd.grad(loss.sum(), list(views.values()))
+        chains = params.shape[0]
+        return loss.detach(), torch.cat([g.reshape(chains, -1) for g in grads], dim=1)
 
     def loss_and_grad_pieces(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
