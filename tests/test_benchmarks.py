@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
 
 
@@ -34,3 +36,23 @@ def test_quick_benchmark_reports_draws_per_second_per_chain_count_and_an_llc(tmp
     else:
         assert devinterp["median"] > 0
         assert math.isfinite(results["llc"]["devinterp"]["llc_mean"])
+
+
+def test_quick_own_model_benchmark_times_both_workloads_and_the_reference_pair(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")  # the digits data set (the bench extra installs it)
+    out = tmp_path / "own_model.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "own_model.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert set(results["workloads"]) == {"digits_mlp", "transformer"}
+    for entry in results["workloads"].values():
+        assert entry["engine_draws_per_s"]["min"] > 0 and entry["d"] > 0
+        if "skipped" not in results["devinterp"]:
+            assert entry["speedup"]["median"] > 0 and math.isfinite(entry["llc"]["z"])
+    assert results["reference"]["generic_over_hand_written"]["median"] > 0
