@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -360,3 +361,15 @@ def test_a_factory_that_cannot_be_imported_is_a_config_error_naming_the_key():
     config = build_config(None, {"problem": "module", "model": "no_such_package.x:model", "data": "a:b"})
     with pytest.raises(ConfigError, match="model: cannot find module 'no_such_package'"):
         _ = config.run_id
+
+
+def test_chains_spread_over_two_cores_give_the_draws_of_one_core():
+    """34 chains make blocks that two threads step at once; each thread must evaluate its own copy of
+    the module (functional_call swaps the module's parameters while it runs)."""
+    model, x, y = trained_classifier()
+    run = {"loss": "cross_entropy", "chains": 34, "steps": 20, "batch_size": 16, "dtype": "float64"}
+    one = llc.estimate(model, (x, y), threads=1, **run)
+    two = llc.estimate(model, (x, y), threads=2, **run)
+    loss_one, loss_two = (e.idata.posterior["loss"].values for e in (one, two))
+    assert loss_one.shape == (34, 20)
+    np.testing.assert_array_equal(loss_one, loss_two)

@@ -8,6 +8,8 @@ general counterpart of network.MLP, which stays the fast path for the built-in p
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -63,6 +65,7 @@ class ModuleModel:
         self.shapes = [p.shape for p in params.values()]
         self.sizes = [p.numel() for p in params.values()]
         self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
+        self._threads = threading.local()
         self._per_chain_loss = vmap(self._chain_loss, in_dims=(0, 0, 0))
         self._shared_loss = vmap(self._chain_loss, in_dims=(0, None, None))
 
@@ -83,6 +86,7 @@ class ModuleModel:
         """The model with its module and buffers on `device`."""
         self.module.to(device)
         self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
+        self._threads = threading.local()  # copies made before the move stay behind
         return self
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -94,9 +98,18 @@ class ModuleModel:
             for name, piece, shape in zip(self.names, pieces, self.shapes, strict=True)
         }
 
+    def _own_module(self) -> torch.nn.Module:
+        """The module this thread evaluates: functional_call swaps a module's parameters while it runs,
+        so blocks of chains stepped on several threads (samplers/blocks.py) each need their own copy."""
+        module = getattr(self._threads, "module", None)
+        if module is None:
+            main = threading.current_thread() is threading.main_thread()
+            module = self._threads.module = self.module if main else copy.deepcopy(self.module)
+        return module
+
     def _chain_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean per-example loss of one chain's parameters on a batch."""
-        output = functional_call(self.module, (params, self.buffers), (x,))
+        output = functional_call(self._own_module(), (params, self.buffers), (x,))
         return self.loss_fn(output, y).mean()
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -130,7 +143,11 @@ class ModuleModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The per-parameter views are the leaves autograd differentiates: the flat gradient is then
         # one cat of their gradients (through the slicing, each would be a zero-filled [chains, d]).
-        views = {name: view.requires_grad_(True) for name, view in self._views(params.detach()).items()}
+        # They view a copy: `params` is often a block of the sampler's state, whose other blocks
+        # another thread updates in place meanwhile (samplers/blocks.py).
+        views = {
+            name: view.requires_grad_(True) for name, view in self._views(params.detach().clone()).items()
+        }
         per_chain = self._per_chain(x)
         with torch.enable_grad():
             loss = (self._per_chain_loss if per_chain else self._shared_loss)(views, x, y)
