@@ -1,23 +1,130 @@
-"""Figures of a whole sweep from its results table: LLC by problem and sampler, and cell durations."""
+"""Figures of a whole sweep from its results table: LLC by problem and sampler, LLC over training (a
+sweep over checkpoints), and cell durations."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+# Titles of the LLC figures, by file name: what the summary shows (the Prefect artifact inline).
+LLC_FIGURES = {
+    "llc_by_sampler.png": "LLC by problem and sampler",
+    "llc_over_training.png": "LLC over training",
+}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of the figure over training: a cell's series (its name less `-step=N`) across checkpoints."""
+
+    problem: str
+    series: str
+    steps: list[int]
+    llc_mean: list[float]
+    llc_se: list[float]
+    loss: list[float | None]  # L0, the training loss at each checkpoint
 
 
 def draw_sweep_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Write the PNGs into out_dir and return their paths (the LLC figure only if a cell has an LLC)."""
+    """Write the PNGs into out_dir and return their paths: the LLC figures, then the cell durations."""
+    return [*draw_llc_plots(rows, out_dir), _durations(rows, out_dir / "durations.png")]
+
+
+def draw_llc_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The LLC by sampler when a cell has an estimate, and over training when cells have steps."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     estimated = [r for r in rows if r["status"] == "ok" and isinstance(r.get("llc_mean"), int | float)]
     if estimated:
         written.append(_llc_by_sampler(estimated, out_dir / "llc_by_sampler.png"))
-    written.append(_durations(rows, out_dir / "durations.png"))
+    if curves := training_curves(rows):
+        figure = llc_over_training(curves)
+        figure.savefig(out_dir / "llc_over_training.png", dpi=110)
+        written.append(out_dir / "llc_over_training.png")
     return written
+
+
+def training_curves(rows: list[dict[str, Any]]) -> list[Curve]:
+    """A curve per series of cells over checkpoints (problem, sampler, seed, grid values), by step."""
+    series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] == "ok" and isinstance(row.get("step"), int) and _number(row.get("llc_mean")):
+            name = str(row["cell"]).removesuffix(f"-step={row['step']}")
+            series[(str(row["problem"] or ""), name)].append(row)
+    curves = []
+    for (problem, name), members in sorted(series.items()):
+        members.sort(key=lambda r: r["step"])
+        curves.append(Curve(
+            problem=problem, series=name, steps=[r["step"] for r in members],
+            llc_mean=[float(r["llc_mean"]) for r in members],
+            llc_se=[float(r["llc_se"]) if _number(r.get("llc_se")) else 0.0 for r in members],
+            loss=[float(r["L0"]) if _number(r.get("L0")) else None for r in members],
+        ))  # fmt: skip
+    return curves
+
+
+def llc_over_training(curves: list[Curve]) -> Figure:
+    """λ̂ ± se against step, a line per series, and L0 (dashed, right axis); one panel per problem."""
+    by_problem: dict[str, list[Curve]] = defaultdict(list)
+    for curve in curves:
+        by_problem[curve.problem].append(curve)
+    fig = Figure(figsize=(7 * len(by_problem), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(by_problem), squeeze=False)[0]
+    for ax, (problem, members) in zip(axes, sorted(by_problem.items()), strict=True):
+        for curve in members:
+            label = curve.series.removeprefix(f"{problem}-")
+            ax.errorbar(
+                curve.steps, curve.llc_mean, yerr=curve.llc_se, fmt="o-", ms=4, capsize=3, label=label
+            )
+        ax.set(title=problem or "all cells", xlabel="training step", ylabel="LLC estimate ± se")
+        _step_scale(ax, sorted({s for c in members for s in c.steps}))
+        _loss_axis(ax, members)
+        ax.legend(fontsize="small", loc="upper left")
+    fig.suptitle("LLC over training (one point per checkpoint)")
+    return fig
+
+
+def _step_scale(ax: Axes, steps: list[int]) -> None:
+    """Log steps when they span two decades or more (symlog when step 0 is among them)."""
+    positive = [s for s in steps if s > 0]
+    if len(positive) < 2 or max(positive) < 100 * min(positive):
+        return
+    if steps[0] == 0:
+        ax.set_xscale("symlog", linthresh=min(positive))
+    else:
+        ax.set_xscale("log")
+
+
+def _loss_axis(ax: Axes, curves: list[Curve]) -> None:
+    """L0 at each checkpoint, dashed on a second axis: one line per panel, since every cell of a checkpoint
+    on the same data reports the same L0 (where a grid changes the data, the mean at each step)."""
+    at_step: dict[int, list[float]] = defaultdict(list)
+    for curve in curves:
+        for step, loss in zip(curve.steps, curve.loss, strict=True):
+            if loss is not None:
+                at_step[step].append(loss)
+    if not at_step:
+        return
+    steps = sorted(at_step)
+    losses = [sum(at_step[s]) / len(at_step[s]) for s in steps]
+    twin = ax.twinx()
+    ax.set_zorder(twin.get_zorder() + 1)  # the estimates drawn over the loss, on a see-through panel
+    ax.patch.set_visible(False)
+    twin.plot(steps, losses, ls="--", color="0.45", marker=".", label="L0 (training loss)")
+    if min(losses) > 0 and max(losses) >= 100 * min(losses):
+        twin.set_yscale("log")
+    twin.set_ylabel("L0 (training loss at the checkpoint)", color="0.35")
+    twin.legend(fontsize="small", loc="upper right")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _llc_by_sampler(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -73,8 +73,14 @@ def _by_sampler(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def to_markdown(sweep_id: str, summary: Summary, results_path: str) -> str:
-    """The sweep's summary as markdown: the Prefect artifact and `llc sweep status` both show it."""
+def to_markdown(
+    sweep_id: str, summary: Summary, results_path: str, figures: dict[str, str] | None = None
+) -> str:
+    """The sweep's summary as markdown: the Prefect artifact and `llc sweep status` both show it.
+
+    `figures` maps a figure's title to its image source: a path beside summary.md, or the PNG itself as
+    a data URI in the Prefect artifact (the UI renders `data:image/` sources inline).
+    """
     s = summary
     counts = [s.total, s.ok, s.failed, s.cached, f"{s.success_rate:.1%}"]
     counts += [f"{s.mean_duration_s:.2f} s", f"{s.total_duration_s:.1f} s"]
@@ -87,6 +93,11 @@ def to_markdown(sweep_id: str, summary: Summary, results_path: str) -> str:
         keys = ["problem", "sampler", "cells", "llc_mean", "llc_true", "mean_abs_rel_error"]
         header = ["problem", "sampler", "cells", "mean LLC", "true LLC", "mean abs rel. error"]
         lines += ["## LLC by sampler", "", *_table(header, [[g[k] for k in keys] for g in s.by_sampler]), ""]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [
+            line for title, src in figures.items() for line in (f"### {title}", "", f"![{title}]({src})", "")
+        ]
     if s.errors:
         keys = ["cell", "error_type", "stage", "attempts"]
         listed = [[r[k] for k in keys] for r in s.errors[:MAX_LISTED_ERRORS]]
