@@ -131,7 +131,7 @@ def _llc_by_sampler(rows: list[dict[str, Any]], path: Path) -> Path:
     """One panel per problem: each cell's LLC ± standard error per sampler, the true LLC dashed."""
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        by_problem[str(row["problem"])].append(row)
+        by_problem[str(row["problem"] or "")].append(row)
     fig = Figure(figsize=(4 * len(by_problem), 4), layout="constrained")
     axes = fig.subplots(1, len(by_problem), squeeze=False)[0]
     for ax, (problem, members) in zip(axes, sorted(by_problem.items()), strict=True):
@@ -152,7 +152,12 @@ def _llc_by_sampler(rows: list[dict[str, Any]], path: Path) -> Path:
         if truth is not None:
             ax.axhline(truth, color="k", ls="--", lw=1, label=f"true LLC = {truth:g}")
             ax.legend(fontsize="small")
-        ax.set(title=problem, xticks=range(len(samplers)), xticklabels=samplers, ylabel="LLC estimate ± se")
+        ax.set(
+            title=problem or "all cells",
+            xticks=range(len(samplers)),
+            xticklabels=samplers,
+            ylabel="LLC estimate ± se",
+        )
     fig.suptitle("LLC by problem and sampler (one point per cell)")
     fig.savefig(path, dpi=110)
     return path
