@@ -1,7 +1,7 @@
 """Train the modular-addition transformer (AdamW, weight decay 1, full batch) and save checkpoints at
 log-spaced steps into checkpoints/step_<N>.pt; prints train and test accuracy at each.
 
-    python examples/modular_addition/train.py [--steps 3000] [--checkpoints 16] [--out DIR]
+    python examples/modular_addition/train.py [--steps 10000] [--checkpoints 20] [--out DIR]
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def train(steps: int, count: int, out: Path, lr: float = 1e-2, weight_decay: flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="full-batch AdamW steps")
-    parser.add_argument("--checkpoints", type=int, default=16, help="checkpoints saved, log-spaced")
+    parser.add_argument("--steps", type=int, default=10000, help="full-batch AdamW steps")
+    parser.add_argument("--checkpoints", type=int, default=20, help="checkpoints saved, log-spaced")
     parser.add_argument("--out", type=Path, default=HERE / "checkpoints")
     args = parser.parse_args()
     train(args.steps, args.checkpoints, args.out)

@@ -80,7 +80,7 @@ def publish(
 
 def inline_image(path: Path) -> str:
     """A PNG as a data URI: the Prefect UI's markdown renders `data:image/` sources, and the artifact then
-    needs nothing served beside the server (the image lives in the artifact, about 60 KB a figure)."""
+    needs nothing served beside the server (the image lives in the artifact, 20–80 KB a figure)."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
