@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from llc.sweeps.flow import sweep
@@ -49,3 +50,16 @@ def test_an_example_trains_and_its_study_gives_a_curve_over_its_checkpoints(
     assert loss[-1] < loss[0]  # L0: training lowered the loss between the first and the last checkpoint
     out = Path(result["results"]).parent
     assert (out / "plots" / "llc_over_training.png").read_bytes().startswith(b"\x89PNG")
+
+    # Training went on: one more checkpoint, and one torn while it was written. Only their cells run.
+    last = tmp_path / "checkpoints" / f"step_{steps}.pt"
+    moved = {name: value * 0.99 for name, value in torch.load(last, weights_only=True).items()}
+    torch.save(moved, tmp_path / "checkpoints" / f"step_{2 * steps}.pt")
+    (tmp_path / "checkpoints" / f"step_{3 * steps}.pt").write_bytes(last.read_bytes()[:1000])
+    again = sweep(study=str(tmp_path / "study.yaml"), runs_dir=str(tmp_path / "runs"))
+    assert again["sweep_id"] == result["sweep_id"]
+    total = len(samplers) * (len(written) + 2)
+    assert (again["total"], again["cached"], again["failed"]) == (total, len(rows), len(samplers))
+    torn = [r for r in read_results(Path(again["results"])) if r["step"] == 3 * steps]
+    assert {(r["status"], r["error_type"]) for r in torn} == {("error", "ConfigError")}
+    assert "cannot be loaded into the model" in Path(again["errors"]).read_text()
