@@ -65,6 +65,7 @@ def test_a_list_with_steps_beside_it_sets_each_checkpoint_s_step(tmp_path: Path)
     ("weights", "message"),
     [
         ("none_*.txt", "no checkpoint matches 'none_*.txt'"),
+        (["step_1.txt", "step_7.txt"], "no such checkpoint file 'step_7.txt'"),
         ("*.txt", "no integer in the file name 'final.txt'"),
         ({"files": "step_*.txt", "steps": [1]}, "steps must list one integer per file: 2 files"),
         ({"files": ["step_1.txt", "final.txt"], "steps": [3, 3]}, "two checkpoints have the same step 3"),

@@ -64,28 +64,38 @@ def _package_source_hash(module_name: str, key: str) -> str:
         )
     roots = list(spec.submodule_search_locations or [])
     files = sorted(p for root in roots for p in Path(root).rglob("*.py")) if roots else [Path(spec.origin)]
-    signature = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-    return _hash_files(signature)
+    return _hash_files(tuple((str(p), *_stamp(p)) for p in files))
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is rewritten or replaced: its inode, modification time and size."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 @functools.lru_cache(maxsize=64)
-def _hash_files(signature: tuple[tuple[str, int, int], ...]) -> str:
+def _hash_files(signature: tuple[tuple[str, int, int, int], ...]) -> str:
     """Hash of the files' paths (relative to the first one's folder) and content; cached while their
-    modification times and sizes stay the same."""
+    stamps stay the same."""
     digest = hashlib.sha256()
     base = Path(signature[0][0]).parent if signature else Path()
-    for path, _, _ in signature:
+    for path, *_ in signature:
         digest.update(str(Path(path).relative_to(base) if Path(path).is_relative_to(base) else path).encode())
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
 
 def _file_hash(path: str) -> str:
+    """Hash of the file's content alone (not its name: a moved weights file keeps its results)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"weights: no such file {path!r} (a state_dict saved with torch.save)")
-    stat = file.stat()
-    return _hash_files(((str(file.resolve()), stat.st_mtime_ns, stat.st_size),))
+    return _content_hash(str(file.resolve()), *_stamp(file))
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, inode: int, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def object_fingerprint(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | LossFn) -> str:

@@ -62,6 +62,8 @@ def _paths(value: Any, root: Path) -> list[str]:
         return [m if Path(value).is_absolute() else str(Path(m).relative_to(root)) for m in matched]
     if not value or not all(isinstance(p, str) and p for p in value):
         raise ValueError(f"files must be a glob or a non-empty list of paths, got {value!r}")
+    if missing := [p for p in value if not _absolute(p, root).is_file()]:
+        raise ValueError(f"no such checkpoint file {missing[0]!r} (looked in {root})")
     return list(value)
 
 
