@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from llc.sweeps.flow import sweep
-from llc.sweeps.plots import training_curves
 from llc.sweeps.results import read_results
+from llc.sweeps.summary import training_curves
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -11,9 +11,10 @@ from sweep_probe import PROBE, executions, rows_by_cell
 
 from llc.sweeps.flow import sweep
 from llc.sweeps.plan import plan_sweep
-from llc.sweeps.plots import Curve, draw_llc_plots, llc_over_training, training_curves
+from llc.sweeps.plots import draw_llc_plots, llc_over_training
 from llc.sweeps.results import read_results
 from llc.sweeps.study import StudyError
+from llc.sweeps.summary import Curve, training_curves
 
 
 def write_checkpoint(folder: Path, step: int, llc: float | None, name: str = "step_{step}.txt") -> Path:
@@ -121,7 +122,10 @@ def test_new_checkpoints_compute_only_their_cells_and_a_corrupt_one_is_its_error
     ]
     assert curves[0].loss == [1 / 11, 1 / 101, 1 / 1001]
     assert (out / "plots" / "llc_over_training.png").read_bytes().startswith(b"\x89PNG")
-    assert "![LLC over training](plots/llc_over_training.png)" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "![LLC over training](plots/llc_over_training.png)" in summary
+    # ... and as a table: a row per step, a column per line (the corrupt checkpoint's cells have no value).
+    assert "| step | L0 | a-s0 | b-s0 |" in summary and "| 1000 | 0.000999 | 4 ± 0.2 | 4 ± 0.2 |" in summary
 
 
 def test_the_figure_over_training_plots_each_checkpoint_of_each_line_with_l0_beside(tmp_path: Path) -> None:

@@ -3,32 +3,20 @@ sweep over checkpoints), and cell durations."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from llc.sweeps.summary import Curve, training_curves
+
 # Titles of the LLC figures, by file name: what the summary shows (the Prefect artifact inline).
 LLC_FIGURES = {
     "llc_by_sampler.png": "LLC by problem and sampler",
     "llc_over_training.png": "LLC over training",
 }
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One line of the figure over training: a cell's series (its name less `-step=N`) across checkpoints."""
-
-    problem: str
-    series: str
-    steps: list[int]
-    llc_mean: list[float]
-    llc_se: list[float]
-    loss: list[float | None]  # L0, the training loss at each checkpoint
 
 
 def draw_sweep_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -48,25 +36,6 @@ def draw_llc_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         figure.savefig(out_dir / "llc_over_training.png", dpi=110)
         written.append(out_dir / "llc_over_training.png")
     return written
-
-
-def training_curves(rows: list[dict[str, Any]]) -> list[Curve]:
-    """A curve per series of cells over checkpoints (problem, sampler, seed, grid values), by step."""
-    series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["status"] == "ok" and isinstance(row.get("step"), int) and _number(row.get("llc_mean")):
-            name = str(row["cell"]).removesuffix(f"-step={row['step']}")
-            series[(str(row["problem"] or ""), name)].append(row)
-    curves = []
-    for (problem, name), members in sorted(series.items()):
-        members.sort(key=lambda r: r["step"])
-        curves.append(Curve(
-            problem=problem, series=name, steps=[r["step"] for r in members],
-            llc_mean=[float(r["llc_mean"]) for r in members],
-            llc_se=[float(r["llc_se"]) if _number(r.get("llc_se")) else 0.0 for r in members],
-            loss=[float(r["L0"]) if _number(r.get("L0")) else None for r in members],
-        ))  # fmt: skip
-    return curves
 
 
 def llc_over_training(curves: list[Curve]) -> Figure:
@@ -121,10 +90,6 @@ def _loss_axis(ax: Axes, curves: list[Curve]) -> None:
         twin.set_yscale("log")
     twin.set_ylabel("L0 (training loss at the checkpoint)", color="0.35")
     twin.legend(fontsize="small", loc="upper right")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _llc_by_sampler(rows: list[dict[str, Any]], path: Path) -> Path:
