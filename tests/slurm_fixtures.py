@@ -57,6 +57,7 @@ class ProbeConfig(BaseModel):
     memory_mb: int = 0
     steps: int = 0  # checkpointed steps, resumed after a requeue
     step_s: float = 1.0
+    gpu_mode: Literal["off", "vectorized", "sequential"] = "off"  # what an LLC cell says about GPUs
 
 
 class SlurmProbe:
@@ -153,6 +154,20 @@ def wait_for_state(job_id: str, states: set[str], timeout_s: float = 30) -> str:
             return state
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} did not reach {states} within {timeout_s} s")
+
+
+@pytest.fixture
+def sbatch_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every sbatch call from now on (this process and its children) leaves its arguments as a line here."""
+    real = subprocess.run(["which", "sbatch"], capture_output=True, text=True, check=True).stdout.strip()
+    shims, log = tmp_path / "shims", tmp_path / "sbatch.log"
+    shims.mkdir()
+    shim = shims / "sbatch"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    log.touch()
+    return log
 
 
 def sbatch_calls(runs_dir: Path) -> int:

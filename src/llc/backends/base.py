@@ -7,6 +7,7 @@ and waits for records; the same flow code runs on every backend.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -63,7 +64,21 @@ class Backend(Protocol):
     name: str
     max_parallel: int
 
-    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> Job: ...
+    def submit_all(
+        self,
+        cells: list[Cell],
+        runs_dir: Path,
+        skip: bool,
+        timeout_s: float | None,
+        ledger: Path | None = None,
+    ) -> None:
+        """Hand over every cell a sweep must compute, before their tasks ask for them with `submit`; job ids
+        go to the `ledger` file, and a backend whose jobs outlive the flow adopts the ones recorded there."""
+        ...
+
+    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> Job:
+        """The cell's job: the one `submit_all` started for it the first time, else a new one."""
+        ...
 
     def close(self) -> None: ...
 
@@ -72,6 +87,35 @@ class Backend(Protocol):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+
+class Ledger:
+    """The jobs a sweep submitted, one JSON line each (cell, job id, where its files are): a restarted
+    sweep adopts the ones still queued or running, and `llc sweep cancel` finds them."""
+
+    def __init__(self, path: Path, backend: str) -> None:
+        self.path = path
+        self.backend = backend
+
+    def add(self, jobs: list[tuple[Cell, str, str]]) -> None:
+        """Append (cell, job id, folder) entries; each line is whole once written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(
+            json.dumps({"cell": cell.name, "backend": self.backend, "job_id": job_id, "folder": folder})
+            + "\n"
+            for cell, job_id, folder in jobs
+        )
+        with self.path.open("a") as handle:
+            handle.write(lines)
+
+    def latest(self) -> dict[str, dict[str, str]]:
+        """Each cell's last recorded job."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        entries = [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+        return {entry["cell"]: entry for entry in entries}
 
 
 def run_on(backend: Backend, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> CellRecord:

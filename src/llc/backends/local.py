@@ -41,6 +41,16 @@ class LocalBackend:
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
 
+    def submit_all(
+        self,
+        cells: list[Cell],
+        runs_dir: Path,
+        skip: bool,
+        timeout_s: float | None,
+        ledger: Path | None = None,
+    ) -> None:
+        """Nothing ahead of time: a worker takes each cell when its task asks; workers end with the sweep."""
+
     def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> LocalJob:
         self._slots.acquire()
         request = {"cell": cell.model_dump(mode="json"), "runs_dir": str(runs_dir), "skip": skip}

@@ -233,6 +233,17 @@ class ModalBackend:
         if self.options.preflight:
             self._preflight()
 
+    def submit_all(
+        self,
+        cells: list[Cell],
+        runs_dir: Path,
+        skip: bool,
+        timeout_s: float | None,
+        ledger: Path | None = None,
+    ) -> None:
+        """Nothing ahead of time: Modal has no queue-side throttle like SLURM's `%N`, so calls are spawned
+        as their tasks ask, `max_parallel` at once, rather than all at once on as many containers."""
+
     def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> ModalJob:
         """Spawn the cell's call; a refused backend answers at once with an error record instead."""
         while not self._slots.acquire(timeout=0.5):

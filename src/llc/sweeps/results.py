@@ -27,6 +27,10 @@ def sweep_dir(runs_dir: Path, sweep_id: str) -> Path:
     return Path(runs_dir) / "sweeps" / sweep_id
 
 
+# In a sweep's folder: the jobs its backend submitted (adopted on a restart; `llc sweep cancel`).
+JOBS_FILE = "jobs.jsonl"
+
+
 def result_rows(sweep_id: str, cells: list[Cell], records: dict[str, CellRecord]) -> list[dict[str, Any]]:
     """A row per cell that has a record, ordered by problem, sampler, seed, then study order."""
     order = {cell.name: i for i, cell in enumerate(cells)}
