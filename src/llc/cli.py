@@ -103,8 +103,8 @@ def run(
 def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
     """`llc run` as one cell on a backend (a SLURM job, a Modal call); exits 1 with its error row."""
     from llc.backends import BackendUnavailable, get_backend, parse_backend_options, run_on
+    from llc.cells.cell import lone_cell
     from llc.rundir import RunDir
-    from llc.sweeps.cell import lone_cell
 
     settings = load_settings()
     cell = lone_cell(config)

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Protocol, Self
 
-from llc.sweeps.cell import Cell
-from llc.sweeps.record import CellRecord
+from llc.cells.cell import Cell
+from llc.cells.record import CellRecord
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from llc.backends.base import JobState
-from llc.sweeps.cell import Cell
-from llc.sweeps.execute import run_cell
-from llc.sweeps.record import CellRecord
+from llc.cells.cell import Cell
+from llc.cells.execute import run_cell
+from llc.cells.record import CellRecord
 
 _EOF: dict[str, Any] = {}
 

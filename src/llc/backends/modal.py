@@ -28,9 +28,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llc.backends.base import BackendUnavailable, CancelOnSignal, JobState
+from llc.cells.cell import Cell
+from llc.cells.record import CellRecord
 from llc.config import RunConfig
-from llc.sweeps.cell import Cell
-from llc.sweeps.record import CellRecord
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llc.backends.base import BackendUnavailable, CancelOnSignal, JobState, Ledger
 from llc.backends.slurm_states import PENDING, RUNNING, StateTracker, base_state, command, is_final, query
-from llc.sweeps.cell import Cell
-from llc.sweeps.execute import run_cell
-from llc.sweeps.record import TRACEBACK_LINES, CellRecord
+from llc.cells.cell import Cell
+from llc.cells.execute import run_cell
+from llc.cells.record import TRACEBACK_LINES, CellRecord
 
 
 @contextlib.contextmanager

@@ -24,16 +24,16 @@ from prefect.tasks import Task, exponential_backoff
 
 from llc import tracking
 from llc.backends import Backend, get_backend, run_on
+from llc.cells.cell import Cell
+from llc.cells.execute import cached_record
+from llc.cells.record import CellFailed, CellRecord, is_retryable
 from llc.rundir import RunDir, atomic_write
 from llc.settings import load_settings
 from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
 from llc.sweeps import artifacts
-from llc.sweeps.cell import Cell
-from llc.sweeps.execute import cached_record
 from llc.sweeps.options import SweepOptions, resolve_options
 from llc.sweeps.plan import Plan, plan_sweep
-from llc.sweeps.record import CellFailed, CellRecord, is_retryable
 from llc.sweeps.results import JOBS_FILE, error_rows, result_rows, sweep_dir, write_results
 from llc.sweeps.summary import summarize, to_markdown
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from llc.sweeps.cell import Cell, cell_name
-from llc.sweeps.experiments import LLC_EXPERIMENT, family_id, load_experiment, run_id
+from llc.cells.cell import Cell, cell_name
+from llc.cells.experiments import LLC_EXPERIMENT, family_id, load_experiment, run_id
 from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, describe, format_loc
 
 MAX_ISSUES = 20

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llc.cells.cell import Cell
+from llc.cells.record import CellRecord
 from llc.rundir import atomic_write
-from llc.sweeps.cell import Cell
-from llc.sweeps.record import CellRecord
 
 HEAD = ["sweep_id", "cell", "problem", "sampler", "seed"]
 TAIL = [

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from llc.sweeps.experiments import LLC_EXPERIMENT, family_id, load_experiment, run_id
+from llc.cells.experiments import LLC_EXPERIMENT, family_id, load_experiment, run_id
 
 
 class Cell(BaseModel):
