@@ -21,18 +21,16 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llc.backends.base import BackendUnavailable, CancelOnSignal, JobState, Ledger
+from llc.backends.base import Backend, BackendUnavailable, Job, JobState
 from llc.backends.slurm_states import PENDING, RUNNING, StateTracker, base_state, command, is_final, query
 from llc.cells.cell import Cell
 from llc.cells.execute import run_cell
@@ -127,97 +125,44 @@ class SlurmSubmitError(RuntimeError):
         self.retryable = any(mark in message.lower() for mark in transient)
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     """Submits cells as job arrays, at most `max_parallel` elements of each running at once, and tracks
     them; use it as a context manager (see `close`)."""
 
-    name = "slurm"
+    name, label, what = "slurm", "SLURM", "SLURM jobs"
+    options_model = SlurmOptions
 
     def __init__(self, max_parallel: int, threads_per_cell: int | None = None, **options: Any) -> None:
-        self.max_parallel = max_parallel
-        self.threads_per_cell = threads_per_cell
-        if unknown := sorted(set(options) - set(SlurmOptions.model_fields)):
-            raise TypeError(
-                f"unknown SLURM option(s) {unknown}; known: {', '.join(SlurmOptions.model_fields)}"
-            )
-        self.options = SlurmOptions(**{k: v for k, v in options.items() if v is not None})
+        super().__init__(max_parallel, threads_per_cell, **options)
+        self.options: SlurmOptions
         self.session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.job_name = f"{self.options.job_name}-{self.session[-6:]}"
         self.states = StateTracker(self.options.poll_s)
-        self.ledger: Ledger | None = None
-        self._submitted: dict[str, SlurmJob] = {}  # by cell name: handed over by submit_all, not yet claimed
-        self._active: dict[str, SlurmJob] = {}
-        self._lock = threading.RLock()  # cancel_all may run in a signal handler
-        self._closed = threading.Event()
-        self._signals = CancelOnSignal(self.cancel_all, "SLURM jobs")
 
-    def submit_all(
-        self,
-        cells: list[Cell],
-        runs_dir: Path,
-        skip: bool,
-        timeout_s: float | None,
-        ledger: Path | None = None,
-    ) -> None:
-        """Submit every cell a sweep must compute: cells whose recorded job is still queued or running are
-        adopted, the rest leave as one job array per resource shape, each shape checked first."""
-        self.ledger = Ledger(ledger, self.name) if ledger is not None else None
-        cells = self._adopt(cells, timeout_s)
+    def release(self, job: Job) -> None:
+        super().release(job)
+        self.states.forget(job.job_id)
+
+    def _start_all(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
+        """One job array per resource shape, each shape checked with `sbatch --test-only` first."""
         groups: dict[str, list[Cell]] = {}
         for cell in cells:
             groups.setdefault(json.dumps(self._parameters(cell, timeout_s), sort_keys=True), []).append(cell)
-        folder = self._folder(runs_dir)
         for group in groups.values():
-            self._check_shape(folder, self._parameters(group[0], timeout_s), len(group))
+            self._check_shape(self._folder(runs_dir), self._parameters(group[0], timeout_s), len(group))
+        jobs: list[Job] = []
         for group in groups.values():
             try:
-                jobs = self._sbatch(group, runs_dir, skip, timeout_s)
+                jobs += self._start(group, runs_dir, skip, timeout_s)
             except SlurmSubmitError as exc:  # their tasks submit them one by one, with retries
                 log.warning("%s; the cells go out one by one", exc)
-                continue
-            with self._lock:
-                self._submitted.update((job.cell.name, job) for job in jobs)
+        return jobs
 
-    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> SlurmJob:
-        """The cell's job from `submit_all` the first time it is asked for; else a job of its own."""
-        with self._lock:
-            job = self._submitted.pop(cell.name, None)
-        if job is not None:
-            return job
-        if self._closed.is_set():
-            raise RuntimeError("the SLURM backend is closed")
-        return self._sbatch([cell], runs_dir, skip, timeout_s)[0]
+    def _stop_all(self, jobs: list[Job]) -> None:
+        scancel([job.job_id for job in jobs])  # one scancel for all
 
-    def close(self) -> None:
-        """Cancel the jobs still queued or running (one scancel), stop polling, restore signal handlers."""
-        self.cancel_all()
+    def _close(self) -> None:
         self.states.close()
-        self._signals.restore()
-
-    def cancel_all(self, why: str = "the SLURM backend was closed") -> None:
-        """scancel every job still queued or running; each ends with a SlurmCancelled record saying why."""
-        self._closed.set()
-        with self._lock:
-            jobs, self._active, self._submitted = list(self._active.values()), {}, {}
-        scancel([job.job_id for job in jobs])
-        for job in jobs:
-            job.interrupt(why)
-            self.states.forget(job.job_id)
-
-    def __enter__(self) -> Self:
-        self._signals.install()  # a cancelled flow run cancels the work first
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def release(self, job: SlurmJob) -> None:
-        """A job that ended or was cancelled is no longer tracked."""
-        with self._lock:
-            self._active.pop(job.job_id, None)
-        self.states.forget(job.job_id)
 
     def _folder(self, runs_dir: Path) -> Path:
         return (self.options.folder or Path(runs_dir) / ".slurm") / self.session
@@ -293,9 +238,7 @@ class SlurmBackend:
             "execution.backend_options); nothing was submitted"
         )
 
-    def _sbatch(
-        self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None
-    ) -> list[SlurmJob]:
+    def _start(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
         """One sbatch for cells of one shape (a job array if several); SlurmSubmitError when refused."""
         parameters = self._parameters(cells[0], timeout_s)
         import_path = [os.path.abspath(p) for p in sys.path if p]
@@ -314,121 +257,87 @@ class SlurmBackend:
                     " without GPUs pass --backend-option gpus=0 (or --set device=cpu)"
                 )
             raise SlurmSubmitError(f"sbatch failed for {len(cells)} cell(s): {exc}{hint}") from None
-        jobs = [SlurmJob(self, job, cell, timeout_s) for job, cell in zip(submitted, cells, strict=True)]
-        self._track(jobs)
-        if self._closed.is_set():  # closed while sbatch ran: these jobs were not there to cancel
-            self.cancel_all("the SLURM backend was closed while the cells were submitted")
+        jobs: list[Job] = [
+            SlurmJob(self, job, cell, timeout_s) for job, cell in zip(submitted, cells, strict=True)
+        ]
+        self.states.watch([job.job_id for job in jobs])
+        self._track(jobs, str(self._folder(runs_dir)))
         return jobs
 
-    def _track(self, jobs: list[SlurmJob]) -> None:
-        with self._lock:
-            self._active.update((job.job_id, job) for job in jobs)
-        self.states.watch([job.job_id for job in jobs])
-        if self.ledger is not None:
-            self.ledger.add([(job.cell, job.job_id, str(job.paths.folder)) for job in jobs])
-
-    def _adopt(self, cells: list[Cell], timeout_s: float | None) -> list[Cell]:
-        """Take over the jobs of an earlier run of the sweep that SLURM still queues or runs; the cells
-        left to submit."""
-        recorded = self.ledger.latest() if self.ledger is not None else {}
+    def _adopt(
+        self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
+    ) -> list[Job]:
+        """Jobs of an earlier run of the sweep that SLURM still queues or runs."""
         entries = {cell.name: recorded[cell.name] for cell in cells if cell.name in recorded}
         states = query([entry["job_id"] for entry in entries.values()])[0] if entries else {}
-        left = []
+        jobs: list[Job] = []
         for cell in cells:
             entry = entries.get(cell.name)
             state = states.get(entry["job_id"], "") if entry else ""
-            if base_state(state) not in PENDING | RUNNING:
-                left.append(cell)
+            if entry is None or base_state(state) not in PENDING | RUNNING:
                 continue
             job = SlurmJob(self, submitit.SlurmJob(Path(entry["folder"]), entry["job_id"]), cell, timeout_s)
-            with self._lock:
-                self._active[job.job_id] = job
-                self._submitted[cell.name] = job
-            self.states.watch([job.job_id])
+            jobs.append(job)
             log.info("cell %s: adopted SLURM job %s (%s) of an earlier run", cell.name, job.job_id, state)
-        return left
+        self.states.watch([job.job_id for job in jobs])
+        with self._lock:
+            self._active.update(jobs)
+        return jobs
 
 
-class SlurmJob:
+class SlurmJob(Job):
     """One cell's SLURM job (an array element); `wait` returns its record, never waiting forever."""
 
     def __init__(
         self, backend: SlurmBackend, job: submitit.Job[Any], cell: Cell, timeout_s: float | None
     ) -> None:
-        self.cell = cell
-        self.job_id: str = job.job_id
+        super().__init__(backend, cell, timeout_s, job.job_id)
         self.paths = job.paths
-        self._backend = backend
-        self._timeout_s = timeout_s
-        self._state = JobState.PENDING
-        self._record: CellRecord | None = None
-        self._submitted = self._last_known = time.monotonic()
-        self._ran_s = 0.0  # seconds in earlier runs (before a requeue)
-        self._running_since: float | None = None
-
-    @property
-    def state(self) -> JobState:
-        return self._state
+        self._slurm = backend
+        self._last_known = time.monotonic()
 
     @property
     def stage(self) -> str:
         """The stage the job last reported; `queued` before it started."""
         try:
-            return self._stage_file.read_text().strip() or "start"
+            return (self.paths.folder / f"{self.job_id}.stage").read_text().strip() or "start"
         except OSError:
             return "queued" if self._running_since is None and not self._ran_s else "start"
 
-    @property
-    def _stage_file(self) -> Path:
-        return self.paths.folder / f"{self.job_id}.stage"
+    def _poll(self, timeout: float | None) -> CellRecord | None:
+        record = self._check()
+        if record is None:
+            self._slurm.states.wait_for_update(CHECK_S if timeout is None else min(CHECK_S, timeout))
+        return record
 
-    def wait(self, timeout: float | None = None) -> CellRecord | None:
-        until = None if timeout is None else time.monotonic() + timeout
-        while self._state in (JobState.PENDING, JobState.RUNNING):
-            record = self._check()
-            if record is not None:
-                self._end(record)
-                break
-            left = CHECK_S if until is None else min(CHECK_S, until - time.monotonic())
-            if left <= 0:
-                return None
-            self._backend.states.wait_for_update(left)
-        return self._record
+    def _stop(self) -> None:
+        scancel([self.job_id])
 
-    def cancel(self) -> None:
-        if self._state in (JobState.PENDING, JobState.RUNNING):
-            self._state = JobState.CANCELLED
-            scancel([self.job_id])
-            self._backend.release(self)
-
-    def interrupt(self, why: str) -> None:
-        """The backend cancelled the job (already scancelled): its waiter gets a record saying why."""
-        if self._state in (JobState.PENDING, JobState.RUNNING):
-            self._record = self._stopped_record("SlurmCancelled", f"was cancelled: {why}", retryable=False)
-            self._state = JobState.DONE
+    def _interrupted(self, why: str) -> CellRecord:
+        return self._stopped_record("SlurmCancelled", f"was cancelled: {why}", retryable=False)
 
     def _check(self) -> CellRecord | None:
         """The record if the job has ended (or must be stopped), else None; updates state and clocks."""
         if self.paths.result_pickle.exists():
             return self._result()
         now = time.monotonic()
-        known = self._backend.states.state(self.job_id)
+        known = self._slurm.states.state(self.job_id)
         if known is not None:
             self._last_known = now
             state, since = known
-            self._clock(base_state(state), since)
+            if base_state(state) in RUNNING:
+                self._running(since)
+            elif base_state(state) in PENDING:
+                self._queued(since)
             if is_final(state, since):
                 return self._ended(state)
-        elif now - self._last_known > self._backend.options.lost_after_s:
+        elif now - self._last_known > self._slurm.options.lost_after_s:
             return self._stopped(
                 "SlurmJobLost",
                 f"neither sacct nor squeue has known it for {now - self._last_known:.0f} s",
                 True,
             )
-        if self._timeout_s and self._ran() >= self._timeout_s:
-            scancel([self.job_id])
-            return CellRecord.timeout(self.cell, self.stage, self._timeout_s)
-        queue_timeout = self._backend.options.queue_timeout_s
+        queue_timeout = self._slurm.options.queue_timeout_s
         if (
             queue_timeout
             and self._state is JobState.PENDING
@@ -436,22 +345,6 @@ class SlurmJob:
         ):
             return self._stopped("SlurmQueueTimeout", f"still queued after {queue_timeout:g} s", False)
         return None
-
-    def _clock(self, base: str, since: float) -> None:
-        """Running time counts only while SLURM runs the job: queueing, before or after a requeue, is free."""
-        if base in RUNNING:
-            self._state = JobState.RUNNING
-            if self._running_since is None:
-                self._running_since = since
-        elif base in PENDING:
-            self._state = JobState.PENDING
-            if self._running_since is not None:
-                self._ran_s += since - self._running_since
-                self._running_since = None
-
-    def _ran(self) -> float:
-        running = time.monotonic() - self._running_since if self._running_since is not None else 0.0
-        return self._ran_s + running
 
     def _ended(self, state: str) -> CellRecord:
         """An ended job's result if it wrote one (the filesystem gets a moment to show it), else an error."""
@@ -495,7 +388,7 @@ class SlurmJob:
         )
 
     def _stopped(self, error_type: str, why: str, retryable: bool) -> CellRecord:
-        scancel([self.job_id])
+        self._stop()
         return self._stopped_record(error_type, f"{why}; it was cancelled", retryable)
 
     def _stopped_record(self, error_type: str, why: str, retryable: bool) -> CellRecord:
@@ -504,10 +397,6 @@ class SlurmJob:
         return CellRecord.failed(
             self.cell, self.stage, error_type, message, self._ran(), retryable, traceback=tail
         )
-
-    def _end(self, record: CellRecord) -> None:
-        self._record, self._state = record, JobState.DONE
-        self._backend.release(self)
 
 
 class CellCall(Checkpointable):
@@ -526,7 +415,8 @@ class CellCall(Checkpointable):
 
 def cancel_jobs(job_ids: list[str]) -> list[str]:
     """scancel the jobs SLURM still queues or runs (from any shell); their ids."""
-    live = [job_id for job_id, state in query(job_ids)[0].items() if base_state(state) in PENDING | RUNNING]
+    states = query(job_ids)[0]
+    live = [job_id for job_id in job_ids if base_state(states.get(job_id, "")) in PENDING | RUNNING]
     scancel(live)
     return live
 
