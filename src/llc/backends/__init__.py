@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from llc.backends.base import Backend, BackendUnavailable, Job, JobState, Ledger, run_on
+from llc.backends.base import Backend, BackendUnavailable, Cancelled, Job, JobState, Ledger, run_on
 from llc.settings import parse_pairs
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
@@ -20,6 +20,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendUnavailable",
+    "Cancelled",
     "Job",
     "JobState",
     "cancel_recorded",

@@ -8,15 +8,11 @@ and waits for records; the same flow code runs on every backend.
 from __future__ import annotations
 
 import json
-import logging
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
@@ -24,12 +20,14 @@ from pydantic import BaseModel
 from llc.cells.cell import Cell
 from llc.cells.record import CellRecord
 
-log = logging.getLogger(__name__)
-
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot take work at all (no credentials, preflight failed, service unreachable);
     raised when it is opened, before any cell is submitted. The message says what to do."""
+
+
+class Cancelled(RuntimeError):
+    """The backend was told to stop (`cancel_all`): it takes no more cells."""
 
 
 class JobState(StrEnum):
@@ -41,13 +39,13 @@ class JobState(StrEnum):
 
 class Backend:
     """The lifecycle every backend shares, after submitit's Executor: option checks, `max_parallel`
-    slots, jobs started ahead by `submit_all`, the ledger, cancel-all (also on SIGTERM/SIGINT) and
-    closing. A backend supplies `_start` (submit cells, return their jobs) and, where it has them,
-    `_start_all` (cells submitted before their tasks ask), `_adopt`, `_stop_all` and `_close`."""
+    slots, jobs started ahead by `submit_all`, the ledger, cancel-all (`llc.interrupt` calls it on
+    SIGINT/SIGTERM) and closing. A backend supplies `_start` (submit cells, return their jobs) and,
+    where it has them, `_start_all` (cells submitted before their tasks ask), `_adopt`, `_stop_all`
+    and `_close`."""
 
     name: ClassVar[str]
     label: ClassVar[str]  # how messages name it: "SLURM"
-    what: ClassVar[str]  # what its jobs are: "SLURM jobs"
     options_model: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, max_parallel: int, threads_per_cell: int | None = None, **options: Any) -> None:
@@ -64,7 +62,7 @@ class Backend:
         self._ahead: dict[str, Job] = {}  # by cell name: started by submit_all, not yet asked for
         self._lock = threading.RLock()  # cancel_all may run in a signal handler
         self._closed = threading.Event()
-        self._signals = CancelOnSignal(self.cancel_all, self.what)
+        self._cancelled = ""  # why cancel_all stopped the backend
 
     def submit_all(
         self,
@@ -76,6 +74,8 @@ class Backend:
     ) -> None:
         """Hand over every cell a sweep must compute before their tasks ask for them; job ids go to the
         `ledger` file, and jobs recorded there that still run are adopted instead of submitted again."""
+        if self._closed.is_set():  # stopped already: each task ends its cell as cancelled
+            return
         if ledger is not None:
             self.ledger = Ledger(ledger, self.name)
         adopted = self._adopt(self.ledger.latest() if self.ledger else {}, cells, timeout_s)
@@ -92,11 +92,9 @@ class Backend:
         if job is not None:
             return job
         while not self._slots.acquire(timeout=0.5):
-            if self._closed.is_set():
-                raise RuntimeError(f"the {self.label} backend is closed")
+            self._refuse_if_closed()
         try:
-            if self._closed.is_set():
-                raise RuntimeError(f"the {self.label} backend is closed")
+            self._refuse_if_closed()
             (job,) = self._start([cell], Path(runs_dir), skip, timeout_s)
         except BaseException:
             self._slots.release()
@@ -106,6 +104,10 @@ class Backend:
         if not job.holds_slot:  # it ended at once (a refused submission)
             self._slots.release()
         return job
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed.is_set():
+            raise Cancelled(self._cancelled or f"the {self.label} backend is closed")
 
     def release(self, job: Job) -> None:
         """A job that ended or was cancelled is no longer tracked, and gives back its slot (once)."""
@@ -117,6 +119,7 @@ class Backend:
 
     def cancel_all(self, why: str) -> None:
         """Stop every queued or running job, each ending with a record saying why; nothing starts after."""
+        self._cancelled = self._cancelled or why
         self._closed.set()
         with self._lock:
             jobs = [job for job in self._active if job.live]
@@ -126,13 +129,11 @@ class Backend:
             job.end(job._interrupted(why))
 
     def close(self) -> None:
-        """Cancel what still runs, release the backend's own resources, restore signal handlers."""
+        """Cancel what still runs and release the backend's own resources."""
         self.cancel_all(f"the {self.label} backend was closed")
         self._close()
-        self._signals.restore()
 
     def __enter__(self) -> Self:
-        self._signals.install()  # a cancelled flow run cancels the work first
         return self
 
     def __exit__(
@@ -316,38 +317,3 @@ def run_on(backend: Backend, cell: Cell, runs_dir: Path, skip: bool, timeout_s: 
     if record is None:
         raise RuntimeError(f"backend {backend.name} returned no record for cell {cell.name}")
     return record
-
-
-class CancelOnSignal:
-    """While installed (from the main thread), SIGTERM and SIGINT first cancel a backend's work, then
-    reach the handler that was there before (Prefect's, or the default). A cancelled flow run gets
-    SIGTERM (Ctrl-C: SIGINT) in its main thread while the task threads wait on the work."""
-
-    def __init__(self, cancel_all: Callable[[str], None], what: str) -> None:
-        self._cancel_all = cancel_all
-        self._what = what
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            if signal.getsignal(signum) != signal.SIG_IGN:  # e.g. SIGINT in a background job
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            if signal.getsignal(signum) == self._handle:
-                signal.signal(signum, previous)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        log.warning("signal %s: cancelling the %s of this sweep", name, self._what)
-        self._cancel_all(f"the sweep was interrupted ({name})")
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)

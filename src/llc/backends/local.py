@@ -33,7 +33,7 @@ START_LIMIT_S = 120.0
 class LocalBackend(Backend):
     """Up to `max_parallel` worker processes, each using `threads_per_cell` CPU threads."""
 
-    name, label, what = "local", "local", "worker processes"
+    name, label = "local", "local"
 
     def __init__(self, max_parallel: int, threads_per_cell: int | None = None, **options: Any) -> None:
         threads = threads_per_cell or max(1, (os.cpu_count() or 1) // max_parallel)

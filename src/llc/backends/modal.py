@@ -203,7 +203,7 @@ class ModalBackend(Backend):
     """Spawns one call per cell, at most `max_parallel` at once (Modal has no queue-side throttle like
     SLURM's `%N`, so calls are spawned as their tasks ask); use it as a context manager."""
 
-    name, label, what = "modal", "Modal", "Modal calls"
+    name, label = "modal", "Modal"
     options_model = ModalOptions
 
     def __init__(

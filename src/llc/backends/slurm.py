@@ -129,7 +129,7 @@ class SlurmBackend(Backend):
     """Submits cells as job arrays, at most `max_parallel` elements of each running at once, and tracks
     them; use it as a context manager (see `close`)."""
 
-    name, label, what = "slurm", "SLURM", "SLURM jobs"
+    name, label = "slurm", "SLURM"
     options_model = SlurmOptions
 
     def __init__(self, max_parallel: int, threads_per_cell: int | None = None, **options: Any) -> None:
