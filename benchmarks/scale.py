@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -192,6 +193,9 @@ def main() -> None:
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child of measure_in_child
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A SIGTERM (a `timeout`, a CI job cancelled) unwinds the context managers: PostgreSQL and the
+    # Prefect server are daemons of their own and would outlive an abrupt exit.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.measure:
         print(json.dumps(measure(args.cells, args.repeat, args.measure)))
         return
