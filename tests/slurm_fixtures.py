@@ -53,7 +53,7 @@ class ProbeConfig(BaseModel):
     x: float = 0.0
     markers: str
     sleep_s: float = 0.0
-    fail: Literal["none", "raise", "memory"] = "none"
+    fail: Literal["none", "raise", "memory", "exit_once"] = "none"  # exit_once: dies, then runs
     memory_mb: int = 0
     steps: int = 0  # checkpointed steps, resumed after a requeue
     step_s: float = 1.0
@@ -70,6 +70,9 @@ class SlurmProbe:
         if "SLURM_ARRAY_TASK_ID" in os.environ:
             job += "_" + os.environ["SLURM_ARRAY_TASK_ID"]
         (folder / f"{run_dir.name}.job").write_text(job)
+        if config.fail == "exit_once" and not (folder / f"{run_dir.name}.exited").exists():
+            (folder / f"{run_dir.name}.exited").touch()
+            os._exit(3)  # no result: SlurmFailed, which is retried
         if config.fail == "raise":
             raise ValueError(f"probe {config.x} raised on purpose")
         if config.fail == "memory":

@@ -96,6 +96,23 @@ def test_a_job_shape_the_cluster_refuses_fails_the_sweep_before_anything_is_subm
     assert not list(runs.glob(".slurm/*/*_submission.sh"))
 
 
+def test_a_retried_cell_is_resubmitted_alone_outside_the_sweeps_array(
+    tmp_path: Path, sbatch_log: Path
+) -> None:
+    markers, runs = tmp_path / "markers", tmp_path / "runs"
+    problems = [{"name": "a"}, {"name": "dies", "overrides": {"fail": "exit_once"}}, {"name": "b"}]
+    study = probe_study(markers, problems, retries=1, retry_delay_s=0)
+    result = sweep(study=study, backend="slurm", runs_dir=str(runs))
+    assert (result["total"], result["ok"]) == (3, 3)
+    rows = {row["cell"]: row for row in read_results(Path(result["results"]))}
+    assert (rows["dies-s0"]["attempts"], rows["a-s0"]["attempts"]) == (2, 1)
+    assert len(submissions(sbatch_log)) == 2  # the sweep's array, then the retried cell alone
+    scripts = sorted((runs / ".slurm").glob("*/*_submission.sh"), key=lambda p: p.stat().st_mtime)
+    assert [("#SBATCH --array=" in p.read_text()) for p in scripts] == [True, False]
+    cells = {cell.name: cell for cell in plan_sweep(study).cells}
+    assert "_" not in job_of(markers, cells["dies-s0"].run_id, timeout_s=0)  # its second job: no array
+
+
 def test_a_restarted_sweep_adopts_the_jobs_of_a_killed_flow_and_no_cell_runs_twice(
     tmp_path: Path, prefect_server: str, sbatch_log: Path
 ) -> None:
