@@ -267,16 +267,18 @@ class SlurmBackend(Backend):
     def _adopt(
         self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
     ) -> list[Job]:
-        """Jobs of an earlier run of the sweep that SLURM still queues or runs."""
+        """Jobs of an earlier run of the sweep that SLURM still queues or runs, or that ended with an ok
+        result after the sweep looked for sealed results."""
         entries = {cell.name: recorded[cell.name] for cell in cells if cell.name in recorded}
         states = query([entry["job_id"] for entry in entries.values()])[0] if entries else {}
         jobs: list[Job] = []
         for cell in cells:
-            entry = entries.get(cell.name)
-            state = states.get(entry["job_id"], "") if entry else ""
-            if entry is None or base_state(state) not in PENDING | RUNNING:
+            if (entry := entries.get(cell.name)) is None:
                 continue
+            state = states.get(entry["job_id"], "")
             job = SlurmJob(self, submitit.SlurmJob(Path(entry["folder"]), entry["job_id"]), cell, timeout_s)
+            if base_state(state) not in PENDING | RUNNING and not job.left_ok():
+                continue
             jobs.append(job)
             log.info("cell %s: adopted SLURM job %s (%s) of an earlier run", cell.name, job.job_id, state)
         self.states.watch([job.job_id for job in jobs])
@@ -303,6 +305,13 @@ class SlurmJob(Job):
             return (self.paths.folder / f"{self.job_id}.stage").read_text().strip() or "start"
         except OSError:
             return "queued" if self._running_since is None and not self._ran_s else "start"
+
+    def left_ok(self) -> bool:
+        """Whether the job has ended with an ok record."""
+        if not self.paths.result_pickle.exists():
+            return False
+        outcome, value = submitit_utils.pickle_load(self.paths.result_pickle)
+        return outcome == "success" and isinstance(value, CellRecord) and value.status == "ok"
 
     def _poll(self, timeout: float | None) -> CellRecord | None:
         record = self._check()
