@@ -147,7 +147,7 @@ def test_a_module_cell_on_modal_gets_its_weights_file_with_the_request(tmp_path)
 
     from llc.backends import run_on
     from llc.backends.modal import ModalBackend
-    from llc.sweeps.cell import lone_cell
+    from llc.cells.cell import lone_cell
 
     weights = trained_weights(tmp_path / "trained.pt")
     run = {"chains": 2, "steps": 30, "batch_size": 32, "device": "cpu"}  # the CPU function
