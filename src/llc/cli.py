@@ -98,6 +98,7 @@ def run(
         f"r_hat={_fmt(m.get('r_hat'))}  diverged={m.get('chains_diverged')}{note}"
     )
     typer.echo(str(result.path))
+    _report_flags(m)
 
 
 def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
@@ -129,6 +130,18 @@ def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pai
     note = " (cached)" if record.cached else ""
     err.print(f"llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}{note}")
     typer.echo(str(RunDir(root, config.run_id).path))
+    _report_flags(m)
+
+
+def _report_flags(metrics: dict[str, Any]) -> None:
+    """Say why a run is not to be trusted; exit 1 when no chain is left to estimate from."""
+    if metrics.get("llc_note"):
+        err.print(f"note: {metrics['llc_note']}")
+    for name, reason in zip(metrics.get("flags", []), metrics.get("flag_reasons", []), strict=True):
+        err.print(f"[yellow]untrusted ({name}):[/yellow] {reason}")
+    if "no_healthy_chain" in metrics.get("flags", []):
+        err.print("[red]error:[/red] no healthy chain is left, so there is no estimate")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from llc import diagnostics, gram, plots
+from llc import diagnostics, gram, health, plots
 from llc.allocator import keep_freed_memory
 from llc.config import RunConfig
 from llc.erm import train
 from llc.posterior import LocalizedPosterior
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
+from llc.problems.optimum import best_linear_loss, is_linear_network
 from llc.rundir import RunDir, atomic_write
 from llc.samplers.driver import Checkpointing, Progress, Trace, sample
 from llc.threads import cpu_threads, threads_for
@@ -179,7 +180,14 @@ def build_metrics(
         "torch": torch.__version__,
     }
     if problem.llc_true:
-        metrics["llc_rel_error"] = (summary["llc_mean"] - problem.llc_true) / problem.llc_true
+        if health.estimates_lambda(config.gamma, config.resolved_nbeta):
+            metrics["llc_rel_error"] = (summary["llc_mean"] - problem.llc_true) / problem.llc_true
+        else:
+            metrics["llc_note"] = health.lambda_note(config.gamma, config.resolved_nbeta)
+    if is_linear_network(problem.model):
+        # ERM is checked, not assumed: reduced-rank regression gives the best loss in closed form.
+        metrics["L_best"] = best_linear_loss(problem.model, problem.x, problem.y)
+        metrics["erm_gap_llc"] = config.resolved_nbeta * (loss0 - metrics["L_best"])
     for name in ("acceptance_rate", "step_size", "energy"):
         if name in trace.stats:
             metrics[f"{name}_mean"] = float(np.nanmean(trace.stats[name]))
@@ -195,4 +203,8 @@ def build_metrics(
             metrics["llc_mean_full_loss"] = float(config.resolved_nbeta * (np.nanmean(healthy) - loss0))
     if "diverging" in trace.stats:
         metrics["divergent_transitions"] = int(trace.stats["diverging"].sum())
+    flags = health.assess(metrics, config.chains, config.sampler, config.target_accept)
+    metrics["trusted"] = not flags
+    metrics["flags"] = [flag.name for flag in flags]
+    metrics["flag_reasons"] = [flag.reason for flag in flags]
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
