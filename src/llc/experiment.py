@@ -195,6 +195,9 @@ def build_metrics(
         metrics["energy_change_var_per_dim"] = float(
             np.nanvar(trace.stats["energy_change"]) / problem.model.n_params
         )
+    if trace.step_size_auto:  # step_size=auto: the step chosen (the median of a sequential run's chains)
+        metrics["step_size_auto"] = float(np.median(trace.step_size_auto))
+        metrics["step_size_curvatures"] = trace.curvatures
     if trace.mala_acceptance is not None:
         metrics["mala_acceptance_mean"] = float(np.nanmean(trace.mala_acceptance))
     if trace.eval_loss is not None:
