@@ -75,15 +75,15 @@ def test_the_chosen_step_size_and_the_curvatures_behind_it_are_in_metrics(sample
     assert chosen == pytest.approx(langevin if sampler == "sgld" else langevin * 0.1 / 2, rel=1e-9)
 
 
-# A deeper linear network than the validation suite's, on which the fixed default step diverges.
-DEEP = {"problem": "dln", "widths": (8, 6, 6, 6, 8), "true_rank": 2, "gamma": 1.0}
+# Many points make the loss stiff (curvature ∝ nβ): the fixed default step, right at n = 5000, reads
+# 42% high here (measured), while the step auto picks lands within a few percent.
+STIFF = {"problem": "linear", "widths": (4, 3), "n_data": 50000, "eval_every": 0}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["sgld", "sghmc"])
-def test_auto_finds_a_step_that_recovers_lambda_where_the_fixed_default_fails(sampler, tmp_path):
-    fixed = run_llc(build_config("full", {**DEEP, "sampler": sampler, "step_size": 1e-4}), tmp_path).metrics
-    assert fixed["trusted"] is False or abs(fixed["llc_rel_error"]) > 0.1, fixed
-    auto = run_llc(build_config("full", {**DEEP, "sampler": sampler, "step_size": "auto"}), tmp_path).metrics
-    print(sampler, auto["step_size_auto"], auto["llc_mean"], auto["llc_true"], auto["mala_acceptance_mean"])
-    assert auto["trusted"] and abs(auto["llc_rel_error"]) < 0.1, auto
+def test_auto_finds_a_step_that_recovers_lambda_where_the_fixed_default_fails(tmp_path):
+    fixed = run_llc(build_config("full", {**STIFF, "sampler": "sgld", "step_size": 1e-4}), tmp_path).metrics
+    assert fixed["llc_rel_error"] > 0.2, fixed
+    auto = run_llc(build_config("full", {**STIFF, "sampler": "sgld"}), tmp_path).metrics
+    print(auto["step_size_auto"], auto["llc_mean"], auto["llc_true"])
+    assert auto["step_size_auto"] < 5e-5 and abs(auto["llc_rel_error"]) < 0.1, auto

@@ -284,3 +284,8 @@ cli_runs.register(app)
 from llc import cli_storage  # noqa: E402  (its commands join the app)
 
 cli_storage.register(app)
+
+
+from llc import cli_calibrate  # noqa: E402  (its command joins the app)
+
+cli_calibrate.register(app)
