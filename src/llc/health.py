@@ -11,7 +11,8 @@ from typing import Any
 
 # The MALA acceptance of a healthy SGLD step is about 0.9 or more; below it the step size, not the
 # posterior, sets the chains' spread: measured (γ = 1, full preset), 0.80 read λ̂ 42% high on a stiff
-# linear model, 0.60 read 60% high on a deep linear network, 0.42 read 20 times λ (γ = 100); 0.88 was within 5%.
+# linear model, 0.60 read 60% high on a deep linear network, 0.42 read 20 times λ (γ = 100); 0.88 was
+# within 5%.
 MALA_FLOOR = 0.85
 # HMC's acceptance this far under its target means warm-up did not find a working step size.
 HMC_SHORTFALL = 0.3
