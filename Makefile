@@ -4,12 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
-# A temporary Prefect server on a fresh database and a cold venv can take over 20 s (Prefect's
-# default limit) to start on 2 busy cores.
-PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+# Prefect's settings that the project needs (telemetry off, ...) are set by the project itself
+# (llc.local_server.PREFECT_DEFAULTS), not here: `python flows/sweep.py` works the same without make.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: env demo test lint bench constraints clean slurm-up slurm-down s3-up s3-down browser compiler

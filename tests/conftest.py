@@ -29,3 +29,22 @@ def prefect_server() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_local_servers() -> Iterator[None]:
+    """Sweeps started as commands start the local Prefect server of their PREFECT_HOME; stop it at the end."""
+    yield
+    from llc import local_server
+
+    local_server.stop(Path(os.environ["PREFECT_HOME"]))
+
+
+@pytest.fixture
+def fresh_prefect_home(tmp_path: Path) -> Iterator[Path]:
+    """A new, empty PREFECT_HOME (as on a new machine) whose local server is stopped after the test."""
+    from llc import local_server
+
+    home = tmp_path / "prefect-home"
+    yield home
+    local_server.stop(home)

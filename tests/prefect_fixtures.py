@@ -164,9 +164,11 @@ def run_deployment(
     runs_dir: Path,
     workdir: Path,
     extra_env: dict[str, str] | None = None,
+    plain_worker: bool = False,
     **params: Any,
 ) -> DeploymentRun:
-    """`prefect deployment run sweep/local` with the study and runs_dir, then `worker.sh --run-once` runs it.
+    """`prefect deployment run sweep/local` with the study and runs_dir, then `worker.sh --run-once` runs it
+    (with plain_worker, `prefect worker start --pool llc-process --run-once` with no LLC_PROJECT_DIR).
 
     The worker starts in `workdir`, not the repository: the deployment's pull step must find the code.
     """
@@ -175,10 +177,14 @@ def run_deployment(
     flow_run_id = next(line.split()[-1] for line in created.splitlines() if "UUID:" in line)
     workdir.mkdir(parents=True, exist_ok=True)
     pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    worker = [PREFECT, "worker", "start", "--pool", "llc-process", "--run-once"]
+    env = {**server.env, "PYTHONPATH": pythonpath, **(extra_env or {})}
+    if plain_worker:
+        env.pop("LLC_PROJECT_DIR", None)
     done = subprocess.run(
-        [SCRIPTS / "worker.sh", "--run-once"],
+        worker if plain_worker else [SCRIPTS / "worker.sh", "--run-once"],
         cwd=workdir,
-        env={**server.env, "PYTHONPATH": pythonpath, **(extra_env or {})},
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

@@ -12,6 +12,8 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.schedules import CronSchedule
 
@@ -44,11 +46,9 @@ def test_deploy_all_registers_sweep_local_slurm_and_modal_on_the_process_pool(
         assert deployment.entrypoint == "flows/sweep.py:sweep"
         assert (deployment.work_pool_name, deployment.work_queue_name) == ("llc-process", name)
         assert deployment.parameters == {"study": "studies/quick.yaml", "backend": name}
-        # The code is found on the worker through LLC_PROJECT_DIR, not a path baked in at deploy time.
+        # The code is found on the worker when the run starts, not at a path baked in at deploy time.
         assert deployment.path is None
-        assert deployment.pull_steps == [
-            {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $LLC_PROJECT_DIR }}"}}
-        ]
+        assert deployment.pull_steps == [{"llc.deployment.project_directory": {}}]
     (schedule,) = deployments["slurm"].schedules
     assert (schedule.schedule.cron, schedule.active) == ("0 2 * * *", False)
     assert deployments["local"].schedules == [] and deployments["modal"].schedules == []
@@ -153,3 +153,41 @@ def test_the_deployment_runs_results_are_in_the_bucket_and_its_link_artifact_poi
         )
     link = next(a for a in found if a.key == f"sweep-{sweep_id}-stored-results")
     assert f"s3://llc-test/{E2E_S3_PREFIX}/sweeps/{sweep_id}/results.csv" in str(link.data)
+
+
+def test_a_plain_prefect_worker_without_llc_project_dir_runs_the_sweep(
+    sweep_deployments: PrefectServer, tmp_path: Path
+) -> None:
+    from prefect_fixtures import probe_study_file, run_deployment
+
+    run = run_deployment(
+        sweep_deployments, probe_study_file(tmp_path / "study"), tmp_path / "runs", tmp_path / "worker",
+        plain_worker=True,
+    )  # fmt: skip
+    with sweep_deployments.client() as client:
+        flow_run = client.read_flow_run(UUID(run.flow_run_id))
+    assert flow_run.state_name == "Completed", run.worker_output
+    assert len(read_results(results_csv(run))) == 3
+
+
+def test_a_bad_study_fails_the_deployment_run_with_one_message_as_its_state(
+    sweep_deployments: PrefectServer, tmp_path: Path
+) -> None:
+    from prefect_fixtures import run_deployment
+
+    study = tmp_path / "bad.yaml"
+    study.write_text("name: bad\nsamplers: []\n")
+    run = run_deployment(sweep_deployments, study, tmp_path / "runs", tmp_path / "worker")
+    with sweep_deployments.client() as client:
+        flow_run = client.read_flow_run(UUID(run.flow_run_id))
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run.flow_run_id)])))
+    assert flow_run.state_name == "Failed"
+    assert (
+        flow_run.state.message == f"invalid study:\n  {study}:2: samplers: an empty list runs nothing: "
+        "list at least one entry, or leave the key out"
+    )
+    # The flow returned the failure, it raised nothing: no "Encountered exception" with our traceback.
+    # (Prefect's engine still logs its own "exited with unexpected exception" after any Failed run.)
+    messages = "\n".join(log.message for log in logs)
+    assert "samplers: an empty list" in messages and "Encountered exception" not in messages, messages
+    assert not (tmp_path / "runs").exists()

@@ -97,6 +97,20 @@ def test_a_hanging_cell_is_killed_at_its_timeout_and_recorded_as_a_timeout(tmp_p
     assert not RunDir(tmp_path / "runs", hang["run_id"]).is_complete()
 
 
+def test_a_cells_timeout_counts_from_when_it_begins_not_from_its_workers_slow_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = tmp_path / "slow-start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(4)\n")  # a worker starting on busy cores
+    monkeypatch.syspath_prepend(str(slow))  # workers inherit this process's import path
+    study = probe_study(tmp_path / "markers", [{"name": "fine", "overrides": {"sleep_s": 0.5}}], timeout_s=2)
+    state, result = run(study, tmp_path / "runs")
+    assert state.is_completed(), state.message
+    row = rows_by_cell(result["results"])["fine-s0"]
+    assert (row["status"], row["attempts"]) == ("ok", 1), row
+
+
 def test_complete_results_are_reused_and_no_skip_recomputes(tmp_path: Path) -> None:
     markers, runs = tmp_path / "markers", tmp_path / "runs"
     study = probe_study(markers, [{"name": "a"}, {"name": "b"}, {"name": "c"}])

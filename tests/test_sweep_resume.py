@@ -50,13 +50,13 @@ def wait_until(condition: object, timeout_s: float, what: str) -> None:
 
 
 def test_a_sigkilled_sweep_resumes_computing_only_unfinished_cells(
-    tmp_path: Path, prefect_server: str
+    tmp_path: Path, prefect_server: str, fresh_prefect_home: Path
 ) -> None:
     markers, runs = tmp_path / "markers", tmp_path / "runs"
     cells = [{"name": f"c{i}", "overrides": {"sleep_s": 0.7}} for i in range(8)]
     study = write_study(tmp_path / "study.yaml", probe_study(markers, cells, max_parallel=2))
-    # Its own PREFECT_HOME and no API URL: the killed flow runs on its own temporary server.
-    env = {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+    # Its own PREFECT_HOME and no API URL: the killed flow runs on its own local server.
+    env = {"PREFECT_HOME": str(fresh_prefect_home)}
     log = tmp_path / "flow.log"
     with log.open("w") as out:
         flow = sweep_process(study, runs, env, stdout=out, stderr=subprocess.STDOUT)
@@ -70,7 +70,7 @@ def test_a_sigkilled_sweep_resumes_computing_only_unfinished_cells(
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nflow output (tail):\n{log.read_text()[-3000:]}") from None
     finally:
-        os.killpg(flow.pid, signal.SIGKILL)  # the flow process and its temporary server, mid-run
+        os.killpg(flow.pid, signal.SIGKILL)  # the flow process, mid-run
         flow.wait()
     workers = pids(markers)
     wait_until(lambda: not any(_alive(pid) for pid in workers), 10, "the orphaned workers to stop")

@@ -11,6 +11,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from llc import interrupt
 from llc.config import PRESETS, ConfigError, RunConfig, build_config
 from llc.settings import load_settings, parse_pairs
 
@@ -21,7 +22,7 @@ config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 sweep_app = typer.Typer(help="Run a study as the Prefect flow `sweep`, or summarize a past sweep.")
 app.add_typer(sweep_app, name="sweep")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width
 
 SetOption = Annotated[
     list[str] | None,
@@ -38,6 +39,9 @@ BackendOptionsOption = Annotated[
         help="KEY=VALUE option of the backend, repeatable (VALUE is YAML): --backend-option partition=gpu",
     ),
 ]
+
+
+RunsDirOption = Annotated[Path | None, typer.Option(help="where results go (env LLC_RUNS_DIR)")]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -71,16 +75,29 @@ def run(
     backend: BackendOption = None,
     backend_option: BackendOptionsOption = None,
 ) -> None:
-    """Estimate the LLC with one sampler; prints the run directory."""
-    from llc.experiment import run_llc
+    """Estimate the LLC with one sampler; prints the run directory.
+
+    Exit codes: 0 an estimate, 1 no estimate (every chain diverged, or the run failed), 2 bad input.
+    """
+    from llc.launch import check_backend
+    from llc.preflight import check_devices, check_runs_dir
 
     config = _config(preset, sampler, set_, gpu_mode)
     settings = load_settings()
-    root = runs_dir or settings.runs_dir
     backend = backend or settings.backend
+    try:  # before anything is written
+        check_backend(backend)
+        if backend == "local":
+            check_devices([config.device])
+        root = check_runs_dir(runs_dir or settings.runs_dir)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     if backend != "local" or backend_option:
         _run_on_backend(config, root, skip, backend, backend_option)
         return
+    from llc.experiment import run_llc
+
     columns = (
         TextColumn(f"{config.sampler} {config.run_id}"),
         BarColumn(),
@@ -99,6 +116,21 @@ def run(
     )
     typer.echo(str(result.path))
     _report_flags(m)
+    if m.get("llc_mean") is None:
+        err.print(f"[red]error:[/red] {_no_estimate(config, m)}")
+        raise typer.Exit(1)
+
+
+def _no_estimate(config: RunConfig, metrics: dict[str, Any]) -> str:
+    """What to change when no chain is left to estimate from."""
+    step = metrics.get("step_size_auto") or config.resolved_step_size
+    return (
+        f"no estimate: {metrics.get('chains_diverged')} of {config.chains} chains diverged "
+        f"at step_size={step:g}; "
+        f"try a smaller step size (--set step_size={step / 10:g}) or a stronger localization "
+        f"(--set gamma={config.gamma * 10:g}), or let the step be set from the curvature "
+        "(--set step_size=auto, sgld and sghmc)"
+    )
 
 
 def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
@@ -116,9 +148,12 @@ def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pai
         raise typer.Exit(2) from None
     err.print(f"{config.sampler} {config.run_id}: running on the {backend} backend")
     try:
-        with opened:
+        with interrupt.on_signals(), opened, interrupt.cancels(opened.cancel_all):
             record = run_on(opened, cell, root.resolve(), skip, settings.timeout_s)
     except Exception as exc:  # refused before it ran (sbatch, an unreachable service): no record
+        if interrupt.requested():
+            err.print("interrupted: the job was cancelled")
+            raise typer.Exit(interrupt.EXIT_INTERRUPTED) from None
         err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     if record.status != "ok":
@@ -131,17 +166,17 @@ def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pai
     err.print(f"llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}{note}")
     typer.echo(str(RunDir(root, config.run_id).path))
     _report_flags(m)
+    if m.get("llc_mean") is None:
+        err.print(f"[red]error:[/red] {_no_estimate(config, m)}")
+        raise typer.Exit(1)
 
 
 def _report_flags(metrics: dict[str, Any]) -> None:
-    """Say why a run is not to be trusted; exit 1 when no chain is left to estimate from."""
+    """Say why a run is not to be trusted (docs/diagnostics.md#flags-runs-that-cannot-be-trusted)."""
     if metrics.get("llc_note"):
         err.print(f"note: {metrics['llc_note']}")
     for name, reason in zip(metrics.get("flags", []), metrics.get("flag_reasons", []), strict=True):
         err.print(f"[yellow]untrusted ({name}):[/yellow] {reason}")
-    if "no_healthy_chain" in metrics.get("flags", []):
-        err.print("[red]error:[/red] no healthy chain is left, so there is no estimate")
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -178,54 +213,62 @@ def config_show(
     )
 
 
-RunsDirOption = Annotated[Path | None, typer.Option(help="where results go (env LLC_RUNS_DIR)")]
+StudyOption = Annotated[
+    Path | None, typer.Option(help="study YAML (env LLC_STUDY, default studies/quick.yaml)")
+]
+SkipOption = Annotated[bool, typer.Option("--skip/--no-skip", help="reuse complete results of cells")]
+MaxParallelOption = Annotated[int | None, typer.Option(help="cells at once (env LLC_MAX_PARALLEL)")]
+TimeoutOption = Annotated[float | None, typer.Option(help="a cell's time limit in s (env LLC_TIMEOUT_S)")]
+RetriesOption = Annotated[int | None, typer.Option(help="retries of retryable failures (env LLC_RETRIES)")]
+
+
+def sweep_command(
+    study: StudyOption = None,
+    backend: BackendOption = None,
+    backend_option: BackendOptionsOption = None,
+    runs_dir: RunsDirOption = None,
+    skip: SkipOption = True,
+    max_parallel: MaxParallelOption = None,
+    timeout_s: TimeoutOption = None,
+    retries: RetriesOption = None,
+) -> None:
+    """Run every cell of a study as the Prefect flow `sweep`; prints the path of results.csv.
+
+    Without PREFECT_API_URL the sweep runs on the local Prefect server (started on first use, then
+    reused: `llc server status`). Exit codes: 0 done (failed cells included), 1 the sweep could not
+    run, 2 bad input, 130 interrupted (Ctrl-C: finished results are kept).
+    """
+    from llc.backends import parse_backend_options
+    from llc.launch import SweepRequest, run_sweep
+
+    try:
+        options = parse_backend_options(backend_option)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    request = SweepRequest(
+        study=str(study) if study else None, backend=backend, backend_options=options or None,
+        runs_dir=str(runs_dir) if runs_dir else None, skip=skip, max_parallel=max_parallel,
+        timeout_s=timeout_s, retries=retries,
+    )  # fmt: skip
+    raise typer.Exit(run_sweep(request))
 
 
 @sweep_app.callback(invoke_without_command=True)
 def sweep(
     ctx: typer.Context,
-    study: Annotated[
-        Path | None, typer.Option(help="study YAML (env LLC_STUDY, default studies/quick.yaml)")
-    ] = None,
+    study: StudyOption = None,
     backend: BackendOption = None,
     backend_option: BackendOptionsOption = None,
     runs_dir: RunsDirOption = None,
-    skip: Annotated[bool, typer.Option("--skip/--no-skip", help="reuse complete results of cells")] = True,
-    max_parallel: Annotated[int | None, typer.Option(help="cells at once (env LLC_MAX_PARALLEL)")] = None,
-    timeout_s: Annotated[float | None, typer.Option(help="a cell's time limit (env LLC_TIMEOUT_S)")] = None,
-    retries: Annotated[
-        int | None, typer.Option(help="retries of retryable failures (env LLC_RETRIES)")
-    ] = None,
+    skip: SkipOption = True,
+    max_parallel: MaxParallelOption = None,
+    timeout_s: TimeoutOption = None,
+    retries: RetriesOption = None,
 ) -> None:
-    """Run every cell of a study (on Prefect's temporary server unless PREFECT_API_URL is set)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from llc.backends import BACKENDS, parse_backend_options
-    from llc.sweeps.flow import sweep as sweep_flow
-    from llc.sweeps.plan import plan_sweep
-
-    study_path = str(study or load_settings().study)
-    try:
-        plan_sweep(study_path)  # a bad study is reported here, before a Prefect server starts
-        options = parse_backend_options(backend_option)
-        if backend is not None and backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
-    except (ConfigError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    state = sweep_flow(
-        study=study_path, backend=backend, runs_dir=str(runs_dir) if runs_dir else None, skip=skip,
-        max_parallel=max_parallel, timeout_s=timeout_s, retries=retries, backend_options=options or None,
-        return_state=True,
-    )  # fmt: skip
-    if not state.is_completed():
-        err.print(f"[red]error:[/red] the sweep could not run: {state.message}")
-        raise typer.Exit(1)
-    result = state.result()
-    err.print(
-        f"{result['total']} cells: {result['ok']} ok, {result['failed']} failed, {result['cached']} cached"
-    )
-    typer.echo(result["results"])
+    """Run every cell of a study as the Prefect flow `sweep` (or summarize a past sweep: `status`)."""
+    if ctx.invoked_subcommand is None:
+        sweep_command(study, backend, backend_option, runs_dir, skip, max_parallel, timeout_s, retries)
 
 
 @sweep_app.command("status")
@@ -276,9 +319,10 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-from llc import cli_runs  # noqa: E402  (after `app` exists: it adds its commands to it)
+from llc import cli_runs, cli_server  # noqa: E402  (after `app` exists: it adds its commands to it)
 
 cli_runs.register(app)
+cli_server.register(app)
 
 
 from llc import cli_storage  # noqa: E402  (its commands join the app)

@@ -14,7 +14,7 @@ from rich.console import Console
 from llc.settings import load_settings
 
 runs_app = typer.Typer(help="Run directories on the Modal runs volume.", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width
 
 VolumeOption = Annotated[
     str | None, typer.Option("--volume", help="runs volume (env LLC_MODAL_RUNS_VOLUME, default llc-runs)")

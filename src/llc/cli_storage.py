@@ -10,7 +10,7 @@ from rich.console import Console
 
 from llc.settings import load_settings
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width
 
 
 def register(app: typer.Typer) -> None:

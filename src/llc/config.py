@@ -7,11 +7,20 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from llc.fingerprint import code_fingerprint
 
-Problem = Literal["mlp", "linear", "rrr", "dln"]
+Problem = Literal["mlp", "linear", "rrr", "dln", "module"]
 Sampler = Literal["sgld", "sghmc", "hmc", "mclmc"]
 SAMPLERS: tuple[str, ...] = ("sgld", "sghmc", "hmc", "mclmc")
 
@@ -19,11 +28,13 @@ SAMPLERS: tuple[str, ...] = ("sgld", "sghmc", "hmc", "mclmc")
 FAMILY_KEYS = (
     "problem", "seed", "n_data", "in_dim", "out_dim", "widths", "depth", "target_params", "activation",
     "bias", "teacher_widths", "x_dist", "noise", "noise_scale", "loss", "true_rank", "erm_steps", "erm_lr",
-    "dtype",
+    "dtype", "model", "data",
 )  # fmt: skip
 
-# Keys that change how fast a run goes, never what it computes.
+# Keys that change how fast a run goes, never what it computes; and `weights`, the path of a file whose
+# content hash the ids take instead (module_fingerprint), so that moving the file keeps its results.
 EXECUTION_ONLY = ("threads",)
+NOT_IN_IDS = (*EXECUTION_ONLY, "weights")
 
 # Step sizes that work on each sampler's scale when none is given (HMC and MCLMC tune theirs in warm-up).
 DEFAULT_STEP_SIZE = {"sgld": 1e-4, "sghmc": 1e-5, "hmc": 1e-3, "mclmc": 1e-2}
@@ -35,8 +46,15 @@ DEFAULT_STEP_SIZE = {"sgld": 1e-4, "sghmc": 1e-5, "hmc": 1e-3, "mclmc": 1e-2}
 KNOWN_LAMBDA_PROBLEMS = ("linear", "rrr", "dln")
 KNOWN_LAMBDA_DEFAULTS = {"gamma": 1.0}
 
-# step_size=auto checks its step 20 times in warm-up (samplers/step_search.py): two steps a round at least.
+# step_size=auto measures the curvature over 10 rounds of warm-up (samplers/step_search.py): 4 steps each.
 AUTO_MIN_WARMUP = 40
+
+# Losses of the built-in problems; a module problem takes mse, cross_entropy or "package.module:function".
+BUILTIN_LOSSES = ("mse", "t_regression")
+MODULE_LOSSES = ("mse", "cross_entropy")
+# Validation context under which a module problem may leave `model` and `data` unset: `llc.estimate`,
+# whose model and data are Python objects (their fingerprint then comes with the config).
+IN_MEMORY_MODULE = "in_memory_module"
 
 
 class ConfigError(ValueError):
@@ -50,7 +68,17 @@ class RunConfig(BaseModel):
 
     # -- problem ------------------------------------------------------------------------
     problem: Problem = Field(
-        "mlp", description="mlp (teacher-student) or an analytic target: linear, rrr, dln"
+        "mlp",
+        description="mlp (teacher-student), an analytic target (linear, rrr, dln), or module (your model)",
+    )
+    model: str | None = Field(
+        None, description="module: package.module:factory returning the torch.nn.Module (its weights are w*)"
+    )
+    data: str | None = Field(
+        None, description="module: package.module:factory returning a Dataset of (x, y) or an (x, y) pair"
+    )
+    weights: str | None = Field(
+        None, description="module: a state_dict file loaded into the model (default: the factory's weights)"
     )
     seed: int = Field(0, ge=0, description="seeds data, teacher, ERM and sampling")
     n_data: int = Field(5000, ge=2, description="number of training points n")
@@ -69,7 +97,11 @@ class RunConfig(BaseModel):
     x_dist: Literal["gauss_iso", "gauss_aniso", "mixture", "lowdim_manifold", "heavy_tail"] = "gauss_iso"
     noise: Literal["gauss", "hetero", "student_t", "outliers"] = "gauss"
     noise_scale: float = Field(0.1, ge=0)
-    loss: Literal["mse", "t_regression"] = "mse"
+    loss: str = Field(
+        "mse",
+        description="mse or t_regression; module: mse, cross_entropy or package.module:function "
+        "(output, target) -> per-example losses",
+    )
     true_rank: int | None = Field(None, ge=0, description="rrr/dln: rank of the teacher map")
 
     # -- ERM to w* ------------------------------------------------------------------------
@@ -136,14 +168,21 @@ class RunConfig(BaseModel):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
+    # The fingerprint of a module problem's Python objects (llc.estimate); None: from model/data/weights.
+    _module_fingerprint: str | None = PrivateAttr(None)
+
     @model_validator(mode="after")
-    def _consistent(self) -> RunConfig:
+    def _consistent(self, info: ValidationInfo) -> RunConfig:
+        if self.problem == "module":
+            _check_module_keys(self, bool(info.context and info.context.get(IN_MEMORY_MODULE)))
+        else:
+            _check_builtin_keys(self)
         if self.problem == "mlp":
             if self.widths is None and (self.depth is None or self.target_params is None):
                 raise ValueError(
                     "problem mlp needs widths (hidden layer widths) or both depth and target_params"
                 )
-        else:
+        elif self.problem != "module":
             need = {
                 "linear": "exactly 2 widths [M, N]",
                 "rrr": "exactly 3 widths [M, H, N]",
@@ -162,7 +201,7 @@ class RunConfig(BaseModel):
                     )
                 if self.true_rank > min(self.widths or (0,)):
                     raise ValueError(f"true_rank must be <= min(widths) = {min(self.widths or (0,))}")
-        if self.sampler in ("sgld", "sghmc") and self.batch_size > self.n_data:
+        if self.problem != "module" and self.sampler in ("sgld", "sghmc") and self.batch_size > self.n_data:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n_data ({self.n_data})")
         if self.step_size == "auto":
             if self.sampler not in ("sgld", "sghmc"):
@@ -181,7 +220,29 @@ class RunConfig(BaseModel):
     # -- derived values -------------------------------------------------------------------------
     @property
     def resolved_nbeta(self) -> float:
-        return self.nbeta if self.nbeta is not None else self.n_data / math.log(self.n_data)
+        return self.nbeta_for(self.n_data)
+
+    def nbeta_for(self, n: int) -> float:
+        """n·beta for a data set of n points: as given, else n / log n."""
+        return self.nbeta if self.nbeta is not None else n / math.log(n)
+
+    def with_module_fingerprint(self, fingerprint: str) -> RunConfig:
+        """This config for a module problem given as Python objects with that fingerprint (llc.estimate)."""
+        config = self.model_copy()
+        config._module_fingerprint = fingerprint
+        return config
+
+    @property
+    def module_fingerprint(self) -> str:
+        """What the ids add for a module problem: its objects' fingerprint, else the hash of the weights
+        file's content and of the factories' source (problems/module.py); empty for other problems."""
+        if self.problem != "module":
+            return ""
+        if self._module_fingerprint is not None:
+            return self._module_fingerprint
+        from llc.problems.module import reference_fingerprint
+
+        return reference_fingerprint(self.model, self.data, self.loss, self.weights)
 
     @property
     def step_size_auto(self) -> bool:
@@ -195,19 +256,52 @@ class RunConfig(BaseModel):
     def normalized(self) -> dict[str, Any]:
         """The config with every default made explicit: what run_id hashes and config.json stores."""
         data = self.model_dump(mode="json")
-        data["nbeta"] = self.resolved_nbeta
+        # A module problem's n is its data's: n / log n is taken there (the data's source is in the ids).
+        data["nbeta"] = self.nbeta if self.problem == "module" else self.resolved_nbeta
         data["step_size"] = "auto" if self.step_size_auto else self.resolved_step_size
         return data
 
     @property
     def family_id(self) -> str:
         data = self.normalized()
-        return _digest({k: data[k] for k in FAMILY_KEYS}, code_fingerprint())
+        return _digest({k: data[k] for k in FAMILY_KEYS}, code_fingerprint() + self.module_fingerprint)
 
     @property
     def run_id(self) -> str:
-        data = {k: v for k, v in self.normalized().items() if k not in EXECUTION_ONLY}
-        return _digest(data, code_fingerprint())
+        data = {k: v for k, v in self.normalized().items() if k not in NOT_IN_IDS}
+        return _digest(data, code_fingerprint() + self.module_fingerprint)
+
+
+def _check_module_keys(config: RunConfig, in_memory: bool) -> None:
+    """A module problem names its factories (or comes as Python objects) and a loss it can compute."""
+    for key in ("model", "data"):
+        value = getattr(config, key)
+        if value is None and not in_memory:
+            raise ValueError(f"problem module needs {key}: package.module:factory")
+        if value is not None and not _is_reference(value):
+            raise ValueError(f"{key} must be package.module:factory, got {value!r}")
+    if config.loss not in MODULE_LOSSES and not _is_reference(config.loss):
+        raise ValueError(
+            "loss for problem module must be mse, cross_entropy or package.module:function, "
+            f"got {config.loss!r}"
+        )
+
+
+def _check_builtin_keys(config: RunConfig) -> None:
+    for key in ("model", "data", "weights"):
+        if getattr(config, key) is not None:
+            raise ValueError(f"{key} applies to problem module only (got problem {config.problem})")
+    if config.loss not in BUILTIN_LOSSES:
+        raise ValueError(
+            f"loss must be one of {', '.join(BUILTIN_LOSSES)} for problem {config.problem}, got "
+            f"{config.loss!r} (cross_entropy and package.module:function are for problem module)"
+        )
+
+
+def _is_reference(value: str) -> bool:
+    module, sep, attr = value.partition(":")
+    names = [*module.split("."), *attr.split(".")]
+    return bool(sep) and all(name.isidentifier() for name in names)
 
 
 def _digest(data: dict[str, Any], code: str) -> str:

@@ -17,6 +17,8 @@ from llc import diagnostics, gram, health, plots
 from llc.allocator import keep_freed_memory
 from llc.config import RunConfig
 from llc.erm import train
+from llc.module_model import ModuleModel
+from llc.network import MLP
 from llc.posterior import LocalizedPosterior
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
@@ -60,16 +62,18 @@ def run_llc(
     skip: bool = True,
     progress: Progress | None = None,
     checkpoint_every_s: float | None = None,
+    problem: Problem | None = None,
 ) -> RunResult:
     """Run (or reuse, when skip and a complete result exists) one LLC estimate under runs_dir/<run_id>.
 
     With checkpoint_every_s, sampling saves its progress that often and a later call resumes from it.
+    `problem` is the config's problem when already built (llc.estimate's model and data).
     """
     run_dir = RunDir(runs_dir, config.run_id)
     if skip and run_dir.is_complete():
         return RunResult(run_dir.path, run_dir.read_json("metrics.json"), cached=True)
     experiment = LLCExperiment(runs_dir / "families", checkpoint_every_s)
-    metrics = experiment.run(config, run_dir.prepare(), progress)
+    metrics = experiment.run(config, run_dir.prepare(), progress, problem)
     run_dir.seal()
     return RunResult(run_dir.path, metrics, cached=False)
 
@@ -83,14 +87,21 @@ class LLCExperiment:
         self.family_cache = family_cache
         self.checkpoint_every_s = checkpoint_every_s
 
-    def run(self, config: RunConfig, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        progress: Progress | None = None,
+        problem: Problem | None = None,
+    ) -> dict[str, Any]:
         keep_freed_memory()
         out = RunDir(run_dir.parent, run_dir.name)
         out.write_json(
             "config.json", {"run_id": config.run_id, "family_id": config.family_id, **config.normalized()}
         )
         device = resolve_device(config)
-        problem = build_problem(config)
+        problem = problem or build_problem(config)
+        nbeta = config.nbeta_for(problem.n)
         # ERM is full-batch on one chain; sampling picks its own thread count.
         threads = (
             0 if device.type == "cuda" else threads_for(config.threads, problem.n * problem.model.n_params)
@@ -99,16 +110,19 @@ class LLCExperiment:
             t0 = time.perf_counter()
             w_star, loss0 = self._erm(config, problem)
             t_erm = time.perf_counter() - t0
+        if isinstance(problem.model, ModuleModel):
+            problem.model.to(device)
         posterior = LocalizedPosterior(
             problem.model,
             problem.x.to(device),
             problem.y.to(device),
             w_star.to(device),
-            config.resolved_nbeta,
+            nbeta,
             config.gamma,
             config.batch_size if config.sampler in ("sgld", "sghmc") else None,
         )
-        if gram.supports(problem.model) and (posterior.batch_size or posterior.n) >= posterior.n:
+        full_batch = (posterior.batch_size or posterior.n) >= posterior.n
+        if isinstance(problem.model, MLP) and gram.supports(problem.model) and full_batch:
             # Full-batch gradients of linear networks from second moments: exact and n times cheaper.
             posterior = replace(posterior, grad_fn=gram.GramLoss(problem.model, posterior.x, posterior.y))
         gen = torch.Generator(device=device).manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
@@ -120,7 +134,7 @@ class LLCExperiment:
         attrs = {
             "run_id": config.run_id,
             "sampler": config.sampler,
-            "nbeta": config.resolved_nbeta,
+            "nbeta": nbeta,
             "L0": loss0,
         }
         idata = diagnostics.to_inference_data(trace.llc, trace.loss, trace.w_proj, trace.stats or None, attrs)
@@ -132,7 +146,7 @@ class LLCExperiment:
     def _erm(self, config: RunConfig, problem: Problem) -> tuple[torch.Tensor, float]:
         """w* and L0, computed once per family and shared by every run of it."""
         if self.family_cache is None:
-            return train(problem, config.erm_steps, config.erm_lr, config.seed)
+            return _trained_point(config, problem)
         path = self.family_cache / config.family_id / "erm.pt"
         if path.exists():
             try:
@@ -140,11 +154,19 @@ class LLCExperiment:
                 return saved["w_star"], float(saved["L0"])
             except (RuntimeError, KeyError, EOFError, OSError):
                 pass  # a torn or foreign file: train again and overwrite it
-        w_star, loss0 = train(problem, config.erm_steps, config.erm_lr, config.seed)
+        w_star, loss0 = _trained_point(config, problem)
         buffer = io.BytesIO()
         torch.save({"w_star": w_star, "L0": loss0}, buffer)
         atomic_write(path, buffer.getvalue())
         return w_star, loss0
+
+
+def _trained_point(config: RunConfig, problem: Problem) -> tuple[torch.Tensor, float]:
+    """w* and L0: a module problem's own weights, else ERM from the config's seed."""
+    if problem.w_star is None:
+        return train(problem, config.erm_steps, config.erm_lr, config.seed)
+    loss0 = problem.model.batch_loss(problem.w_star.unsqueeze(0), problem.x, problem.y)
+    return problem.w_star.clone(), float(loss0[0])
 
 
 def build_metrics(
@@ -154,6 +176,7 @@ def build_metrics(
     total_grad_evals = trace.grad_evals * config.chains
     draws = trace.llc.shape[0] * trace.llc.shape[1]
     ess = summary["ess_bulk"]
+    nbeta = config.nbeta_for(problem.n)
     metrics: dict[str, Any] = {
         "run_id": config.run_id,
         "family_id": config.family_id,
@@ -161,7 +184,7 @@ def build_metrics(
         "problem": config.problem,
         "d": problem.model.n_params,
         "n": problem.n,
-        "nbeta": config.resolved_nbeta,
+        "nbeta": nbeta,
         "L0": loss0,
         "llc_true": problem.llc_true,
         **summary,
@@ -203,7 +226,7 @@ def build_metrics(
     if trace.eval_loss is not None:
         healthy = trace.eval_loss[trace.diverged_at < 0]
         if healthy.size:
-            metrics["llc_mean_full_loss"] = float(config.resolved_nbeta * (np.nanmean(healthy) - loss0))
+            metrics["llc_mean_full_loss"] = float(nbeta * (np.nanmean(healthy) - loss0))
     if "diverging" in trace.stats:
         metrics["divergent_transitions"] = int(trace.stats["diverging"].sum())
     flags = health.assess(metrics, config.chains, config.sampler, config.target_accept)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from importlib.metadata import version
 from pathlib import Path
-
-import torch
 
 _PACKAGE = Path(__file__).resolve().parent
 # Files that only move or present results: editing them does not change what a run computes.
@@ -17,7 +16,7 @@ _PRESENTATION_DIRS = {"backends", "sweeps", "storage"}
 @functools.cache
 def code_fingerprint() -> str:
     """Hash of the package's computing sources and the torch version."""
-    digest = hashlib.sha256(torch.__version__.encode())
+    digest = hashlib.sha256(version("torch").encode())  # without importing torch (seconds)
     for path in sorted(_PACKAGE.rglob("*.py")):
         rel = path.relative_to(_PACKAGE)
         if rel.name in _PRESENTATION or (rel.parts[0] in _PRESENTATION_DIRS):

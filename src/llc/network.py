@@ -9,8 +9,10 @@ reference in tests and in the sequential mode.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -35,6 +37,7 @@ class MLP:
     activation: str = "tanh"
     bias: bool = True
     loss: str = "mse"
+    auto_compile: ClassVar[bool] = True  # compile=auto may compile its steps (samplers/driver.py)
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2:
@@ -56,6 +59,11 @@ class MLP:
                 start = b.stop
             layers.append(Layer(fan_in, fan_out, w, b))
         return layers
+
+    @property
+    def macs_per_example(self) -> int:
+        """Multiply-adds of one example's forward pass."""
+        return sum(a * b for a, b in itertools.pairwise(self.widths))
 
     @property
     def n_params(self) -> int:

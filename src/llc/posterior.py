@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from llc.module_model import ModuleModel
 from llc.network import MLP
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor
 
 @dataclass
 class LocalizedPosterior:
-    model: MLP
+    model: MLP | ModuleModel
     x: torch.Tensor
     y: torch.Tensor
     w_star: torch.Tensor
@@ -66,11 +67,11 @@ class LocalizedPosterior:
         return (self.x, self.y) if idx is None else self.gather(idx)
 
     def gather(self, idx: torch.Tensor) -> Batch:
-        """The points at indices idx [chains, batch]: ([chains, batch, in], [chains, batch, out]).
+        """The points at indices idx [chains, batch]: ([chains, batch, ...], [chains, batch, ...]).
         (index_select is several times faster than advanced indexing here.)"""
         flat = idx.reshape(-1)
-        x = torch.index_select(self.x, 0, flat).view(*idx.shape, self.x.shape[1])
-        return x, torch.index_select(self.y, 0, flat).view(*idx.shape, self.y.shape[1])
+        x = torch.index_select(self.x, 0, flat).view(*idx.shape, *self.x.shape[1:])
+        return x, torch.index_select(self.y, 0, flat).view(*idx.shape, *self.y.shape[1:])
 
     def loss_and_grad(self, w: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss L [chains] on the batch and the potential's gradient ∇U [chains, d]."""

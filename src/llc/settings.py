@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     progress_every_s: float = Field(
         2.0, ge=0, description="how often the progress artifact and results.csv are refreshed mid-sweep"
     )
+    server_start_timeout_s: float = Field(
+        180.0, gt=0, description="how long a sweep waits for the local Prefect server to start"
+    )
     # Where results are stored (docs/storage.md). Keys never live here: AWS_* variables or prefect-aws blocks.
     s3_block: str | None = Field(None, description="name of a saved prefect-aws S3Bucket block")
     s3_bucket: str | None = Field(None, description="bucket, when no S3Bucket block is named")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from llc.backends.base import Backend, BackendUnavailable, Job, JobState, run_on
+from llc.backends.base import Backend, BackendUnavailable, Cancelled, Job, JobState, run_on
 from llc.settings import parse_pairs
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
@@ -19,6 +19,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendUnavailable",
+    "Cancelled",
     "Job",
     "JobState",
     "get_backend",

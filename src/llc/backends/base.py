@@ -7,25 +7,22 @@ and waits for records; the same flow code runs on every backend.
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import threading
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Protocol, Self
+from types import TracebackType
+from typing import Protocol, Self
 
 from llc.sweeps.cell import Cell
 from llc.sweeps.record import CellRecord
-
-log = logging.getLogger(__name__)
 
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot take work at all (no credentials, preflight failed, service unreachable);
     raised when it is opened, before any cell is submitted. The message says what to do."""
+
+
+class Cancelled(RuntimeError):
+    """The backend was told to stop (`cancel_all`): it takes no more cells."""
 
 
 class JobState(StrEnum):
@@ -65,6 +62,10 @@ class Backend(Protocol):
 
     def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> Job: ...
 
+    def cancel_all(self, why: str) -> None:
+        """Stop every cell's work now (a Ctrl-C, a cancelled flow run); no new cell starts afterwards."""
+        ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Self: ...
@@ -85,38 +86,3 @@ def run_on(backend: Backend, cell: Cell, runs_dir: Path, skip: bool, timeout_s: 
     if record is None:
         raise RuntimeError(f"backend {backend.name} returned no record for cell {cell.name}")
     return record
-
-
-class CancelOnSignal:
-    """While installed (from the main thread), SIGTERM and SIGINT first cancel a backend's work, then
-    reach the handler that was there before (Prefect's, or the default). A cancelled flow run gets
-    SIGTERM (Ctrl-C: SIGINT) in its main thread while the task threads wait on the work."""
-
-    def __init__(self, cancel_all: Callable[[str], None], what: str) -> None:
-        self._cancel_all = cancel_all
-        self._what = what
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            if signal.getsignal(signum) != signal.SIG_IGN:  # e.g. SIGINT in a background job
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            if signal.getsignal(signum) == self._handle:
-                signal.signal(signum, previous)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        log.warning("signal %s: cancelling the %s of this sweep", name, self._what)
-        self._cancel_all(f"the sweep was interrupted ({name})")
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)

@@ -20,12 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from llc.backends.base import JobState
+from llc.backends.base import Cancelled, JobState
 from llc.sweeps.cell import Cell
 from llc.sweeps.execute import run_cell
 from llc.sweeps.record import CellRecord
 
 _EOF: dict[str, Any] = {}
+# A worker has this long to begin a cell (its Python and torch start-up on a busy machine); the cell's
+# own timeout counts from the moment it begins, so a slow start never kills a healthy cell.
+START_LIMIT_S = 120.0
 
 
 class LocalBackend:
@@ -40,9 +43,13 @@ class LocalBackend:
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
+        self._cancelled = ""
 
     def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> LocalJob:
         self._slots.acquire()
+        if self._cancelled:
+            self._slots.release()
+            raise Cancelled(self._cancelled)
         request = {"cell": cell.model_dump(mode="json"), "runs_dir": str(runs_dir), "skip": skip}
         try:
             worker = self._take()
@@ -70,6 +77,14 @@ class LocalBackend:
             self._all.discard(worker)
         if free_slot:
             self._slots.release()
+
+    def cancel_all(self, why: str) -> None:
+        """Kill every worker (their cells end as cancelled by the caller); no cell starts afterwards."""
+        self._cancelled = why
+        with self._lock:
+            workers = list(self._all)
+        for worker in workers:
+            worker.kill()
 
     def close(self) -> None:
         with self._lock:
@@ -106,7 +121,7 @@ class LocalJob:
         self._backend = backend
         self._worker: _Worker | None = worker
         self._started = time.monotonic()
-        self._deadline = self._started + timeout_s if timeout_s else None
+        self._deadline: float | None = self._started + START_LIMIT_S  # until the cell begins
         self._timeout_s = timeout_s
         self._stage = "start"
         self._state = JobState.RUNNING
@@ -121,12 +136,12 @@ class LocalJob:
         return self._stage
 
     def wait(self, timeout: float | None = None) -> CellRecord | None:
-        until = _earliest(self._deadline, time.monotonic() + timeout if timeout is not None else None)
+        patience = time.monotonic() + timeout if timeout is not None else None
         while self._state is JobState.RUNNING and self._worker is not None:
-            message = self._worker.receive(until)
+            message = self._worker.receive(_earliest(self._deadline, patience))
             if message is None:
                 if self._deadline is not None and time.monotonic() >= self._deadline:
-                    self._end(CellRecord.timeout(self.cell, self._stage, self._timeout_s or 0), kill=True)
+                    self._end(self._overdue(), kill=True)
                     break
                 return None
             if message is _EOF:
@@ -134,10 +149,19 @@ class LocalJob:
                 crashed = CellRecord.crashed(self.cell, self._stage, self._worker.returncode(), elapsed)
                 self._end(crashed, kill=True)
             elif "stage" in message:
+                if self._stage == "start":  # the cell begins: its own timeout starts now
+                    self._started = time.monotonic()
+                    self._deadline = self._started + self._timeout_s if self._timeout_s else None
                 self._stage = message["stage"]
             else:
                 self._end(CellRecord.model_validate(message["record"]), kill=False)
         return self._record
+
+    def _overdue(self) -> CellRecord:
+        if self._stage == "start":
+            message = f"its worker process did not begin the cell within {START_LIMIT_S:g} s; it was killed"
+            return CellRecord.failed(self.cell, "start", "WorkerStart", message, START_LIMIT_S, True)
+        return CellRecord.timeout(self.cell, self._stage, self._timeout_s or 0)
 
     def cancel(self) -> None:
         if self._state is JobState.RUNNING and self._worker is not None:

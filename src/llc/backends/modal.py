@@ -27,7 +27,7 @@ import modal.exception as modal_errors
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llc.backends.base import BackendUnavailable, CancelOnSignal, JobState
+from llc.backends.base import BackendUnavailable, JobState
 from llc.config import RunConfig
 from llc.sweeps.cell import Cell
 from llc.sweeps.record import CellRecord
@@ -229,7 +229,6 @@ class ModalBackend:
         self._lock = threading.RLock()
         self._slots = threading.BoundedSemaphore(max_parallel)
         self._closed = threading.Event()
-        self._signals = CancelOnSignal(self.cancel_all, "Modal calls")
         if self.options.preflight:
             self._preflight()
 
@@ -289,9 +288,8 @@ class ModalBackend:
             self._slots.release()
 
     def close(self) -> None:
-        """Cancel the calls still queued or running, restore signal handlers."""
+        """Cancel the calls still queued or running."""
         self.cancel_all("the Modal backend was closed")
-        self._signals.restore()
 
     def cancel_all(self, why: str) -> None:
         self._closed.set()
@@ -301,7 +299,6 @@ class ModalBackend:
             job.interrupt(why)
 
     def __enter__(self) -> Self:
-        self._signals.install()  # a cancelled flow run cancels the work first
         return self
 
     def __exit__(

@@ -29,7 +29,7 @@ from typing import Any, Self
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llc.backends.base import CancelOnSignal, JobState
+from llc.backends.base import JobState
 from llc.backends.slurm_states import PENDING, RUNNING, StateTracker, base_state, is_final
 from llc.sweeps.cell import Cell
 from llc.sweeps.execute import run_cell
@@ -137,7 +137,6 @@ class SlurmBackend:
         self._lock = threading.RLock()  # cancel_all may run in a signal handler
         self._slots = threading.BoundedSemaphore(max_parallel)  # jobs queued or running at once
         self._closed = threading.Event()
-        self._signals = CancelOnSignal(self.cancel_all, "SLURM jobs")
 
     def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> SlurmJob:
         """Queue the cell for the next array; returns once its sbatch has been accepted."""
@@ -155,10 +154,9 @@ class SlurmBackend:
             raise
 
     def close(self) -> None:
-        """Cancel the jobs still queued or running (one scancel), stop polling, restore signal handlers."""
+        """Cancel the jobs still queued or running (one scancel), stop polling."""
         self.cancel_all()
         self.states.close()
-        self._signals.restore()
 
     def cancel_all(self, why: str = "the SLURM backend was closed") -> None:
         """scancel every job still queued or running; each ends with a SlurmCancelled record saying why."""
@@ -173,7 +171,6 @@ class SlurmBackend:
             self._slots.release()
 
     def __enter__(self) -> Self:
-        self._signals.install()  # a cancelled flow run cancels the work first
         return self
 
     def __exit__(

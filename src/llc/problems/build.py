@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from llc.config import RunConfig
+from llc.module_model import ModuleModel
 from llc.network import MLP
 from llc.problems.data import add_noise, sample_inputs
 from llc.problems.truth import true_learning_coefficient
@@ -23,12 +24,14 @@ def stream(seed: int, which: int) -> torch.Generator:
 
 @dataclass(frozen=True)
 class Problem:
-    """Training data and the student model whose LLC is estimated."""
+    """Training data and the model whose LLC is estimated; `w_star` when the model comes trained
+    (a module problem), else ERM trains it."""
 
-    model: MLP
+    model: MLP | ModuleModel
     x: torch.Tensor
     y: torch.Tensor
     llc_true: float | None
+    w_star: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -37,6 +40,11 @@ class Problem:
 
 def build_problem(config: RunConfig) -> Problem:
     dtype = getattr(torch, config.dtype)
+    if config.problem == "module":
+        from llc.problems.module import module_problem
+
+        model, x, y = module_problem(config)
+        return Problem(model, x, y, None, model.flat_parameters())
     if config.problem == "mlp":
         return _teacher_student(config, dtype)
     return _analytic(config, dtype)

@@ -7,7 +7,6 @@ time with autograd gradients, the independent reference that must give the same 
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import pickle
 import shutil
@@ -96,6 +95,8 @@ def compiles(config: RunConfig, posterior: LocalizedPosterior) -> bool:
     fuses = getattr(KERNELS[config.sampler], "fuses", None)  # blocked kernels compile whole steps
     if fuses is None or not fuses(config) or posterior.x.is_cuda or config.gpu_mode == "sequential":
         return False
+    if not posterior.model.auto_compile:
+        return False
     if not any(shutil.which(name) for name in COMPILERS):
         return False
     blocks = math.ceil(config.chains / 16)
@@ -106,7 +107,7 @@ def compiles(config: RunConfig, posterior: LocalizedPosterior) -> bool:
 def step_work(config: RunConfig, posterior: LocalizedPosterior) -> int:
     """Multiply-adds of one forward pass of all chains on one batch."""
     batch = min(posterior.batch_size or posterior.n, posterior.n)
-    return config.chains * batch * sum(a * b for a, b in itertools.pairwise(posterior.model.widths))
+    return config.chains * batch * posterior.model.macs_per_example
 
 
 def _sample(

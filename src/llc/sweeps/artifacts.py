@@ -85,7 +85,9 @@ def run_links(rows: list[dict[str, Any]], stored: dict[str, str | None] | None =
     for row in rows:
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['error_type']}"
         status += " (cached)" if row["cached"] else ""
-        line = f"| {row['cell']} | {status} | [{row['run_dir']}]({Path(row['run_dir']).as_uri()}) |"
+        run_dir = Path(row["run_dir"] or "")
+        link = f"[{run_dir}]({run_dir.as_uri()})" if run_dir.is_absolute() else "-"
+        line = f"| {row['cell']} | {status} | {link} |"
         if stored is not None:
             line += f" {_stored(stored, row['run_id'])} |"
         lines.append(line)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from llc.sweeps.experiments import LLC_EXPERIMENT, family_id, load_experiment, run_id
+from llc.sweeps.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
 
 
 class Cell(BaseModel):
@@ -29,7 +29,7 @@ class Cell(BaseModel):
 
     def load_config(self) -> BaseModel:
         """The experiment's config model, re-validated from the stored (already valid) values."""
-        return load_experiment(self.experiment).config_model.model_validate(self.config)
+        return config_model(self.experiment).model_validate(self.config)
 
 
 def lone_cell(config: BaseModel) -> Cell:

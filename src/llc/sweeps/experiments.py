@@ -36,6 +36,16 @@ def load_experiment(path: str) -> type:
     return obj
 
 
+def config_model(path: str) -> type[BaseModel]:
+    """The experiment's config model; the LLC experiment's without importing torch (planning stays fast)."""
+    if path == LLC_EXPERIMENT:
+        from llc.config import RunConfig
+
+        return RunConfig
+    model: type[BaseModel] = load_experiment(path).config_model
+    return model
+
+
 def run_id(path: str, config: BaseModel) -> str:
     """The config's own run_id when it defines one (RunConfig does); else a hash of config and code."""
     own = getattr(config, "run_id", None)

@@ -18,12 +18,13 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task, exponential_backoff
 
-from llc import tracking
-from llc.backends import Backend, get_backend, run_on
+from llc import interrupt, tracking
+from llc.backends import Backend, BackendUnavailable, get_backend, run_on
+from llc.config import ConfigError
 from llc.rundir import RunDir, atomic_write
 from llc.settings import load_settings
 from llc.storage import pending, s3
@@ -48,6 +49,8 @@ TASK_RESULT_KEY = "{flow_run.id}/{parameters[cell].name}.json"
 def retry_if_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry a crash, an OSError or an out-of-memory; never a bad config, a diverged run or a timeout."""
     exc = state.data
+    if interrupt.requested():
+        return False
     if isinstance(exc, CellFailed):
         return exc.record.retryable
     return isinstance(exc, BaseException) and is_retryable(exc)
@@ -55,10 +58,22 @@ def retry_if_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any
 
 @task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_if_retryable)
 def run_cell_task(cell: Cell, runs_dir: Path, skip: bool, backend: Backend, timeout_s: float) -> CellRecord:
-    """One cell: its sealed result when there is one, else computed on the backend; errors fail the task."""
-    record = cached_record(cell, runs_dir) if skip else None
+    """One cell: its sealed result when there is one, else computed on the backend; errors fail the task.
+
+    Once the sweep is told to stop, a cell that has not started, or whose work was stopped, is cancelled.
+    """
+    record = CellRecord.cancelled(cell, "queued", interrupt.reason()) if interrupt.requested() else None
+    if record is None and skip:
+        record = cached_record(cell, runs_dir)
     if record is None:
-        record = run_on(backend, cell, runs_dir, skip, timeout_s)
+        try:
+            record = run_on(backend, cell, runs_dir, skip, timeout_s)
+        except Exception:
+            if not interrupt.requested():
+                raise
+            record = CellRecord.cancelled(cell, "submit", interrupt.reason())
+        if record.status == "error" and interrupt.requested():
+            record = CellRecord.cancelled(cell, record.stage, interrupt.reason())
     context = TaskRunContext.get()
     run_dir = str(RunDir(runs_dir, cell.run_id).path)
     record = record.model_copy(
@@ -84,16 +99,23 @@ def sweep(
     timeout_s: float | None = None,
     retries: int | None = None,
     backend_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run every cell of a study (a YAML path or an inline mapping); returns counts and the results path."""
+) -> dict[str, Any] | State[Any]:
+    """Run every cell of a study (a YAML path or an inline mapping); returns counts and the results path.
+
+    A study or option that cannot run fails the flow with one message and no traceback; SIGINT or
+    SIGTERM (Ctrl-C, a cancelled flow run) stops it: the flow ends Cancelled with every finished result.
+    """
     started = time.perf_counter()
     logger = get_run_logger()
     settings = load_settings()
-    plan = plan_sweep(study if study is not None else settings.study)
-    options = resolve_options(
-        settings, plan.study.execution,
-        backend=backend, runs_dir=runs_dir, max_parallel=max_parallel, timeout_s=timeout_s, retries=retries,
-    )  # fmt: skip
+    try:
+        plan = plan_sweep(study if study is not None else settings.study)
+        options = resolve_options(
+            settings, plan.study.execution, backend=backend, runs_dir=runs_dir,
+            max_parallel=max_parallel, timeout_s=timeout_s, retries=retries,
+        )  # fmt: skip
+    except ConfigError as exc:
+        return Failed(message=str(exc))
     backend_options = {**plan.study.execution.backend_options, **(backend_options or {})}
     if options.threads_per_cell is not None:
         backend_options = {"threads_per_cell": options.threads_per_cell, **backend_options}
@@ -105,7 +127,11 @@ def sweep(
         if earlier.runs or earlier.sweeps:
             logger.info("uploaded %d runs and %d sweeps left pending by earlier runs",
                         len(earlier.runs), len(earlier.sweeps))  # fmt: skip
-    with get_backend(options.backend, options.max_parallel, backend_options) as cell_backend:
+    try:
+        opened = get_backend(options.backend, options.max_parallel, backend_options)
+    except (ValueError, BackendUnavailable) as exc:
+        return Failed(message=str(exc))
+    with interrupt.on_signals(), opened as cell_backend, interrupt.cancels(cell_backend.cancel_all):
         out = sweep_dir(options.runs_dir, plan.sweep_id)
         atomic_write(out / "study.json", plan.study.model_dump_json(indent=2).encode())
         logger.info(
@@ -180,6 +206,9 @@ def _record(future: PrefectFuture[CellRecord], cell: Cell, runs_dir: Path) -> Ce
         return value
     if isinstance(value, CellFailed):
         return value.record
+    if interrupt.requested():
+        record = CellRecord.cancelled(cell, "orchestration", interrupt.reason())
+        return record.model_copy(update={"run_dir": str(RunDir(runs_dir, cell.run_id).path)})
     exc = value if isinstance(value, BaseException) else RuntimeError(f"task returned {value!r}")
     record = CellRecord.from_exception(cell, exc, "orchestration", 0.0)
     return record.model_copy(update={"run_dir": str(RunDir(runs_dir, cell.run_id).path)})
@@ -200,7 +229,7 @@ def _finish(
     started: float,
     bucket: S3Bucket | None,
     stored: dict[str, str | None],
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     path, rows = _write(plan, records, out)
     summary = summarize(rows, options.best_by)
     markdown = to_markdown(plan.sweep_id, summary, str(path))
@@ -213,13 +242,20 @@ def _finish(
     artifacts.publish(plan.sweep_id, rows, markdown, stored if bucket is not None else None, stored_results)
     wall_s = time.perf_counter() - started
     logger.info(
-        "sweep %s finished in %.1f s: %d cells, %d ok, %d failed, %d cached; results: %s",
-        plan.sweep_id, wall_s, summary.total, summary.ok, summary.failed, summary.cached, path,
+        "sweep %s finished in %.1f s: %d cells, %d ok, %d failed, %d cached, %d cancelled; results: %s",
+        plan.sweep_id, wall_s, summary.total, summary.ok, summary.failed, summary.cached,
+        summary.cancelled, path,
     )  # fmt: skip
     if waiting:
         logger.warning("%d uploads to S3 are pending; `llc sync` or the next sweep uploads them", waiting)
-    return {
+    result = {
         "sweep_id": plan.sweep_id, "results": str(path), "errors": str(out / "errors.csv"),
         "total": summary.total, "ok": summary.ok, "failed": summary.failed, "cached": summary.cached,
-        "wall_s": round(wall_s, 3), "stored": stored_results, "pending_uploads": waiting,
+        "cancelled": summary.cancelled, "wall_s": round(wall_s, 3), "stored": stored_results,
+        "pending_uploads": waiting,
     }  # fmt: skip
+    if interrupt.requested():
+        finished = summary.total - summary.cancelled
+        message = f"{interrupt.reason()}: {finished} cells finished, {summary.cancelled} cancelled"
+        return Cancelled(message=message, data=result)
+    return result

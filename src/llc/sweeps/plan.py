@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from llc.sweeps.cell import Cell, cell_name
-from llc.sweeps.experiments import LLC_EXPERIMENT, family_id, load_experiment, run_id
+from llc.sweeps.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
 from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, describe, format_loc
 
 MAX_ISSUES = 20
@@ -31,7 +31,7 @@ def plan_sweep(study: str | Path | dict[str, Any]) -> Plan:
     source = StudySource.read(study)
     parsed = source.parse()
     try:
-        model = load_experiment(parsed.experiment).config_model
+        model = config_model(parsed.experiment)
     except (ImportError, TypeError) as exc:
         raise StudyError(source.error(("experiment",), str(exc))) from None
     preset = _preset(parsed, source)

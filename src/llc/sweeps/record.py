@@ -20,7 +20,7 @@ class CellRecord(BaseModel):
     """The outcome of one cell; what results.csv, errors.csv and the artifacts are built from."""
 
     cell: str
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "cancelled"]
     run_id: str
     family_id: str | None = None
     stage: str
@@ -71,6 +71,14 @@ class CellRecord(BaseModel):
     def timeout(cls, cell: Cell, stage: str, timeout_s: float) -> CellRecord:
         message = f"no result after its timeout of {timeout_s:g} s (stage {stage}); its process was killed"
         return cls.failed(cell, stage, "Timeout", message, timeout_s, retryable=False)
+
+    @classmethod
+    def cancelled(cls, cell: Cell, stage: str, why: str) -> CellRecord:
+        """A cell the sweep stopped (Ctrl-C, a cancelled flow run): not the cell's failure; never retried."""
+        return cls(
+            cell=cell.name, status="cancelled", run_id=cell.run_id, family_id=cell.family_id, stage=stage,
+            error_type="Cancelled", error=why,
+        )  # fmt: skip
 
     @classmethod
     def crashed(cls, cell: Cell, stage: str, returncode: int | None, duration_s: float) -> CellRecord:

@@ -73,6 +73,8 @@ class Study(BaseModel):
     @field_validator("problems", "samplers")
     @classmethod
     def _unique_names(cls, entries: list[Entry]) -> list[Entry]:
+        if not entries:  # only a list given in the file gets here: a missing key keeps the base config
+            raise ValueError("an empty list runs nothing: list at least one entry, or leave the key out")
         names = [e.name for e in entries]
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"names must be unique, repeated: {dupes}")

@@ -16,6 +16,7 @@ class Summary:
     ok: int
     failed: int
     cached: int
+    cancelled: int
     mean_duration_s: float
     total_duration_s: float
     best_by: str
@@ -31,18 +32,20 @@ class Summary:
 def summarize(rows: list[dict[str, Any]], best_by: str) -> Summary:
     """best_by is `max:METRIC` or `min:METRIC`, over the cells that ended ok."""
     ok = [r for r in rows if r["status"] == "ok"]
+    cancelled = sum(r["status"] == "cancelled" for r in rows)
     durations = [float(r["duration_s"] or 0) for r in rows]
     return Summary(
         total=len(rows),
         ok=len(ok),
-        failed=len(rows) - len(ok),
+        failed=len(rows) - len(ok) - cancelled,
         cached=sum(bool(r["cached"]) for r in rows),
+        cancelled=cancelled,
         mean_duration_s=statistics.fmean(durations) if durations else 0.0,
         total_duration_s=sum(durations),
         best_by=best_by,
         best=_best(ok, best_by),
         by_sampler=_by_sampler(ok),
-        errors=[r for r in rows if r["status"] != "ok"],
+        errors=[r for r in rows if r["status"] == "error"],
     )
 
 
@@ -79,6 +82,9 @@ def to_markdown(sweep_id: str, summary: Summary, results_path: str) -> str:
     counts = [s.total, s.ok, s.failed, s.cached, f"{s.success_rate:.1%}"]
     counts += [f"{s.mean_duration_s:.2f} s", f"{s.total_duration_s:.1f} s"]
     header = ["cells", "ok", "failed", "cached", "success rate", "mean duration", "total duration"]
+    if s.cancelled:
+        counts.insert(3, s.cancelled)
+        header.insert(3, "cancelled")
     lines = [f"# Sweep `{sweep_id}`", "", *_table(header, [counts]), "", f"Results: `{results_path}`", ""]
     if s.best is not None:
         metric = s.best_by.partition(":")[2]

@@ -1,0 +1,192 @@
+"""Any torch.nn.Module evaluated for many parameter vectors ("chains") at once, through torch.func.
+
+The module's parameters become one flat tensor of shape [chains, d] (the state every kernel uses),
+cut into per-parameter views inside the function that `vmap` batches over chains, so the gradient
+comes back flat too. Buffers stay fixed and the module is evaluated in eval mode. This is the
+general counterpart of network.MLP, which stays the fast path for the built-in problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch.func import functional_call, vmap
+
+from llc.config import ConfigError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-example losses
+# Full-data passes (hmc, mclmc, evaluation) run over at most this many points at once, so memory stays
+# chains × CHUNK × activations however large the data set.
+CHUNK = 2048
+
+
+def per_example_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over each example's outputs (as network.MLP's mse)."""
+    return (output - target.reshape(output.shape)).square().reshape(output.shape[0], -1).sum(dim=1)
+
+
+def per_example_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits [batch, ..., classes] (classes last) against integer targets
+    [batch, ...], summed over any positions: the negative log-likelihood of each whole example.
+    (logsumexp - gather: under vmap, twice as fast as F.cross_entropy.)"""
+    picked = output.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+    return (torch.logsumexp(output, dim=-1) - picked).reshape(output.shape[0], -1).sum(dim=1)
+
+
+LOSSES: dict[str, LossFn] = {"mse": per_example_mse, "cross_entropy": per_example_cross_entropy}
+
+
+@dataclass
+class ModuleModel:
+    """A module and a per-example loss, with the [chains, d] interface of network.MLP. `vectorized`
+    false evaluates one chain at a time with plain autograd (gpu_mode=sequential)."""
+
+    module: torch.nn.Module
+    loss_fn: LossFn
+    example_dims: int  # dimensions of one input example: x [n, ...] has example_dims + 1
+    vectorized: bool = True
+    auto_compile: ClassVar[bool] = False  # compile=auto leaves torch.func steps eager (samplers/driver.py)
+    names: list[str] = field(init=False)
+    shapes: list[torch.Size] = field(init=False)
+    sizes: list[int] = field(init=False)
+    buffers: dict[str, torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.module.eval()
+        params = dict(self.module.named_parameters())
+        if not params:
+            raise ConfigError("the model has no parameters: there is nothing to sample")
+        self.names = list(params)
+        self.shapes = [p.shape for p in params.values()]
+        self.sizes = [p.numel() for p in params.values()]
+        self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
+        self._per_chain_loss = vmap(self._chain_loss, in_dims=(0, 0, 0))
+        self._shared_loss = vmap(self._chain_loss, in_dims=(0, None, None))
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def macs_per_example(self) -> int:
+        """A rough count of one example's multiply-adds: one per parameter (exact for dense layers)."""
+        return self.n_params
+
+    def flat_parameters(self) -> torch.Tensor:
+        """The module's current weights as one flat vector [d]: the point w*."""
+        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
+
+    def to(self, device: torch.device) -> ModuleModel:
+        """The model with its module and buffers on `device`."""
+        self.module.to(device)
+        self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
+        return self
+
+    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter views of flat parameters [..., d] (cut outside vmap: cheaper than inside)."""
+        lead, views, start = flat.shape[:-1], {}, 0
+        for name, size, shape in zip(self.names, self.sizes, self.shapes, strict=True):
+            views[name] = flat[..., start : start + size].view(*lead, *shape)
+            start += size
+        return views
+
+    def _chain_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean per-example loss of one chain's parameters on a batch."""
+        output = functional_call(self.module, (params, self.buffers), (x,))
+        return self.loss_fn(output, y).mean()
+
+    def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
+        if x.dim() == self.example_dims + 2:
+            return self._per_chain_loss(self._views(params), x, y)
+        return self._shared_loss(self._views(params), x, y)
+
+    def _per_chain(self, x: torch.Tensor) -> bool:
+        return x.dim() == self.example_dims + 2
+
+    # ---- the interface of network.MLP ------------------------------------------------------
+    def loss_and_grad(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss [chains] (mean over the batch) and its gradient [chains, d]: the forward pass batched by
+        vmap, the backward by autograd through it (faster than torch.func.grad inside vmap)."""
+        if not self.vectorized:
+            return self.autograd_loss_and_grad(params, x, y)
+        chunks = [(x, y)] if self._per_chain(x) else _chunks(x, y)
+        value = torch.zeros(params.shape[0], dtype=params.dtype, device=params.device)
+        grad = torch.zeros_like(params)
+        for xs, ys in chunks:
+            w = params.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = self._loss(w, xs, ys)
+                (g,) = torch.autograd.grad(loss.sum(), w)
+            weight = xs.shape[-self.example_dims - 1] / x.shape[-self.example_dims - 1]
+            value.add_(loss.detach(), alpha=weight)
+            grad.add_(g, alpha=weight)
+        return value, grad
+
+    def loss_and_grad_pieces(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[slice, torch.Tensor]]]:
+        value, grad = self.loss_and_grad(params, x, y)
+        return value, [(slice(0, self.n_params), grad)]
+
+    def batch_loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the batch, one value per chain: [chains]."""
+        with torch.no_grad():
+            if not self.vectorized:
+                return torch.stack(
+                    [
+                        self._chain_loss(self._views(w), *self._chain_batch(x, y, c))
+                        for c, w in enumerate(params)
+                    ]
+                )
+            if self._per_chain(x):
+                return self._loss(params, x, y)
+            value = torch.zeros(params.shape[0], dtype=params.dtype, device=params.device)
+            for xs, ys in _chunks(x, y):
+                value.add_(self._loss(params, xs, ys), alpha=xs.shape[0] / x.shape[0])
+            return value
+
+    def autograd_loss_and_grad(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss_and_grad` one chain at a time with plain autograd: the reference, and the way to run
+        a model that vmap cannot batch."""
+        values, grads = [], []
+        for c in range(params.shape[0]):
+            w = params[c].detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = self._chain_loss(self._views(w), *self._chain_batch(x, y, c))
+                (grad,) = torch.autograd.grad(value, w)
+            values.append(value.detach())
+            grads.append(grad)
+        return torch.stack(values), torch.stack(grads)
+
+    def _chain_batch(self, x: torch.Tensor, y: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (x[c], y[c]) if self._per_chain(x) else (x, y)
+
+    def check_batchable(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Evaluate two chains on two points through vmap; a model it cannot batch gets one ConfigError
+        naming the failing construct and the fix."""
+        if not self.vectorized:
+            return
+        w = self.flat_parameters().unsqueeze(0).expand(2, -1).clone()
+        xs, ys = x[:2].unsqueeze(0).expand(2, *x[:2].shape), y[:2].unsqueeze(0).expand(2, *y[:2].shape)
+        try:
+            self.loss_and_grad(w, xs, ys)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(
+                f"the model cannot run all chains at once under torch.func.vmap ({type(exc).__name__}: "
+                f"{first}). vmap needs a forward pass without .item()/float()/bool() of tensors, Python "
+                "control flow on tensor values, or in-place updates of buffers or inputs. Rewrite that "
+                "construct, or set gpu_mode=sequential to run one chain at a time (slower)"
+            ) from exc
+
+
+def _chunks(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i : i + CHUNK], y[i : i + CHUNK]) for i in range(0, x.shape[0], CHUNK)]

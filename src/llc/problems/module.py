@@ -1,0 +1,203 @@
+"""A module problem: your model, data and loss, named by factories in a config or given as objects.
+
+Ids must change when what a run computes changes, so a module problem's run_id and family_id add
+the content hash of the weights file and of the factories' source: every .py file of the package
+they come from (a lone module: its file), since the model's class is often defined beside, not in,
+the factory's file.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llc.config import ConfigError, RunConfig
+from llc.module_model import LOSSES, LossFn, ModuleModel
+
+Data = Any  # a torch Dataset (or DataLoader) of (x, y) pairs, or an (x, y) pair of tensors
+
+
+def resolve(reference: str, key: str) -> Any:
+    """The object at `package.module:name`, or a ConfigError saying why it cannot be imported."""
+    module_name, _, attr = reference.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"{key}: cannot import {reference!r} ({type(exc).__name__}: {exc}); its package must be "
+            "importable where the run executes (installed, or on PYTHONPATH)"
+        ) from None
+    return obj
+
+
+def reference_fingerprint(model: str | None, data: str | None, loss: str, weights: str | None) -> str:
+    """Hash of the factories' source and of the weights file's content."""
+    digest = hashlib.sha256()
+    for key, reference in (("model", model), ("data", data), ("loss", loss)):
+        if reference is not None and ":" in reference:
+            digest.update(_package_source_hash(reference.partition(":")[0], key).encode())
+    if weights is not None:
+        digest.update(_file_hash(weights).encode())
+    return digest.hexdigest()[:16]
+
+
+def _package_source_hash(module_name: str, key: str) -> str:
+    top = module_name.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot find module {top!r} ({exc})") from None
+    if spec is None or (spec.origin is None and not spec.submodule_search_locations):
+        raise ConfigError(
+            f"{key}: cannot find module {top!r}; it must be importable (installed, or on PYTHONPATH)"
+        )
+    roots = list(spec.submodule_search_locations or [])
+    files = sorted(p for root in roots for p in Path(root).rglob("*.py")) if roots else [Path(spec.origin)]
+    return _hash_files(tuple((str(p), *_stamp(p)) for p in files))
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is rewritten or replaced: its inode, modification time and size."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(signature: tuple[tuple[str, int, int, int], ...]) -> str:
+    """Hash of the files' paths (relative to the first one's folder) and content; cached while their
+    stamps stay the same."""
+    digest = hashlib.sha256()
+    base = Path(signature[0][0]).parent if signature else Path()
+    for path, *_ in signature:
+        digest.update(str(Path(path).relative_to(base) if Path(path).is_relative_to(base) else path).encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def _file_hash(path: str) -> str:
+    """Hash of the file's content alone (not its name: a moved weights file keeps its results)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"weights: no such file {path!r} (a state_dict saved with torch.save)")
+    return _content_hash(str(file.resolve()), *_stamp(file))
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, inode: int, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def object_fingerprint(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | LossFn) -> str:
+    """Hash of a module given as an object (its class's source file, architecture and weights), the
+    data and the loss: what llc.estimate adds to the ids."""
+    digest = hashlib.sha256()
+    source = inspect.getsourcefile(type(module))
+    if source is not None:
+        digest.update(Path(source).read_bytes())
+    digest.update(repr(module).encode())
+    for name, tensor in [*module.state_dict().items(), ("x", x), ("y", y)]:
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if isinstance(loss, str):
+        digest.update(loss.encode())
+    else:
+        try:
+            digest.update(inspect.getsource(loss).encode())
+        except (OSError, TypeError):
+            digest.update(getattr(loss, "__qualname__", repr(loss)).encode())
+    return digest.hexdigest()[:16]
+
+
+def as_tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) with the points along the first dimension, from a pair of tensors, a TensorDataset, any
+    Dataset of (x, y) pairs, or a DataLoader over one."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        data = data.dataset
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
+        x, y = data.tensors
+    elif isinstance(data, torch.utils.data.Dataset):
+        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+        x, y = (_stack(items) for items in zip(*pairs, strict=True))
+    else:
+        raise ConfigError(
+            f"data must be an (x, y) pair of tensors or a Dataset of (x, y) pairs, got {type(data).__name__}"
+        )
+    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ConfigError(
+            f"data: x and y need the same number (>= 2) of points, got {x.shape[0]} and {y.shape[0]}"
+        )
+    return x, y
+
+
+def _stack(items: Iterable[Any]) -> torch.Tensor:
+    return torch.stack([item if isinstance(item, torch.Tensor) else torch.as_tensor(item) for item in items])
+
+
+def loss_function(loss: str | LossFn) -> LossFn:
+    if callable(loss):
+        return loss
+    if loss in LOSSES:
+        return LOSSES[loss]
+    return resolve(loss, "loss")
+
+
+def module_problem(
+    config: RunConfig,
+    module: torch.nn.Module | None = None,
+    data: Data | None = None,
+    loss: str | LossFn | None = None,
+) -> tuple[ModuleModel, torch.Tensor, torch.Tensor]:
+    """The model, x and y of a module problem, from the objects given or the config's factories, in
+    the config's dtype and on the CPU (floating-point data only; labels and token ids keep theirs)."""
+    if module is not None:
+        module = copy.deepcopy(module)  # the caller's module stays as it was (device, dtype, mode)
+    else:
+        assert config.model is not None
+        module = _call_factory(config.model, "model")
+        if not isinstance(module, torch.nn.Module):
+            raise ConfigError(
+                f"model: {config.model} returned {type(module).__name__}, not a torch.nn.Module"
+            )
+        if config.weights is not None:
+            _load_weights(module, config.weights)
+    if data is None:
+        assert config.data is not None
+        data = _call_factory(config.data, "data")
+    dtype = getattr(torch, config.dtype)
+    x, y = as_tensors(data)
+    x, y = (t.detach().to(dtype) if t.is_floating_point() else t.detach() for t in (x, y))
+    module = module.to(dtype=dtype, device="cpu")
+    loss_fn = loss_function(loss if loss is not None else config.loss)
+    model = ModuleModel(module, loss_fn, x.dim() - 1, vectorized=config.gpu_mode != "sequential")
+    model.check_batchable(x, y)
+    return model, x, y
+
+
+def _call_factory(reference: str, key: str) -> Any:
+    factory: Callable[[], Any] = resolve(reference, key)
+    if not callable(factory):
+        raise ConfigError(f"{key}: {reference} is not callable (a factory taking no arguments)")
+    return factory()
+
+
+def _load_weights(module: torch.nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(f"weights: no such file {path!r} (a state_dict saved with torch.save)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except (RuntimeError, OSError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"weights: {path} cannot be loaded into the model: {exc}") from None
