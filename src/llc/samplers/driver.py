@@ -179,7 +179,7 @@ def _run_chains(
         gen.set_state(saved["gen"])
         eval_gen.set_state(saved["eval_gen"])
         first, warm_before, sampled_before = saved["t"], saved["t_warmup_s"], saved["t_sampling_s"]
-        search = saved["search"]
+        search = saved.get("search", search)
     start = time.perf_counter()
     sampling_start = start if first >= config.warmup else None
     last_save = start
