@@ -23,6 +23,7 @@ from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.rundir import atomic_write
 from llc.samplers import KERNELS
+from llc.samplers.base import StepTunable
 from llc.samplers.step_search import FIRST_ITERATIONS, ITERATIONS, CurvatureStep, round_length, top_curvature
 from llc.threads import cpu_threads, threads_for
 
@@ -218,7 +219,9 @@ def _run_chains(
                 sampling_start = time.perf_counter()
             recorder = _Recorder(t - config.warmup, config.thin, losses, w_proj, directions, posterior)
             if blocked:
-                stop = _stride_end(t, total, config, n_evals, search is not None)
+                stop = _stride_end(t, total, config, n_evals)
+                if search is not None and t < config.warmup:  # stop at the end of the search's round
+                    stop = min(stop, (t // round_length(config.warmup) + 1) * round_length(config.warmup))
                 state = kernel.advance(state, stop - t, tune, recorder)  # type: ignore[attr-defined]
             else:
                 stop = t + 1
@@ -273,14 +276,11 @@ def _run_chains(
     )
 
 
-def _stride_end(t: int, total: int, config: RunConfig, n_evals: int, searching: bool = False) -> int:
+def _stride_end(t: int, total: int, config: RunConfig, n_evals: int) -> int:
     """Where a run of steps from t must stop for the driver to look: a progress report, the end of
-    warm-up or of a round of the step-size search, an evaluation."""
+    warm-up, an evaluation."""
     end = min(total, (t // PROGRESS_EVERY + 1) * PROGRESS_EVERY)
     if t < config.warmup:
-        if searching:
-            rounds = round_length(config.warmup)
-            end = min(end, (t // rounds + 1) * rounds)
         return min(end, config.warmup)
     if n_evals:
         s = t - config.warmup
@@ -320,7 +320,7 @@ def _search_round(
     search: CurvatureStep,
     t: int,
     warmup: int,
-    kernel: Any,
+    kernel: StepTunable,
     state: Any,
     posterior: LocalizedPosterior,
     gen: torch.Generator,
@@ -342,7 +342,7 @@ def _search_round(
         _set_langevin_step(kernel, eps, search.final)
 
 
-def _set_langevin_step(kernel: Any, current: float, wanted: float | None) -> None:
+def _set_langevin_step(kernel: StepTunable, current: float, wanted: float | None) -> None:
     """Scale the kernel's step size so that its Langevin step (langevin_proposal) becomes `wanted`."""
     if wanted is not None:
         kernel.step_size = kernel.step_size * wanted / current
