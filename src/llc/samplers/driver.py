@@ -336,7 +336,8 @@ def _search_round(
         eps, scale = kernel.langevin_proposal(state)
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
-        _set_langevin_step(kernel, eps, search.update(float(h.max())))
+        finite = h[torch.isfinite(h)]
+        _set_langevin_step(kernel, eps, search.update(float(finite.max()) if finite.numel() else math.nan))
     if t == warmup:
         eps, _ = kernel.langevin_proposal(state)
         _set_langevin_step(kernel, eps, search.final)
