@@ -22,12 +22,12 @@ demo: env
 	$(PY) flows/sweep.py --study studies/quick.yaml
 
 test: env slurm-up browser
-	$(VENV)/bin/ruff check src tests benchmarks flows
+	$(VENV)/bin/ruff check src tests benchmarks flows examples
 	$(PY) -m pytest
 
 lint: env
-	$(VENV)/bin/ruff check src tests benchmarks flows
-	$(VENV)/bin/ruff format --check src tests benchmarks flows
+	$(VENV)/bin/ruff check src tests benchmarks flows examples
+	$(VENV)/bin/ruff format --check src tests benchmarks flows examples
 
 bench:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench

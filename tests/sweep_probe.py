@@ -28,6 +28,7 @@ class ProbeConfig(BaseModel):
     sleep_s: float = 0.0
     fail: Literal["none", "oserror", "valueerror", "crash", "hang"] = "none"
     fail_times: int = 1_000_000  # executions that fail before one succeeds
+    weights: str = ""  # a checkpoint: a text file `llc=<λ̂> L0=<loss>`, anything else cannot be loaded
 
 
 class Probe:
@@ -45,7 +46,18 @@ class Probe:
             time.sleep(3600)
         time.sleep(config.sleep_s)
         (run_dir / "output.txt").write_text(f"x={config.x}\n" * 100)
-        return {"value": 2 * config.x, "execution": execution}
+        return {"value": 2 * config.x, "execution": execution, **load_checkpoint(config.weights)}
+
+
+def load_checkpoint(weights: str) -> dict[str, float]:
+    """A probe checkpoint's numbers, reported as the LLC cell of a real checkpoint would report them."""
+    if not weights:
+        return {}
+    fields = dict(part.split("=", 1) for part in Path(weights).read_text().split() if "=" in part)
+    if set(fields) != {"llc", "L0"}:
+        raise ValueError(f"cannot load checkpoint {weights}: not a probe checkpoint")
+    llc = float(fields["llc"])
+    return {"llc_mean": llc, "llc_se": 0.05 * llc, "L0": float(fields["L0"])}
 
 
 def mark(config: ProbeConfig, run_dir: Path) -> int:

@@ -16,6 +16,7 @@ import pytest
 from modal_standin import StandInModal
 from sweep_probe import PROBE, ProbeConfig
 
+from llc import interrupt
 from llc.backends import BackendUnavailable, JobState, get_backend, run_on
 from llc.backends import modal as modal_backend
 from llc.backends.modal import ModalBackend, ModalOptions
@@ -193,12 +194,15 @@ def test_cancel_stops_the_call_and_frees_its_place(standin: StandInModal, tmp_pa
 
 
 def test_a_cancelled_flow_run_cancels_the_calls(standin: StandInModal, tmp_path: Path) -> None:
-    """SIGTERM (Prefect cancelling a flow run) cancels every call, then reaches the previous handler."""
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    """SIGTERM (Prefect cancelling a flow run) cancels every call, as the sweep flow wires it."""
     records: list[Any] = []
+    interrupt.reset()
     try:
-        with open_backend(standin, max_parallel=2) as backend:
+        with (
+            interrupt.on_signals(),
+            open_backend(standin, max_parallel=2) as backend,
+            interrupt.cancels(backend.cancel_all),
+        ):
             cells = [probe_cell("a", sleep_s=20.0), probe_cell("b", sleep_s=20.0, x=1.0)]
             waiters = [
                 threading.Thread(target=lambda c=c: records.append(run_on(backend, c, tmp_path, True, None)))
@@ -212,8 +216,7 @@ def test_a_cancelled_flow_run_cancels_the_calls(standin: StandInModal, tmp_path:
             for waiter in waiters:
                 waiter.join(5)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert received == [signal.SIGTERM]
+        interrupt.reset()
     assert [r.error_type for r in records] == ["ModalCancelled", "ModalCancelled"]
     assert all("interrupted (SIGTERM)" in r.error for r in records)
     assert all(call.cancelled.is_set() for call in standin.functions["run_cell_cpu"].calls)

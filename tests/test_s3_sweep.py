@@ -128,3 +128,18 @@ def test_a_store_stopped_mid_sweep_keeps_results_locally_and_sync_uploads_them_w
     results = runs / "sweeps" / result["sweep_id"] / "results.csv"
     assert stored[f"sweeps/{result['sweep_id']}/results.csv"] == results.read_bytes()
     assert pending.pending(runs) == []
+
+
+def test_the_figures_that_summary_md_links_are_stored_beside_it(
+    s3_server: S3Server, s3_prefix: str, tmp_path: Path
+) -> None:
+    for step, llc in ((10, 1.0), (100, 2.0)):
+        (tmp_path / f"ckpt_{step}.txt").write_text(f"llc={llc} L0={1 / step}\n")
+    study = probe_study(tmp_path / "markers", [{"name": "a"}])
+    study["base"]["weights"] = str(tmp_path / "ckpt_*.txt")
+    _, result = run(study, tmp_path / "runs")
+    out, stored = Path(result["results"]).parent, s3_server.objects(s3_prefix)
+    summary = stored[f"sweeps/{result['sweep_id']}/summary.md"].decode()
+    for name in ("llc_by_sampler.png", "llc_over_training.png"):
+        assert f"](plots/{name})" in summary
+        assert stored[f"sweeps/{result['sweep_id']}/plots/{name}"] == (out / "plots" / name).read_bytes()

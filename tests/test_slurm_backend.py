@@ -324,7 +324,9 @@ def test_cancelling_the_flow_run_scancels_every_job(tmp_path: Path, prefect_serv
     finally:
         flow.kill()
     assert flow.returncode != 0
-    assert b"cancelling the SLURM jobs of this sweep" in output
+    assert b"SIGTERM: stopping the sweep" in output
     with get_client(sync_client=True) as client:
         runs = [r for r in client.read_flow_runs() if r.parameters.get("runs_dir") == str(tmp_path / "runs")]
-    assert [run.state_name for run in runs] == ["Crashed"]
+    assert [run.state_name for run in runs] == ["Cancelled"]
+    rows = read_results(tmp_path / "runs" / "sweeps" / plan_sweep(study).sweep_id / "results.csv")
+    assert {row["status"] for row in rows} == {"cancelled"} and len(rows) == 3

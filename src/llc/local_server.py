@@ -131,8 +131,9 @@ def _start(home: Path) -> Server:
     port = PREFERRED_PORT if _free(PREFERRED_PORT) else _any_free_port()
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in PREFECT_DEFAULTS.items()}}
     env["PREFECT_HOME"] = str(home)
-    for key in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_SERVER_API_PORT"):
+    for key in ("PREFECT_API_URL", "PREFECT_SERVER_API_PORT"):
         env.pop(key, None)
+    env["PREFECT_UI_API_URL"] = f"http://{HOST}:{port}/api"  # the UI calls the port it was really given
     with open(home / LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],

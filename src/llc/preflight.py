@@ -10,14 +10,14 @@ from llc.config import ConfigError
 
 
 def check_runs_dir(path: Path) -> Path:
-    """The runs folder, created if missing; a file, or a folder that cannot be written, is an error."""
+    """The runs folder (not created here): a file, or a place where it cannot be written, is an error."""
     path = Path(path).expanduser()
     fix = "give --runs-dir (or LLC_RUNS_DIR) a folder you can write to"
-    if path.exists() and not path.is_dir():
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
         raise ConfigError(f"runs dir {path} is a file, not a folder; {fix}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+    try:  # where the first folder would be made: a probe file there, removed at once
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".llc-write-check-"):
             pass
     except OSError as exc:
         raise ConfigError(f"cannot write to runs dir {path}: {exc.strerror or exc}; {fix}") from None

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 # A store that is down should cost a cell seconds, not minutes of botocore's default retries.
 CLIENT_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}}
-SWEEP_FILES = ("results.csv", "errors.csv", "summary.md", "study.json")
+# The figures summary.md links, so that its links hold in the bucket too (those the sweep has).
+SWEEP_FILES = (
+    "results.csv", "errors.csv", "summary.md", "study.json", "plots/llc_by_sampler.png",
+    "plots/llc_over_training.png",
+)  # fmt: skip
 
 
 def configured(settings: Settings) -> bool:

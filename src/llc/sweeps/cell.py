@@ -1,4 +1,4 @@
-"""A cell: one point of a study (problem, sampler, seed, grid values) with its validated config."""
+"""A cell: one point of a study (problem, sampler, seed, grid values, checkpoint) and its valid config."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class Cell(BaseModel):
     sampler: str | None = None
     seed: int | None = None
     grid: dict[str, Any] = {}
+    checkpoint: str | None = None  # the weights file as the study gave it, and its training step
+    step: int | None = None
     config: dict[str, Any]
     run_id: str
     family_id: str | None = None
@@ -47,12 +49,17 @@ def lone_cell(config: BaseModel) -> Cell:
     )
 
 
-def cell_name(problem: str | None, sampler: str | None, seed: int | None, grid: dict[str, Any]) -> str:
-    """`rrr-sgld-s0-gamma=10`: the axes that vary, in the order problem, sampler, seed, grid."""
+def cell_name(
+    problem: str | None, sampler: str | None, seed: int | None, grid: dict[str, Any], step: int | None = None
+) -> str:
+    """`rrr-sgld-s0-gamma=10-step=500`: the axes that vary, in the order problem, sampler, seed, grid,
+    checkpoint; without its `-step=N` the name is the cell's line in the figure over training."""
     parts = [p for p in (problem, sampler) if p is not None]
     if seed is not None:
         parts.append(f"s{seed}")
     parts += [f"{key}={_short(value)}" for key, value in grid.items()]
+    if step is not None:
+        parts.append(f"step={step}")
     return "-".join(parts) or "cell"
 
 

@@ -220,6 +220,22 @@ def _write(plan: Plan, records: dict[str, CellRecord], out: Path) -> tuple[Path,
     return path, rows
 
 
+def _figures(rows: list[dict[str, Any]], out: Path, logger: Any) -> dict[str, Path]:
+    """The sweep's LLC figures in plots/, by title; none for a sweep without estimates (nor matplotlib).
+
+    A figure that cannot be drawn is a warning: every cell has its record and the sweep still completes.
+    """
+    if not any(isinstance(row.get("llc_mean"), int | float) for row in rows):
+        return {}
+    from llc.sweeps.plots import LLC_FIGURES, draw_llc_plots
+
+    try:
+        return {LLC_FIGURES[file.name]: file for file in draw_llc_plots(rows, out / "plots")}
+    except Exception as exc:
+        logger.warning("the sweep's figures could not be drawn: %s: %s", type(exc).__name__, exc)
+        return {}
+
+
 def _finish(
     plan: Plan,
     options: SweepOptions,
@@ -232,8 +248,11 @@ def _finish(
 ) -> dict[str, Any] | State[Any]:
     path, rows = _write(plan, records, out)
     summary = summarize(rows, options.best_by)
-    markdown = to_markdown(plan.sweep_id, summary, str(path))
-    atomic_write(out / "summary.md", markdown.encode())
+    figures = _figures(rows, out, logger)
+    relative = {title: str(file.relative_to(out)) for title, file in figures.items()}
+    atomic_write(out / "summary.md", to_markdown(plan.sweep_id, summary, str(path), relative).encode())
+    inline = {title: artifacts.inline_image(file) for title, file in figures.items()}
+    markdown = to_markdown(plan.sweep_id, summary, str(path), inline)
     stored_results, waiting = None, 0
     if bucket is not None:
         stored_results = store_sweep(bucket, options.runs_dir, plan.sweep_id, logger)

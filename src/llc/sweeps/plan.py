@@ -10,7 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from llc.sweeps import checkpoints
 from llc.sweeps.cell import Cell, cell_name
+from llc.sweeps.checkpoints import Checkpoint
 from llc.sweeps.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
 from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, describe, format_loc
 
@@ -51,16 +53,25 @@ def plan_sweep(study: str | Path | dict[str, Any]) -> Plan:
         values, origin = _values(
             parsed, model, preset, problem_at, sampler_at, seed_at, grid, "seeds" in source.data
         )
-        name = cell_name(problem and problem.name, sampler and sampler.name, seed, grid)
+        fallback = _entry_loc(problem_at, sampler_at)
+        labels = (problem and problem.name, sampler and sampler.name, seed, grid)
         try:
-            config = model.model_validate(values)
-        except ValidationError as exc:
-            fallback = _entry_loc(problem_at, sampler_at)
-            for loc, msg in describe(exc, model):
-                where = origin.get(str(loc[0]), fallback) if loc else fallback
-                issues[(source.where(where), f"{format_loc(loc) or 'config'}: {msg}")].append(name)
+            points = _checkpoints(values, model, source.root)
+        except ValueError as exc:
+            where = source.where(origin.get(checkpoints.KEY, fallback))
+            issues[(where, f"{checkpoints.KEY}: {exc}")].append(cell_name(*labels))
             continue
-        cells.append(_cell(parsed, name, problem, sampler, seed, grid, config))
+        for point in points:
+            name = cell_name(*labels, point.step if point else None)
+            cell_values = {**values, checkpoints.KEY: str(point.file)} if point else values
+            try:
+                config = model.model_validate(cell_values)
+            except ValidationError as exc:
+                for loc, msg in describe(exc, model):
+                    where = origin.get(str(loc[0]), fallback) if loc else fallback
+                    issues[(source.where(where), f"{format_loc(loc) or 'config'}: {msg}")].append(name)
+                continue
+            cells.append(_cell(parsed, name, problem, sampler, seed, grid, config, point))
     _check_names(cells, issues)
     if issues:
         raise StudyError(_report(issues))
@@ -114,6 +125,7 @@ def _cell(
     seed: int | None,
     grid: dict[str, Any],
     config: BaseModel,
+    point: Checkpoint | None,
 ) -> Cell:
     return Cell(
         name=name,
@@ -122,10 +134,20 @@ def _cell(
         sampler=sampler.name if sampler else None,
         seed=seed,
         grid=grid,
+        checkpoint=point.path if point else None,
+        step=point.step if point else None,
         config=config.model_dump(mode="json"),
         run_id=run_id(study.experiment, config),
         family_id=family_id(config),
     )
+
+
+def _checkpoints(values: dict[str, Any], model: type[BaseModel], root: Path) -> list[Checkpoint | None]:
+    """One cell per checkpoint when `weights` names a set of them; else the one cell ([None])."""
+    value = values.get(checkpoints.KEY)
+    if checkpoints.KEY not in model.model_fields or not checkpoints.is_checkpoint_set(value):
+        return [None]
+    return list(checkpoints.expand(value, root))
 
 
 def _preset(study: Study, source: StudySource) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from llc.sweeps.cell import Cell
 from llc.sweeps.record import CellRecord
 
 HEAD = ["sweep_id", "cell", "problem", "sampler", "seed"]
+CHECKPOINT = ["checkpoint", "step"]  # after HEAD in a sweep over checkpoints
 TAIL = [
     "family_id", "run_id", "status", "cached", "trusted", "flags", "llc_mean", "llc_se", "ess_bulk", "r_hat",
     "llc_true",
@@ -43,8 +44,8 @@ def _row(sweep_id: str, cell: Cell, record: CellRecord) -> dict[str, Any]:
         metrics["flags"] = ";".join(metrics["flags"])
     row: dict[str, Any] = {
         "sweep_id": sweep_id, "cell": cell.name, "problem": cell.problem, "sampler": cell.sampler,
-        "seed": cell.seed, **cell.grid, "family_id": record.family_id, "run_id": record.run_id,
-        "status": record.status, "cached": record.cached,
+        "seed": cell.seed, **_checkpoint(cell), **cell.grid, "family_id": record.family_id,
+        "run_id": record.run_id, "status": record.status, "cached": record.cached,
         **{k: metrics.get(k) for k in TAIL if k in metrics},
         "duration_s": round(record.duration_s, 3), "attempts": record.attempts, "stage": record.stage,
         "error_type": record.error_type, "run_dir": record.run_dir,
@@ -52,6 +53,10 @@ def _row(sweep_id: str, cell: Cell, record: CellRecord) -> dict[str, Any]:
     # Every other scalar metric follows, so a custom experiment's numbers land in the table too.
     row.update({k: v for k, v in sorted(metrics.items()) if k not in row and _scalar(v)})
     return {k: _clean(v) for k, v in row.items()}
+
+
+def _checkpoint(cell: Cell) -> dict[str, Any]:
+    return {} if cell.checkpoint is None else {"checkpoint": cell.checkpoint, "step": cell.step}
 
 
 def error_rows(sweep_id: str, records: dict[str, CellRecord]) -> list[dict[str, Any]]:
@@ -69,8 +74,10 @@ def error_rows(sweep_id: str, records: dict[str, CellRecord]) -> list[dict[str, 
 def write_results(
     out: Path, rows: list[dict[str, Any]], errors: list[dict[str, Any]], grid_keys: list[str]
 ) -> Path:
-    """Write results.csv (fixed columns, grid values, then other metrics) and errors.csv atomically."""
-    columns = list(dict.fromkeys([*HEAD, *grid_keys, *TAIL, *(k for row in rows for k in row)]))
+    """Write results.csv (fixed columns, checkpoint and step, grid values, then other metrics) and
+    errors.csv atomically."""
+    checkpoint = CHECKPOINT if any("checkpoint" in row for row in rows) else []
+    columns = list(dict.fromkeys([*HEAD, *checkpoint, *grid_keys, *TAIL, *(k for row in rows for k in row)]))
     atomic_write(out / "errors.csv", _csv(ERROR_COLUMNS, errors))
     return atomic_write(out / "results.csv", _csv(columns, rows))
 

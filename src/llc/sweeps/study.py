@@ -97,10 +97,14 @@ class Study(BaseModel):
 class StudySource:
     """A study's raw mapping and where each of its keys sits in the file, for error messages."""
 
-    def __init__(self, data: Any, origin: str, lines: dict[Loc, int] | None = None) -> None:
+    def __init__(
+        self, data: Any, origin: str, lines: dict[Loc, int] | None = None, root: Path | None = None
+    ) -> None:
         self.data = data
         self.origin = origin
         self.lines = lines or {}
+        # Where the study's relative paths (checkpoints) start: its file's folder, else the working dir.
+        self.root = root or Path.cwd()
 
     @classmethod
     def read(cls, study: str | Path | dict[str, Any]) -> StudySource:
@@ -123,7 +127,7 @@ class StudySource:
         if not isinstance(data, dict):
             raise StudyError(f"{path}:1: a study is a mapping of keys (base, problems, samplers, seeds, ...)")
         data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem))
-        return cls(data, str(path), lines)
+        return cls(data, str(path), lines, path.parent.resolve())
 
     def where(self, loc: Loc) -> str:
         """`FILE:LINE` of the deepest known key on `loc`."""

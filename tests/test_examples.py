@@ -1,0 +1,65 @@
+"""The worked examples end to end, shortened: train and write checkpoints, sweep the study over them."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llc.sweeps.flow import sweep
+from llc.sweeps.results import read_results
+from llc.sweeps.summary import training_curves
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.mark.parametrize(("example", "steps"), [("digits", 60), ("modular_addition", 60)])
+def test_an_example_trains_and_its_study_gives_a_curve_over_its_checkpoints(
+    example: str, steps: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = EXAMPLES / example
+    trained = subprocess.run(
+        [sys.executable, folder / "train.py", "--steps", str(steps), "--checkpoints", "4",
+         "--out", tmp_path / "checkpoints"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    written = sorted(int(p.stem.removeprefix("step_")) for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert written[0] == 0 and written[-1] == steps and len(written) == 4
+
+    # The example's own study, beside the checkpoints, with shorter chains.
+    study = yaml.safe_load((folder / "study.yaml").read_text())
+    study["base"].update(chains=2, steps=60)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.syspath_prepend(str(folder))  # the factories' module, as PYTHONPATH does in the README
+    result = sweep(study=str(tmp_path / "study.yaml"), runs_dir=str(tmp_path / "runs"))
+    rows = read_results(Path(result["results"]))
+    assert result["failed"] == 0, [r["error"] for r in rows]
+    samplers = [entry["name"] for entry in study["samplers"]]
+    assert {(r["sampler"], r["step"]) for r in rows} == {(s, step) for s in samplers for step in written}
+    curves = training_curves(rows)
+    assert [(c.series, c.steps) for c in curves] == [(f"{s}-s0", written) for s in sorted(samplers)]
+    assert all(math.isfinite(v) for c in curves for v in c.llc_mean)
+    loss = curves[0].loss
+    assert loss[-1] < loss[0]  # L0: training lowered the loss between the first and the last checkpoint
+    out = Path(result["results"]).parent
+    assert (out / "plots" / "llc_over_training.png").read_bytes().startswith(b"\x89PNG")
+
+    # Training went on: one more checkpoint, and one torn while it was written. Only their cells run.
+    last = tmp_path / "checkpoints" / f"step_{steps}.pt"
+    moved = {name: value * 0.99 for name, value in torch.load(last, weights_only=True).items()}
+    torch.save(moved, tmp_path / "checkpoints" / f"step_{2 * steps}.pt")
+    (tmp_path / "checkpoints" / f"step_{3 * steps}.pt").write_bytes(last.read_bytes()[:1000])
+    again = sweep(study=str(tmp_path / "study.yaml"), runs_dir=str(tmp_path / "runs"))
+    assert again["sweep_id"] == result["sweep_id"]
+    total = len(samplers) * (len(written) + 2)
+    assert (again["total"], again["cached"], again["failed"]) == (total, len(rows), len(samplers))
+    torn = [r for r in read_results(Path(again["results"])) if r["step"] == 3 * steps]
+    assert {(r["status"], r["error_type"]) for r in torn} == {("error", "ConfigError")}
+    assert "cannot be loaded into the model" in Path(again["errors"]).read_text()
