@@ -15,8 +15,11 @@ from llc.network import MLP
 from llc.threads import cpu_threads
 
 
-def is_linear_network(model: MLP) -> bool:
-    """Whether the model is a linear network with the squared loss (the closed form applies)."""
+def is_linear_network(model: object) -> bool:
+    """Whether the model is a linear network with the squared loss (the closed form applies); a
+    `problem: module` model never is."""
+    if not isinstance(model, MLP):
+        return False
     return model.activation == "identity" and not model.bias and model.loss == "mse"
 
 
