@@ -95,3 +95,13 @@ def test_a_known_lambda_run_under_strong_localization_carries_a_note_not_a_relat
     assert "llc_rel_error" not in strong and "localized LLC" in strong["llc_note"]
     weak = run_llc(build_config(None, {**RRR, "sampler": "hmc", "gamma": 1}), tmp_path).metrics
     assert "llc_note" not in weak and weak["llc_rel_error"] is not None
+
+
+def test_chains_that_disagree_are_flagged():
+    from llc.health import assess
+
+    def flags(r_hat: float) -> list[str]:
+        metrics = {"chains_used": 8, "chains_diverged": 0, "r_hat": r_hat, "llc_mean": 5.0}
+        return [f.name for f in assess(metrics, 8, "sgld", 0.8)]
+
+    assert flags(1.37) == ["chains_disagree"] and flags(1.02) == []

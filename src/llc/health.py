@@ -14,6 +14,8 @@ from typing import Any
 # linear model, 0.60 read 60% high on a deep linear network, 0.42 read 20 times λ (γ = 100); 0.88 was
 # within 5%.
 MALA_FLOOR = 0.85
+# Chains whose R-hat exceeds this clearly disagree (diagnostics.md): their mean is no estimate yet.
+R_HAT_CEILING = 1.1
 # HMC's acceptance this far under its target means warm-up did not find a working step size.
 HMC_SHORTFALL = 0.3
 # MCLMC tunes towards an energy error variance of 5e-4 per dimension; ten times that is untrustworthy.
@@ -47,6 +49,15 @@ def assess(metrics: dict[str, Any], chains: int, sampler: str, target_accept: fl
                 "most_chains_diverged",
                 f"{diverged} of {chains} chains diverged; the others share their step size: lower "
                 "step_size (or use step_size=auto)",
+            )
+        )
+    r_hat = metrics.get("r_hat")
+    if r_hat is not None and r_hat > R_HAT_CEILING:
+        flags.append(
+            Flag(
+                "chains_disagree",
+                f"R-hat {r_hat:.2f}: the chains have not mixed (they disagree, or are still drifting); "
+                "raise steps (and warmup), or use a sampler that moves further per step (hmc)",
             )
         )
     mala = metrics.get("mala_acceptance_mean")
