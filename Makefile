@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # (llc.local_server.PREFECT_DEFAULTS), not here: `python flows/sweep.py` works the same without make.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: env demo test lint bench constraints clean slurm-up slurm-down s3-up s3-down browser compiler
+.PHONY: env demo test lint bench bench-scale constraints clean slurm-up slurm-down s3-up s3-down browser compiler postgres
 
 env: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt | compiler
 demo: env
 	$(PY) flows/sweep.py --study studies/quick.yaml
 
-test: env slurm-up browser
+test: env slurm-up browser postgres
 	$(VENV)/bin/ruff check src tests benchmarks flows examples
 	$(PY) -m pytest
 
@@ -33,6 +33,17 @@ bench:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
 	.venv-bench/bin/python benchmarks/throughput.py
+
+# 2,000 no-op cells against standing Prefect servers on SQLite and on PostgreSQL (docs/performance.md).
+bench-scale: env postgres
+	$(PY) benchmarks/scale.py --cells 2000 --json benchmarks/results/scale.json
+
+# Debian's PostgreSQL binaries; the scale benchmark and its test start their own server on a private
+# port and data directory, so the package's own cluster is stopped if its installation started it.
+postgres:
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql >/dev/null && \
+	  { $(SUDO) pg_ctlcluster --force "$$(ls /usr/lib/postgresql | tail -n 1)" main stop 2>/dev/null || true; }; }
 
 constraints: env
 	$(PY) -m pip freeze --exclude-editable | grep -v '^llc' > constraints.txt.new

@@ -3,10 +3,10 @@
 1. Round trip of one no-op cell through the SLURM backend (submit, schedule, run, record), repeated;
    the median is the single-cell latency.
 2. The sweep flow on backend=slurm over N no-op cells (max_parallel N): its wall time, the sbatch
-   calls it made (counted by an sbatch wrapper put first on PATH), and the span from its first job's
-   start to its last job's end in sacct (what the cluster itself took). Targets: at most 2 sbatch calls, and
-   a wall time well under N x the single-cell latency (what one sbatch per cell, waited on in turn,
-   would cost).
+   calls it made (counted by an sbatch wrapper put first on PATH, the `--test-only` check of the job
+   shape included), and the span from its first job's start to its last job's end in sacct (what the
+   cluster itself took). Targets: at most 2 sbatch calls, and a wall time well under N x the
+   single-cell latency (what one sbatch per cell, waited on in turn, would cost).
 
 Needs a SLURM cluster this machine submits to: `make slurm-up` starts one on this machine. Prefect's
 temporary server is started by a warm-up flow first, so its start-up is not timed.
@@ -43,7 +43,7 @@ def single_cell_seconds(runs: Path, seed: int) -> float:
     from llc.sweeps.plan import plan_sweep
 
     (cell,) = plan_sweep({**study(1), "seeds": [seed]}).cells
-    with SlurmBackend(max_parallel=1, batch_window_s=0) as backend:
+    with SlurmBackend(max_parallel=1) as backend:
         start = time.perf_counter()
         record = backend.submit(cell, runs, False, 300).wait(timeout=300)
         seconds = time.perf_counter() - start
@@ -68,13 +68,17 @@ def cluster_span_s(job_ids: list[str]) -> float:
 
 
 def sbatch_counter(folder: Path) -> Path:
-    """An `sbatch` first on PATH that runs the real one and logs its answer; returns the log."""
+    """An `sbatch` first on PATH that runs the real one and logs its answer (`test-only` for a check of
+    a job shape); returns the log."""
     real = shutil.which("sbatch")
     if real is None:
         raise SystemExit("sbatch not found: start a cluster with `make slurm-up`")
     log = folder / "sbatch.log"
     wrapper = folder / "sbatch"
-    wrapper.write_text(f'#!/bin/sh\nout=$({real} "$@") || exit $?\necho "$out" >> {log}\necho "$out"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *--test-only*) echo test-only >> {log}; exec {real} "$@";; esac\n'
+        f'out=$({real} "$@") || exit $?\necho "$out" >> {log}\necho "$out"\n'
+    )
     wrapper.chmod(0o755)
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ['PATH']}"
     log.touch()
@@ -111,8 +115,9 @@ def main() -> None:
             start = time.perf_counter()
             result = sweep(study=study(args.cells), backend="slurm", runs_dir=str(Path(tmp) / f"sweep{rep}"))
             sweeps.append(time.perf_counter() - start)
-            submitted = [line.split()[-1] for line in log.read_text().splitlines()[before:]]
-            calls.append(len(submitted))
+            answers = log.read_text().splitlines()[before:]
+            submitted = [line.split()[-1] for line in answers if line.startswith("Submitted")]
+            calls.append(len(answers))  # submissions and job-shape checks
             spans.append(cluster_span_s(submitted))
             assert result["ok"] == args.cells, result
         report["single_cell_s"] = statistics.median(single)

@@ -53,10 +53,11 @@ class ProbeConfig(BaseModel):
     x: float = 0.0
     markers: str
     sleep_s: float = 0.0
-    fail: Literal["none", "raise", "memory"] = "none"
+    fail: Literal["none", "raise", "memory", "exit_once"] = "none"  # exit_once: dies, then runs
     memory_mb: int = 0
     steps: int = 0  # checkpointed steps, resumed after a requeue
     step_s: float = 1.0
+    gpu_mode: Literal["off", "vectorized", "sequential"] = "off"  # what an LLC cell says about GPUs
 
 
 class SlurmProbe:
@@ -69,6 +70,9 @@ class SlurmProbe:
         if "SLURM_ARRAY_TASK_ID" in os.environ:
             job += "_" + os.environ["SLURM_ARRAY_TASK_ID"]
         (folder / f"{run_dir.name}.job").write_text(job)
+        if config.fail == "exit_once" and not (folder / f"{run_dir.name}.exited").exists():
+            (folder / f"{run_dir.name}.exited").touch()
+            os._exit(3)  # no result: SlurmFailed, which is retried
         if config.fail == "raise":
             raise ValueError(f"probe {config.x} raised on purpose")
         if config.fail == "memory":
@@ -153,6 +157,20 @@ def wait_for_state(job_id: str, states: set[str], timeout_s: float = 30) -> str:
             return state
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} did not reach {states} within {timeout_s} s")
+
+
+@pytest.fixture
+def sbatch_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every sbatch call from now on (this process and its children) leaves its arguments as a line here."""
+    real = subprocess.run(["which", "sbatch"], capture_output=True, text=True, check=True).stdout.strip()
+    shims, log = tmp_path / "shims", tmp_path / "sbatch.log"
+    shims.mkdir()
+    shim = shims / "sbatch"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    log.touch()
+    return log
 
 
 def sbatch_calls(runs_dir: Path) -> int:

@@ -34,3 +34,23 @@ def test_quick_benchmark_reports_draws_per_second_per_chain_count_and_an_llc(tmp
     else:
         assert devinterp["median"] > 0
         assert math.isfinite(results["llc"]["devinterp"]["llc_mean"])
+
+
+def test_scale_benchmark_loses_and_duplicates_no_cell_on_standing_sqlite_and_postgresql_servers(
+    tmp_path: Path,
+) -> None:
+    """The 2,000-cell benchmark's machinery at 100 cells: its own PostgreSQL and Prefect servers."""
+    out = tmp_path / "scale.json"
+    script = SCRIPT.with_name("scale.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--cells", "100", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,  # two server start-ups and two small sweeps take about a minute
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    for database in ("sqlite", "postgresql"):
+        (sweep,) = report[database]["sweep"]
+        assert (sweep["ok"], sweep["lost"], sweep["duplicated"]) == (100, 0, 0), database
+        assert report[database]["bare_s_median"] > 0

@@ -19,10 +19,10 @@ from sweep_probe import PROBE, ProbeConfig
 
 from llc.backends import modal_app
 from llc.backends.modal import handshake
+from llc.cells.cell import Cell, lone_cell
+from llc.cells.experiments import run_id
 from llc.config import build_config
 from llc.rundir import RunDir
-from llc.sweeps.cell import Cell, lone_cell
-from llc.sweeps.experiments import run_id
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)

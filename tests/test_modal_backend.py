@@ -20,9 +20,9 @@ from llc import interrupt
 from llc.backends import BackendUnavailable, JobState, get_backend, run_on
 from llc.backends import modal as modal_backend
 from llc.backends.modal import ModalBackend, ModalOptions
+from llc.cells.cell import Cell
+from llc.cells.experiments import run_id
 from llc.rundir import RunDir
-from llc.sweeps.cell import Cell
-from llc.sweeps.experiments import run_id
 
 pytestmark = pytest.mark.timeout(60)
 

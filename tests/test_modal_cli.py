@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from llc.backends import modal as modal_backend
 from llc.backends import modal_app
 from llc.backends.modal import handshake
+from llc.cells.cell import Cell
+from llc.cells.experiments import run_id
 from llc.cli import app
 from llc.rundir import RunDir
-from llc.sweeps.cell import Cell
-from llc.sweeps.experiments import run_id
 from llc.sweeps.flow import sweep
 
 ROOT = Path(__file__).resolve().parents[1]

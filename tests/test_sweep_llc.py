@@ -12,12 +12,12 @@ import pytest
 from sweep_probe import rows_by_cell
 from typer.testing import CliRunner
 
+from llc.cells.execute import ensure_erm
 from llc.cli import app
 from llc.config import build_config
 from llc.experiment import LLCExperiment
 from llc.problems.truth import rrr_learning_coefficient
 from llc.rundir import RunDir
-from llc.sweeps.execute import ensure_erm
 from llc.sweeps.flow import sweep
 
 TINY = {"n_data": 200, "erm_steps": 30, "chains": 2, "steps": 40, "warmup": 10, "batch_size": 50}

@@ -109,7 +109,7 @@ def test_a_wandb_failure_is_a_warning_in_the_results_and_never_fails_the_cell(
 def test_disabled_tracking_never_imports_wandb(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from sweep_probe import PROBE\n"
-        "from llc.sweeps.cell import Cell; from llc.sweeps.execute import run_cell\n"
+        "from llc.cells.cell import Cell; from llc.cells.execute import run_cell\n"
         f"cell = Cell(name='c', experiment=PROBE, config={{}}, run_id='r1', sweep_id='s')\n"
         f"record = run_cell(cell, Path({str(tmp_path)!r}))\n"
         "print(record.status, 'wandb' in sys.modules)\n"

@@ -136,8 +136,8 @@ def _no_estimate(config: RunConfig, metrics: dict[str, Any]) -> str:
 def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
     """`llc run` as one cell on a backend (a SLURM job, a Modal call); exits 1 with its error row."""
     from llc.backends import BackendUnavailable, get_backend, parse_backend_options, run_on
+    from llc.cells.cell import lone_cell
     from llc.rundir import RunDir
-    from llc.sweeps.cell import lone_cell
 
     settings = load_settings()
     cell = lone_cell(config)
@@ -287,6 +287,22 @@ def sweep_status(
     )
 
 
+@sweep_app.command("cancel")
+def sweep_cancel(
+    sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
+    runs_dir: RunsDirOption = None,
+) -> None:
+    """Cancel a sweep's queued and running jobs (SLURM), e.g. after its flow process was killed."""
+    from llc.backends import cancel_recorded
+    from llc.sweeps.results import JOBS_FILE
+
+    folder = _sweep_folder(sweep_id, runs_dir, holding=JOBS_FILE)
+    cancelled = cancel_recorded(folder / JOBS_FILE)
+    err.print(f"{len(cancelled)} jobs of sweep {folder.name} cancelled")
+    for job_id in cancelled:
+        typer.echo(job_id)
+
+
 @app.command("plot-sweep")
 def plot_sweep(
     sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
@@ -301,12 +317,13 @@ def plot_sweep(
         typer.echo(str(path))
 
 
-def _sweep_folder(sweep_id: str, runs_dir: Path | None) -> Path:
-    """runs/sweeps/<sweep_id>, found by id, unique prefix or path; exits 2 naming the known sweeps."""
-    if (Path(sweep_id) / "results.csv").exists():
+def _sweep_folder(sweep_id: str, runs_dir: Path | None, holding: str = "results.csv") -> Path:
+    """runs/sweeps/<sweep_id> (one `holding` the file), found by id, unique prefix or path; exits 2
+    naming the known sweeps."""
+    if (Path(sweep_id) / holding).exists():
         return Path(sweep_id)
     root = (runs_dir or load_settings().runs_dir) / "sweeps"
-    known = sorted(p.name for p in root.glob("*") if (p / "results.csv").exists())
+    known = sorted(p.name for p in root.glob("*") if (p / holding).exists())
     matches = [name for name in known if name == sweep_id] or [n for n in known if n.startswith(sweep_id)]
     if len(matches) != 1:
         why = "matches several sweeps" if matches else "is not a sweep"

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llc.cells.cell import Cell
 from llc.settings import Settings
-from llc.sweeps.cell import Cell
 
 log = logging.getLogger(__name__)
 API_KEY = "WANDB_API_KEY"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
-from llc.backends.base import Backend, BackendUnavailable, Cancelled, Job, JobState, run_on
+from llc.backends.base import Backend, BackendUnavailable, Cancelled, Job, JobState, Ledger, run_on
 from llc.settings import parse_pairs
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
@@ -22,6 +23,7 @@ __all__ = [
     "Cancelled",
     "Job",
     "JobState",
+    "cancel_recorded",
     "get_backend",
     "parse_backend_options",
     "run_on",
@@ -47,3 +49,15 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
 def parse_backend_options(pairs: list[str] | None) -> dict[str, Any]:
     """`--backend-option KEY=VALUE` strings to a dict, VALUE parsed as YAML (`gpus=1`, `setup=[a, b]`)."""
     return parse_pairs(pairs, "--backend-option", "partition=gpu")
+
+
+def cancel_recorded(ledger: Path) -> list[str]:
+    """Cancel the jobs a sweep recorded that are still queued or running, from any shell; their ids."""
+    by_backend: dict[str, list[str]] = {}
+    for entry in Ledger(ledger, "").latest().values():
+        by_backend.setdefault(entry["backend"], []).append(entry["job_id"])
+    cancelled = []
+    for name, job_ids in by_backend.items():
+        module = importlib.import_module(BACKENDS[name].partition(":")[0])
+        cancelled += module.cancel_jobs(job_ids)
+    return cancelled

@@ -1,19 +1,24 @@
-"""The backend protocol: run cells somewhere, tell their states, cancel them.
+"""The backend lifecycle: run cells somewhere, tell their states, cancel them.
 
 A backend owns where a cell's work runs (a child process, a SLURM job, a Modal call) and enforces
-the cell's timeout there, where the work can really be stopped. The sweep flow only submits cells
+the cell's timeout there, where the work can really be stopped. The sweep flow only hands over cells
 and waits for records; the same flow code runs on every backend.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, ClassVar, Self
 
-from llc.sweeps.cell import Cell
-from llc.sweeps.record import CellRecord
+from pydantic import BaseModel
+
+from llc.cells.cell import Cell
+from llc.cells.record import CellRecord
 
 
 class BackendUnavailable(RuntimeError):
@@ -32,47 +37,273 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
-class Job(Protocol):
-    """One submitted cell."""
+class Backend:
+    """The lifecycle every backend shares, after submitit's Executor: option checks, `max_parallel`
+    slots, jobs started ahead by `submit_all`, the ledger, cancel-all (`llc.interrupt` calls it on
+    SIGINT/SIGTERM) and closing. A backend supplies `_start` (submit cells, return their jobs) and,
+    where it has them, `_start_all` (cells submitted before their tasks ask), `_adopt`, `_stop_all`
+    and `_close`."""
 
-    cell: Cell
+    name: ClassVar[str]
+    label: ClassVar[str]  # how messages name it: "SLURM"
+    options_model: ClassVar[type[BaseModel] | None] = None
+
+    def __init__(self, max_parallel: int, threads_per_cell: int | None = None, **options: Any) -> None:
+        known = list(self.options_model.model_fields) if self.options_model else []
+        if unknown := sorted(set(options) - set(known)):
+            raise TypeError(f"unknown {self.label} option(s) {unknown}; known: {', '.join(known) or 'none'}")
+        given = {key: value for key, value in options.items() if value is not None}
+        self.options: Any = self.options_model(**given) if self.options_model else None
+        self.max_parallel = max_parallel
+        self.threads_per_cell = threads_per_cell
+        self.ledger: Ledger | None = None
+        self._slots = threading.BoundedSemaphore(max_parallel)
+        self._active: set[Job] = set()
+        self._ahead: dict[str, Job] = {}  # by cell name: started by submit_all, not yet asked for
+        self._lock = threading.RLock()  # cancel_all may run in a signal handler
+        self._closed = threading.Event()
+        self._cancelled = ""  # why cancel_all stopped the backend
+
+    def submit_all(
+        self,
+        cells: list[Cell],
+        runs_dir: Path,
+        skip: bool,
+        timeout_s: float | None,
+        ledger: Path | None = None,
+    ) -> None:
+        """Hand over every cell a sweep must compute before their tasks ask for them; job ids go to the
+        `ledger` file, and jobs recorded there that still run are adopted instead of submitted again."""
+        if self._closed.is_set():  # stopped already: each task ends its cell as cancelled
+            return
+        if ledger is not None:
+            self.ledger = Ledger(ledger, self.name)
+        adopted = self._adopt(self.ledger.latest() if self.ledger else {}, cells, timeout_s)
+        taken = {job.cell.name for job in adopted}
+        left = [cell for cell in cells if cell.name not in taken]
+        jobs = adopted + self._start_all(left, Path(runs_dir), skip, timeout_s)
+        with self._lock:
+            self._ahead.update((job.cell.name, job) for job in jobs)
+
+    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> Job:
+        """The cell's job: the one `submit_all` started the first time, else a new one in a free slot."""
+        with self._lock:
+            job = self._ahead.pop(cell.name, None)
+        if job is not None:
+            return job
+        while not self._slots.acquire(timeout=0.5):
+            self._refuse_if_closed()
+        try:
+            self._refuse_if_closed()
+            (job,) = self._start([cell], Path(runs_dir), skip, timeout_s)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            job.holds_slot = job.live
+        if not job.holds_slot:  # it ended at once (a refused submission)
+            self._slots.release()
+        return job
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed.is_set():
+            raise Cancelled(self._cancelled or f"the {self.label} backend is closed")
+
+    def release(self, job: Job) -> None:
+        """A job that ended or was cancelled is no longer tracked, and gives back its slot (once)."""
+        with self._lock:
+            self._active.discard(job)
+            held, job.holds_slot = job.holds_slot, False
+        if held:
+            self._slots.release()
+
+    def cancel_all(self, why: str) -> None:
+        """Stop every queued or running job, each ending with a record saying why; nothing starts after."""
+        self._cancelled = self._cancelled or why
+        self._closed.set()
+        with self._lock:
+            jobs = [job for job in self._active if job.live]
+            self._ahead.clear()
+        self._stop_all(jobs)
+        for job in jobs:
+            job.end(job._interrupted(why))
+
+    def close(self) -> None:
+        """Cancel what still runs and release the backend's own resources."""
+        self.cancel_all(f"the {self.label} backend was closed")
+        self._close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _track(self, jobs: list[Job], folder: str = "") -> None:
+        """Jobs just submitted: cancelled by `cancel_all`; those with an id go to the ledger."""
+        with self._lock:
+            self._active.update(jobs)
+        recorded = [(job.cell, job.job_id, folder) for job in jobs if job.job_id]
+        if self.ledger is not None and recorded:
+            self.ledger.add(recorded)
+        if self._closed.is_set():  # closed while they were submitted: they were not there to cancel
+            self.cancel_all(f"the {self.label} backend was closed while the cells were submitted")
+
+    def _start(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
+        raise NotImplementedError
+
+    def _start_all(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
+        """By default nothing is started ahead: each cell is submitted when its task asks, in a slot."""
+        return []
+
+    def _adopt(
+        self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
+    ) -> list[Job]:
+        """Jobs of an earlier run of the sweep (`recorded` by cell name) still worth waiting for."""
+        return []
+
+    def _stop_all(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            job._stop()
+
+    def _close(self) -> None:
+        """Release what the backend holds besides its jobs."""
+
+
+class Job:
+    """One submitted cell, after submitit's Job: its state and stage, a wait that ends by the cell's
+    timeout (running time only, across requeues), cancel. A backend's job supplies `_poll` (wait a
+    little for news), `_stop` (stop the work) and, where it says more, `_interrupted`."""
+
+    cancelled_type: ClassVar[str] = "Cancelled"
+
+    def __init__(self, backend: Backend, cell: Cell, timeout_s: float | None, job_id: str = "") -> None:
+        self.cell = cell
+        self.job_id = job_id
+        self.holds_slot = False  # one of the backend's max_parallel slots, until released
+        self._backend = backend
+        self._timeout_s = timeout_s
+        self._state = JobState.PENDING
+        self._stage = "queued"
+        self._record: CellRecord | None = None
+        self._submitted = time.monotonic()
+        self._ran_s = 0.0  # running time before the last requeue
+        self._running_since: float | None = None
+        self._end_lock = threading.Lock()
 
     @property
-    def state(self) -> JobState: ...
+    def state(self) -> JobState:
+        return self._state
 
     @property
     def stage(self) -> str:
         """The last stage the cell reported (lock, erm, sampling, ...), for timeout and crash records."""
-        ...
+        return self._stage
+
+    @property
+    def live(self) -> bool:
+        return self._state in (JobState.PENDING, JobState.RUNNING)
 
     def wait(self, timeout: float | None = None) -> CellRecord | None:
         """The record once the cell ends (a timed-out cell: a Timeout record); None if `timeout` passes."""
-        ...
+        until = None if timeout is None else time.monotonic() + timeout
+        while self.live:
+            now = time.monotonic()
+            due = [t for t in (until, self._deadline()) if t is not None]
+            left = min(due) - now if due else None
+            if until is not None and until <= now:
+                return None
+            record = self._poll(None if left is None else max(0.0, left))
+            if record is None and self._timeout_s and self._ran() >= self._timeout_s:
+                self._stop()
+                record = CellRecord.timeout(self.cell, self.stage, self._timeout_s)
+            if record is not None:
+                self.end(record)
+        return self._record
 
     def cancel(self) -> None:
         """Stop the cell's work now; waiting on it afterwards returns no record."""
-        ...
+        with self._end_lock:
+            if not self.live:
+                return
+            self._state = JobState.CANCELLED
+        self._stop()
+        self._backend.release(self)
+
+    def end(self, record: CellRecord) -> None:
+        """The cell's outcome; only the first one counts."""
+        with self._end_lock:
+            if not self.live:
+                return
+            self._record, self._state = record, JobState.DONE
+        self._backend.release(self)
+
+    def _running(self, since: float) -> None:
+        """The work runs (again) from monotonic time `since`: the cell's clock runs."""
+        with self._end_lock:
+            if self.live:
+                self._state = JobState.RUNNING
+        if self._running_since is None:
+            self._running_since = since
+
+    def _queued(self, since: float) -> None:
+        """The work waits (again) from `since`, e.g. requeued: queueing time is free."""
+        with self._end_lock:
+            if self.live:
+                self._state = JobState.PENDING
+        if self._running_since is not None:
+            self._ran_s += since - self._running_since
+            self._running_since = None
+
+    def _ran(self) -> float:
+        running = time.monotonic() - self._running_since if self._running_since is not None else 0.0
+        return self._ran_s + running
+
+    def _deadline(self) -> float | None:
+        if not self._timeout_s or self._running_since is None:
+            return None
+        return self._running_since + self._timeout_s - self._ran_s
+
+    def _poll(self, timeout: float | None) -> CellRecord | None:
+        """Wait at most `timeout` s (None: until news) for the job to move; its record once it ended."""
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def _interrupted(self, why: str) -> CellRecord:
+        return CellRecord.failed(self.cell, self.stage, self.cancelled_type, why, self._ran(), False)
 
 
-class Backend(Protocol):
-    """Runs at most `max_parallel` cells at once; a context manager that releases its resources on exit."""
+class Ledger:
+    """The jobs a sweep submitted, one JSON line each (cell, job id, where its files are): a restarted
+    sweep adopts the ones still queued or running, and `llc sweep cancel` finds them."""
 
-    name: str
-    max_parallel: int
+    def __init__(self, path: Path, backend: str) -> None:
+        self.path = path
+        self.backend = backend
 
-    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> Job: ...
+    def add(self, jobs: list[tuple[Cell, str, str]]) -> None:
+        """Append (cell, job id, folder) entries; each line is whole once written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(
+            json.dumps({"cell": cell.name, "backend": self.backend, "job_id": job_id, "folder": folder})
+            + "\n"
+            for cell, job_id, folder in jobs
+        )
+        with self.path.open("a") as handle:
+            handle.write(lines)
 
-    def cancel_all(self, why: str) -> None:
-        """Stop every cell's work now (a Ctrl-C, a cancelled flow run); no new cell starts afterwards."""
-        ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Self: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
+    def latest(self) -> dict[str, dict[str, str]]:
+        """Each cell's last recorded job."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        entries = [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+        return {entry["cell"]: entry for entry in entries}
 
 
 def run_on(backend: Backend, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> CellRecord:

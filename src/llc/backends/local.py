@@ -17,13 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from llc.backends.base import Cancelled, JobState
-from llc.sweeps.cell import Cell
-from llc.sweeps.execute import run_cell
-from llc.sweeps.record import CellRecord
+from llc.backends.base import Backend, Job
+from llc.cells.cell import Cell
+from llc.cells.execute import run_cell
+from llc.cells.record import CellRecord
 
 _EOF: dict[str, Any] = {}
 # A worker has this long to begin a cell (its Python and torch start-up on a busy machine); the cell's
@@ -31,151 +30,107 @@ _EOF: dict[str, Any] = {}
 START_LIMIT_S = 120.0
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Up to `max_parallel` worker processes, each using `threads_per_cell` CPU threads."""
 
-    name = "local"
+    name, label = "local", "local"
 
-    def __init__(self, max_parallel: int, threads_per_cell: int | None = None) -> None:
-        self.max_parallel = max_parallel
-        self.threads_per_cell = threads_per_cell or max(1, (os.cpu_count() or 1) // max_parallel)
-        self._slots = threading.BoundedSemaphore(max_parallel)
+    def __init__(self, max_parallel: int, threads_per_cell: int | None = None, **options: Any) -> None:
+        threads = threads_per_cell or max(1, (os.cpu_count() or 1) // max_parallel)
+        super().__init__(max_parallel, threads, **options)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
-        self._lock = threading.Lock()
-        self._cancelled = ""
+        self._pool_lock = threading.Lock()
 
-    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> LocalJob:
-        self._slots.acquire()
-        if self._cancelled:
-            self._slots.release()
-            raise Cancelled(self._cancelled)
+    def _start(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
+        (cell,) = cells
         request = {"cell": cell.model_dump(mode="json"), "runs_dir": str(runs_dir), "skip": skip}
+        worker = self._take()
         try:
+            worker.send(request)
+        except OSError:  # it died while idle: a fresh one gets the cell
+            self.discard(worker)
             worker = self._take()
-            try:
-                worker.send(request)
-            except OSError:  # it died while idle: a fresh one gets the cell
-                self.discard(worker)
-                worker = self._take()
-                worker.send(request)
-        except BaseException:
-            self._slots.release()
-            raise
-        return LocalJob(self, worker, cell, timeout_s)
+            worker.send(request)
+        job = LocalJob(self, worker, cell, timeout_s)
+        self._track([job])
+        return [job]
 
-    def release(self, worker: _Worker) -> None:
+    def give_back(self, worker: _Worker) -> None:
         """A worker that finished its cell goes back to the pool."""
-        with self._lock:
+        with self._pool_lock:
             self._idle.append(worker)
-        self._slots.release()
 
-    def discard(self, worker: _Worker, free_slot: bool = True) -> None:
+    def discard(self, worker: _Worker) -> None:
         """A worker that was killed or died is dropped (and killed, to be sure)."""
         worker.kill()
-        with self._lock:
+        with self._pool_lock:
             self._all.discard(worker)
-        if free_slot:
-            self._slots.release()
 
-    def cancel_all(self, why: str) -> None:
-        """Kill every worker (their cells end as cancelled by the caller); no cell starts afterwards."""
-        self._cancelled = why
-        with self._lock:
-            workers = list(self._all)
-        for worker in workers:
-            worker.kill()
-
-    def close(self) -> None:
-        with self._lock:
+    def _close(self) -> None:
+        with self._pool_lock:
             workers, self._idle, self._all = list(self._all), [], set()
         for worker in workers:
             worker.stop()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def _take(self) -> _Worker:
-        with self._lock:
+        with self._pool_lock:
             while self._idle:
                 worker = self._idle.pop()
                 if worker.alive():
                     return worker
                 self._all.discard(worker)
-        worker = _Worker(self.threads_per_cell)
-        with self._lock:
+        worker = _Worker(self.threads_per_cell or 1)
+        with self._pool_lock:
             self._all.add(worker)
         return worker
 
 
-class LocalJob:
+class LocalJob(Job):
     """A cell running in one worker; `wait` reads its stage reports and its record."""
 
     def __init__(self, backend: LocalBackend, worker: _Worker, cell: Cell, timeout_s: float | None) -> None:
-        self.cell = cell
-        self._backend = backend
+        super().__init__(backend, cell, timeout_s)
+        self._local = backend
         self._worker: _Worker | None = worker
-        self._started = time.monotonic()
-        self._deadline: float | None = self._started + START_LIMIT_S  # until the cell begins
-        self._timeout_s = timeout_s
+        self._reported = False  # the worker sent the record: it can take another cell
         self._stage = "start"
-        self._state = JobState.RUNNING
-        self._record: CellRecord | None = None
 
-    @property
-    def state(self) -> JobState:
-        return self._state
+    def _poll(self, timeout: float | None) -> CellRecord | None:
+        worker = self._worker
+        if worker is None:
+            return None
+        start_by = None if self._running_since is not None else self._submitted + START_LIMIT_S
+        asked = None if timeout is None else time.monotonic() + timeout
+        due = [t for t in (start_by, asked) if t is not None]
+        message = worker.receive(min(due) if due else None)
+        if message is None and start_by is not None and time.monotonic() >= start_by:
+            self._stop()
+            why = f"its worker process did not begin the cell within {START_LIMIT_S:g} s; it was killed"
+            return CellRecord.failed(self.cell, "start", "WorkerStart", why, START_LIMIT_S, True)
+        if message is None:
+            return None
+        if message is _EOF:
+            return CellRecord.crashed(self.cell, self._stage, worker.returncode(), self._ran())
+        if "stage" in message:
+            self._running(time.monotonic())  # the cell begins: its own timeout starts now
+            self._stage = message["stage"]
+            return None
+        self._reported = True
+        return CellRecord.model_validate(message["record"])
 
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    def wait(self, timeout: float | None = None) -> CellRecord | None:
-        patience = time.monotonic() + timeout if timeout is not None else None
-        while self._state is JobState.RUNNING and self._worker is not None:
-            message = self._worker.receive(_earliest(self._deadline, patience))
-            if message is None:
-                if self._deadline is not None and time.monotonic() >= self._deadline:
-                    self._end(self._overdue(), kill=True)
-                    break
-                return None
-            if message is _EOF:
-                elapsed = time.monotonic() - self._started
-                crashed = CellRecord.crashed(self.cell, self._stage, self._worker.returncode(), elapsed)
-                self._end(crashed, kill=True)
-            elif "stage" in message:
-                if self._stage == "start":  # the cell begins: its own timeout starts now
-                    self._started = time.monotonic()
-                    self._deadline = self._started + self._timeout_s if self._timeout_s else None
-                self._stage = message["stage"]
-            else:
-                self._end(CellRecord.model_validate(message["record"]), kill=False)
-        return self._record
-
-    def _overdue(self) -> CellRecord:
-        if self._stage == "start":
-            message = f"its worker process did not begin the cell within {START_LIMIT_S:g} s; it was killed"
-            return CellRecord.failed(self.cell, "start", "WorkerStart", message, START_LIMIT_S, True)
-        return CellRecord.timeout(self.cell, self._stage, self._timeout_s or 0)
-
-    def cancel(self) -> None:
-        if self._state is JobState.RUNNING and self._worker is not None:
-            self._backend.discard(self._worker)
-            self._worker = None
-            self._state = JobState.CANCELLED
-
-    def _end(self, record: CellRecord, kill: bool) -> None:
+    def _stop(self) -> None:
         worker, self._worker = self._worker, None
-        if worker is not None and kill:
-            self._backend.discard(worker)
+        if worker is not None:
+            self._local.discard(worker)
+
+    def end(self, record: CellRecord) -> None:
+        super().end(record)
+        worker, self._worker = self._worker, None
+        if worker is not None and self._reported:
+            self._local.give_back(worker)
         elif worker is not None:
-            self._backend.release(worker)
-        self._record, self._state = record, JobState.DONE
+            self._local.discard(worker)
 
 
 class _Worker:
@@ -246,11 +201,6 @@ class _Worker:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
-
-
-def _earliest(*times: float | None) -> float | None:
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
 
 
 def serve() -> None:

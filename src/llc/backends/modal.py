@@ -13,24 +13,22 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from types import TracebackType
-from typing import Annotated, Any, Literal, Protocol, Self
+from typing import Annotated, Any, Literal, Protocol
 
 import modal
 import modal.exception as modal_errors
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llc.backends.base import BackendUnavailable, JobState
+from llc.backends.base import Backend, BackendUnavailable, Job
+from llc.cells.cell import Cell
+from llc.cells.record import CellRecord
 from llc.config import RunConfig
-from llc.sweeps.cell import Cell
-from llc.sweeps.record import CellRecord
 
 log = logging.getLogger(__name__)
 
@@ -201,61 +199,49 @@ def refusal(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
-class ModalBackend:
-    """Spawns one call per cell, at most `max_parallel` at once; use it as a context manager."""
+class ModalBackend(Backend):
+    """Spawns one call per cell, at most `max_parallel` at once (Modal has no queue-side throttle like
+    SLURM's `%N`, so calls are spawned as their tasks ask); use it as a context manager."""
 
-    name = "modal"
+    name, label = "modal", "Modal"
+    options_model = ModalOptions
 
     def __init__(
         self,
         max_parallel: int,
-        threads_per_cell: int | None = None,
+        threads_per_cell: int | None = None,  # a call gets its tier's cores
         client: ModalClient | None = None,
         **options: Any,
     ) -> None:
-        if unknown := sorted(set(options) - set(ModalOptions.model_fields)):
-            raise TypeError(
-                f"unknown Modal option(s) {unknown}; known: {', '.join(ModalOptions.model_fields)}"
-            )
-        self.max_parallel = max_parallel
-        self.threads_per_cell = threads_per_cell  # a call gets its tier's cores; kept for the protocol
-        self.options = ModalOptions(**{k: v for k, v in options.items() if v is not None})
+        super().__init__(max_parallel, threads_per_cell, **options)
+        self.options: ModalOptions
         self.client = client or connect(self.options)
         self.handshake = handshake()
         self.runs_volume = self.client.volume(self.options.runs_volume)
         self.progress = self.client.dict(progress_board(self.options.app_name))
         self._refused: tuple[str, str] | None = None
-        self._active: set[ModalJob] = set()
-        self._lock = threading.RLock()
-        self._slots = threading.BoundedSemaphore(max_parallel)
-        self._closed = threading.Event()
         if self.options.preflight:
             self._preflight()
 
-    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> ModalJob:
+    def _start(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
         """Spawn the cell's call; a refused backend answers at once with an error record instead."""
-        while not self._slots.acquire(timeout=0.5):
-            if self._closed.is_set():
-                raise RuntimeError("the Modal backend is closed")
-        job = ModalJob(self, cell, Path(runs_dir), timeout_s)
+        (cell,) = cells
+        job = ModalJob(self, cell, runs_dir, timeout_s)
         if self._refused is not None:
             error_type, guidance = self._refused
             job.end(CellRecord.failed(cell, "submit", error_type, f"not submitted: {guidance}", 0.0, False))
-            return job
+            return [job]
         request = {"cell": cell.model_dump(mode="json"), "skip": skip, "handshake": self.handshake,
                    "ticket": job.ticket}  # fmt: skip
         function = self.client.function("run_cell_gpu" if needs_gpu(cell) else "run_cell_cpu")
         try:
-            call = function.spawn(request)
+            job.call = function.spawn(request)
         except Exception as exc:
             job.end(self.failure(cell, "submit", exc, 0.0))
-            return job
-        with self._lock:
-            job.call = call
-            self._active.add(job)
-        if self._closed.is_set():  # closed while spawning: nobody else will cancel this call
-            job.interrupt("the Modal backend was closed while the cell was submitted")
-        return job
+            return [job]
+        job.job_id = str(getattr(job.call, "object_id", "") or "")
+        self._track([job])
+        return [job]
 
     def failure(self, cell: Cell, stage: str, exc: BaseException, ran_s: float) -> CellRecord:
         """An error record for a Modal error; credentials or funds stop all further submissions."""
@@ -278,33 +264,6 @@ class ModalBackend:
             if self._refused is None:
                 log.error("Modal backend stops submitting: %s", guidance)
                 self._refused = (error_type, guidance)
-
-    def release(self, job: ModalJob) -> None:
-        """A job that ended or was cancelled gives back its place (once)."""
-        with self._lock:
-            self._active.discard(job)
-            held, job.holds_slot = job.holds_slot, False
-        if held:
-            self._slots.release()
-
-    def close(self) -> None:
-        """Cancel the calls still queued or running."""
-        self.cancel_all("the Modal backend was closed")
-
-    def cancel_all(self, why: str) -> None:
-        self._closed.set()
-        with self._lock:
-            jobs = list(self._active)
-        for job in jobs:
-            job.interrupt(why)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _preflight(self) -> None:
         """Ping the deployed app before any cell is submitted; BackendUnavailable says what to do."""
@@ -340,105 +299,57 @@ def needs_gpu(cell: Cell) -> bool:
     return cell.config.get("gpu_mode", "off") != "off" and cell.config.get("device", "auto") != "cpu"
 
 
-class ModalJob:
+class ModalJob(Job):
     """One cell's call; `wait` polls it, runs the start watchdog and the cell's timeout, and fetches
     the run directory from the volume when it ends."""
 
+    cancelled_type = "ModalCancelled"
+
     def __init__(self, backend: ModalBackend, cell: Cell, runs_dir: Path, timeout_s: float | None) -> None:
-        self.cell = cell
+        super().__init__(backend, cell, timeout_s)
         self.call: Any = None  # the modal.FunctionCall, once spawned
         self.ticket = uuid.uuid4().hex
-        self.holds_slot = True  # one of the backend's max_parallel places, until released
-        self._backend = backend
+        self._modal = backend
         self._runs_dir = runs_dir
-        self._timeout_s = timeout_s
-        self._submitted = time.monotonic()
-        self._started: float | None = None
-        self._stage = "queued"
-        self._state = JobState.PENDING
-        self._record: CellRecord | None = None
-        self._lock = threading.Lock()
 
-    @property
-    def state(self) -> JobState:
-        return self._state
-
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    def wait(self, timeout: float | None = None) -> CellRecord | None:
-        until = None if timeout is None else time.monotonic() + timeout
-        poll_s = self._backend.options.poll_s
-        while self._state in (JobState.PENDING, JobState.RUNNING):
-            left = poll_s if until is None else min(poll_s, until - time.monotonic())
-            if left <= 0:
+    def _poll(self, timeout: float | None) -> CellRecord | None:
+        poll_s = self._modal.options.poll_s
+        try:
+            reply = self.call.get(timeout=poll_s if timeout is None else min(poll_s, timeout))
+        except TimeoutError:  # Python's own: no result yet (Modal's timeouts are other classes)
+            return self._check()
+        except (Exception, modal_errors.InputCancellation) as exc:
+            if not self.live:
                 return None
-            try:
-                reply = self.call.get(timeout=left)
-            except TimeoutError:  # Python's own: no result yet (Modal's timeouts are other classes)
-                if record := self._check():
-                    self._stop(record)
-                continue
-            except (Exception, modal_errors.InputCancellation) as exc:
-                if self._state in (JobState.PENDING, JobState.RUNNING):
-                    self._stop(self._backend.failure(self.cell, self._stage, exc, self._ran()))
-                break
-            self.end(self._finish(reply))
-        return self._record
-
-    def cancel(self) -> None:
-        """Cancel the call (and its container); waiting afterwards returns no record."""
-        with self._lock:
-            if self._state not in (JobState.PENDING, JobState.RUNNING):
-                return
-            self._state = JobState.CANCELLED
-        self._cancel_call()
-        self._backend.release(self)
-
-    def interrupt(self, why: str) -> None:
-        """The backend cancelled the call: its waiter gets a record saying why."""
-        record = CellRecord.failed(self.cell, self._stage, "ModalCancelled", why, self._ran(), False)
-        self._stop(record)
+            self._stop()
+            return self._modal.failure(self.cell, self._stage, exc, self._ran())
+        return self._finish(reply)
 
     def end(self, record: CellRecord) -> None:
-        with self._lock:
-            if self._state not in (JobState.PENDING, JobState.RUNNING):
-                return
-            self._record, self._state = record, JobState.DONE
+        super().end(record)
         self._forget_progress()
-        self._backend.release(self)
-
-    def _stop(self, record: CellRecord) -> None:
-        """End with `record` and cancel the call, which may still be queued or running."""
-        if self._state in (JobState.PENDING, JobState.RUNNING):
-            self._cancel_call()
-        self.end(record)
 
     def _check(self) -> CellRecord | None:
         """Notice the start and the stage; an error record when the call must be stopped."""
         try:
-            progress = self._backend.progress.get(self.ticket)
+            progress = self._modal.progress.get(self.ticket)
         except Exception as exc:  # a failed look-up is no reason to stop a call
             log.debug("progress of %s unknown: %s", self.cell.name, exc)
             progress = None
         now = time.monotonic()
         if progress:
             self._stage = progress.get("stage", self._stage)
-            with self._lock:  # an interrupt from another thread may have ended the job meanwhile
-                if self._state is JobState.PENDING:
-                    self._started, self._state = now, JobState.RUNNING
-        hang_s = self._backend.options.client_hang_timeout_s
-        if self._started is None and now - self._submitted >= hang_s:
+            self._running(now)
+        hang_s = self._modal.options.client_hang_timeout_s
+        if self._running_since is None and now - self._submitted >= hang_s:
+            self._stop()
             message = (
                 f"call {self.call.object_id} did not start within {hang_s:g} s "
                 "(LLC_MODAL_CLIENT_HANG_TIMEOUT_S): no GPU of the deployed types was free, "
                 "or its container failed to boot "
-                f"(`modal app logs {self._backend.options.app_name}`); it was cancelled"
+                f"(`modal app logs {self._modal.options.app_name}`); it was cancelled"
             )
             return CellRecord.failed(self.cell, "queued", "ModalNotStarted", message, 0.0, retryable=True)
-        if self._timeout_s and self._started is not None and now - self._started >= self._timeout_s:
-            return CellRecord.timeout(self.cell, self._stage, self._timeout_s)
         return None
 
     def _finish(self, reply: dict[str, Any]) -> CellRecord:
@@ -450,11 +361,11 @@ class ModalJob:
             return record
         local = self._runs_dir / self.cell.run_id
         try:
-            pull_run(self._backend.runs_volume, self.cell.run_id, self._runs_dir)
+            pull_run(self._modal.runs_volume, self.cell.run_id, self._runs_dir)
         except Exception as exc:
             message = (
                 f"the cell ran, but its run directory could not be fetched from the volume "
-                f"{self._backend.options.runs_volume!r} ({type(exc).__name__}: {exc}); it stays there: "
+                f"{self._modal.options.runs_volume!r} ({type(exc).__name__}: {exc}); it stays there: "
                 f"`llc pull-runs {self.cell.run_id}`"
             )
             return CellRecord.failed(
@@ -462,10 +373,7 @@ class ModalJob:
             )
         return record.model_copy(update={"run_dir": str(local)})
 
-    def _ran(self) -> float:
-        return time.monotonic() - self._started if self._started is not None else 0.0
-
-    def _cancel_call(self) -> None:
+    def _stop(self) -> None:
         if self.call is None:
             return
         try:
@@ -478,6 +386,19 @@ class ModalJob:
         if self.call is None:
             return
         try:
-            self._backend.progress.pop(self.ticket, None)
+            self._modal.progress.pop(self.ticket, None)
         except Exception as exc:
             log.debug("progress of %s not removed: %s", self.cell.name, exc)
+
+
+def cancel_jobs(call_ids: list[str]) -> list[str]:
+    """Cancel recorded calls from any shell (`llc sweep cancel`); the ids Modal accepted."""
+    cancelled = []
+    for call_id in call_ids:
+        try:
+            modal.FunctionCall.from_id(call_id).cancel(terminate_containers=True)
+        except Exception as exc:
+            log.error("cancelling Modal call %s failed: %s", call_id, exc)
+        else:
+            cancelled.append(call_id)
+    return cancelled

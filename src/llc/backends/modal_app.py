@@ -19,9 +19,9 @@ from typing import Any
 import modal
 
 from llc.backends.modal import TIERS, ModalOptions, handshake, llc_version, mismatch, progress_board
-from llc.sweeps.cell import Cell
-from llc.sweeps.execute import cached_record, run_cell
-from llc.sweeps.record import CellRecord
+from llc.cells.cell import Cell
+from llc.cells.execute import cached_record, run_cell
+from llc.cells.record import CellRecord
 
 RUNS_MOUNT = Path("/runs")
 CACHE_MOUNT = Path("/cache")

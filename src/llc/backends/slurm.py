@@ -1,7 +1,9 @@
 """The SLURM backend: each cell is one SLURM job, submitted through submitit as part of a job array.
 
-Cells submitted within `batch_window_s` of each other leave in one sbatch (a job array); each cell's
-Prefect task then waits on its own array element. Every job ends in a record within seconds of
+A sweep hands over every cell it must compute at once (`submit_all`): one sbatch per resource shape,
+a job array throttled to `max_parallel` running elements (`%N`), after `sbatch --test-only` has
+accepted that shape. Each cell's Prefect task then waits on its own array element; a retried cell
+goes out alone. Every job ends in a record within seconds of
 the event, whatever happens to it: its result, or an error record with the SLURM state, the paths
 of its logs and the tail of its stderr when SLURM cancels it, times it out, kills it for memory or
 loses its node. A cell is Checkpointable: at its time limit or on preemption the job is requeued (up
@@ -11,29 +13,28 @@ to `max_requeues` times) and the experiment resumes from its own checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llc.backends.base import JobState
-from llc.backends.slurm_states import PENDING, RUNNING, StateTracker, base_state, is_final
-from llc.sweeps.cell import Cell
-from llc.sweeps.execute import run_cell
-from llc.sweeps.record import TRACEBACK_LINES, CellRecord
+from llc.backends.base import Backend, BackendUnavailable, Job, JobState
+from llc.backends.slurm_states import PENDING, RUNNING, StateTracker, base_state, command, is_final, query
+from llc.cells.cell import Cell
+from llc.cells.execute import run_cell
+from llc.cells.record import TRACEBACK_LINES, CellRecord
 
 
 @contextlib.contextmanager
@@ -56,12 +57,23 @@ with _submitit_logging_off():
     import submitit
     from submitit.core import utils as submitit_utils
     from submitit.helpers import Checkpointable
+    from submitit.slurm.slurm import _make_sbatch_string
 
 log = logging.getLogger(__name__)
 
 CHECK_S = 0.5  # how often a waiting cell looks for its result file between state polls
 RESULT_GRACE_S = 15.0  # a COMPLETED job's result may take this long to show on a shared filesystem
 FAILED_GRACE_S = 2.0  # the same for a job that ended otherwise (its result, if any, was written first)
+# What sbatch says when it refuses a job shape, and the option that changes it.
+REFUSALS = (
+    ("gres", ("gpus",)),
+    ("partition", ("partition",)),
+    ("account", ("account",)),
+    ("qos", ("qos",)),
+    ("time limit", ("timeout_min",)),
+    ("memory", ("mem_gb",)),
+    ("node configuration", ("cpus", "mem_gb", "gpus")),
+)
 MEMORY_KILL_MARKS = ("exceeded memory limit", "exceeded job memory limit", "oom-kill", "oom_kill")
 
 
@@ -78,16 +90,15 @@ class SlurmOptions(BaseSettings):
     )
     cpus: int = Field(1, ge=1, description="CPUs per cell (sbatch --cpus-per-task)")
     mem_gb: float | None = Field(None, gt=0, description="memory per cell in GB; default: the cluster's")
-    gpus: int | None = Field(
-        None,
-        ge=0,
-        description="GPUs per cell; default: one when the cell's gpu_mode is vectorized or sequential",
+    gpus: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="GPUs per cell; auto: one for a cell whose gpu_mode is vectorized or sequential"
+        " where the partition has GPUs (sinfo), else none",
     )
     signal_delay_s: int = Field(
         90, ge=1, description="seconds before the time limit to checkpoint and requeue (at most half of it)"
     )
     max_requeues: int = Field(3, ge=0, description="time limits a cell may hit and be requeued")
-    array_parallelism: int = Field(256, ge=1, description="elements of one job array running at once")
     setup: list[str] = Field(default_factory=list, description="shell lines run before each cell")
     sbatch: dict[str, str | int | bool] = Field(
         default_factory=dict,
@@ -97,7 +108,6 @@ class SlurmOptions(BaseSettings):
     folder: Path | None = Field(None, description="submitit's logs and pickles; default: RUNS_DIR/.slurm/...")
     job_name: str = Field("llc", pattern=r"^[\w.-]+$", description="job name prefix; a session id follows")
     poll_s: float = Field(2.0, gt=0, description="how often sacct (or squeue) is asked about running cells")
-    batch_window_s: float = Field(0.5, ge=0, description="cells submitted this close together share an array")
     queue_timeout_s: float | None = Field(
         None, gt=0, description="a cell still queued after this is cancelled; default: wait for the queue"
     )
@@ -115,86 +125,47 @@ class SlurmSubmitError(RuntimeError):
         self.retryable = any(mark in message.lower() for mark in transient)
 
 
-class SlurmBackend:
-    """Submits cells as job arrays, at most `max_parallel` queued or running at once, and tracks them;
-    use it as a context manager (see `close`)."""
+class SlurmBackend(Backend):
+    """Submits cells as job arrays, at most `max_parallel` elements of each running at once, and tracks
+    them; use it as a context manager (see `close`)."""
 
-    name = "slurm"
+    name, label = "slurm", "SLURM"
+    options_model = SlurmOptions
 
     def __init__(self, max_parallel: int, threads_per_cell: int | None = None, **options: Any) -> None:
-        self.max_parallel = max_parallel
-        self.threads_per_cell = threads_per_cell
-        if unknown := sorted(set(options) - set(SlurmOptions.model_fields)):
-            raise TypeError(
-                f"unknown SLURM option(s) {unknown}; known: {', '.join(SlurmOptions.model_fields)}"
-            )
-        self.options = SlurmOptions(**{k: v for k, v in options.items() if v is not None})
+        super().__init__(max_parallel, threads_per_cell, **options)
+        self.options: SlurmOptions
         self.session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.job_name = f"{self.options.job_name}-{self.session[-6:]}"
         self.states = StateTracker(self.options.poll_s)
-        self._batcher = _Batcher(self._submit_batch, self.options.batch_window_s)
-        self._active: dict[str, SlurmJob] = {}
-        self._lock = threading.RLock()  # cancel_all may run in a signal handler
-        self._slots = threading.BoundedSemaphore(max_parallel)  # jobs queued or running at once
-        self._closed = threading.Event()
 
-    def submit(self, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> SlurmJob:
-        """Queue the cell for the next array; returns once its sbatch has been accepted."""
-        folder = self.options.folder or Path(runs_dir) / ".slurm"
-        request = _Request(
-            cell, Path(runs_dir), skip, timeout_s, folder / self.session, self._parameters(cell, timeout_s)
-        )
-        while not self._slots.acquire(timeout=CHECK_S):
-            if self._closed.is_set():
-                raise RuntimeError("the SLURM backend is closed")
-        try:
-            return self._batcher.submit(request)
-        except BaseException:  # refused, closed, or the caller interrupted (a Prefect task timeout)
-            self._abandon(request)
-            raise
+    def release(self, job: Job) -> None:
+        super().release(job)
+        self.states.forget(job.job_id)
 
-    def close(self) -> None:
-        """Cancel the jobs still queued or running (one scancel), stop polling."""
-        self.cancel_all()
+    def _start_all(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
+        """One job array per resource shape, each shape checked with `sbatch --test-only` first."""
+        groups: dict[str, list[Cell]] = {}
+        for cell in cells:
+            groups.setdefault(json.dumps(self._parameters(cell, timeout_s), sort_keys=True), []).append(cell)
+        for group in groups.values():
+            self._check_shape(self._folder(runs_dir), self._parameters(group[0], timeout_s), len(group))
+        jobs: list[Job] = []
+        for group in groups.values():
+            try:
+                jobs += self._start(group, runs_dir, skip, timeout_s)
+            except SlurmSubmitError as exc:  # their tasks submit them one by one, with retries
+                log.warning("%s; the cells go out one by one", exc)
+        return jobs
+
+    def _stop_all(self, jobs: list[Job]) -> None:
+        scancel([job.job_id for job in jobs])  # one scancel for all
+
+    def _close(self) -> None:
         self.states.close()
 
-    def cancel_all(self, why: str = "the SLURM backend was closed") -> None:
-        """scancel every job still queued or running; each ends with a SlurmCancelled record saying why."""
-        self._closed.set()
-        self._batcher.close()
-        with self._lock:
-            jobs, self._active = list(self._active.values()), {}
-        scancel([job.job_id for job in jobs])
-        for job in jobs:
-            job.interrupt(why)
-            self.states.forget(job.job_id)
-            self._slots.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def release(self, job: SlurmJob) -> None:
-        """A job that ended or was cancelled is no longer tracked."""
-        with self._lock:
-            tracked = self._active.pop(job.job_id, None) is not None
-        self.states.forget(job.job_id)
-        if tracked:
-            self._slots.release()
-
-    def _abandon(self, request: _Request) -> None:
-        """Nobody will wait for this cell: cancel its job if it has one, else free its place now."""
-        with self._lock:
-            request.abandoned = True
-            job = request.job
-        if job is not None:
-            job.cancel()
-        else:
-            self._slots.release()
+    def _folder(self, runs_dir: Path) -> Path:
+        return (self.options.folder or Path(runs_dir) / ".slurm") / self.session
 
     def _parameters(self, cell: Cell, timeout_s: float | None) -> dict[str, Any]:
         """submitit's SlurmExecutor parameters for this cell; cells with equal parameters share an array."""
@@ -207,7 +178,7 @@ class SlurmBackend:
             "cpus_per_task": o.cpus,
             # At most half the limit: a signal due at the start would requeue the job at once.
             "signal_delay_s": min(o.signal_delay_s, limit * 30),
-            "array_parallelism": o.array_parallelism,
+            "array_parallelism": self.max_parallel,
             "setup": [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}", *o.setup],
             "partition": o.partition,
             "account": o.account,
@@ -219,135 +190,163 @@ class SlurmBackend:
         return {k: v for k, v in params.items() if v is not None}
 
     def _gpus(self, cell: Cell) -> int:
-        if self.options.gpus is not None:
+        if self.options.gpus != "auto":
             return self.options.gpus
         wants_gpu = cell.config.get("gpu_mode") in ("vectorized", "sequential")
-        return int(wants_gpu and cell.config.get("device", "auto") != "cpu")
+        return int(wants_gpu and cell.config.get("device", "auto") != "cpu" and self._partition_has_gpus)
 
-    def _submit_batch(self, requests: list[_Request]) -> None:
-        """One sbatch per group of requests with equal parameters and folder; fills in each request."""
-        groups: dict[str, list[_Request]] = {}
-        for request in requests:
-            key = json.dumps([str(request.folder), request.parameters], sort_keys=True)
-            groups.setdefault(key, []).append(request)
-        import_path = [os.path.abspath(p) for p in sys.path if p]
-        for group in groups.values():
-            first = group[0]
+    @functools.cached_property
+    def _partition_has_gpus(self) -> bool:
+        """Whether the partition (default: the cluster's default one) has nodes with GPUs (sinfo GRES)."""
+        table = command(["sinfo", "--noheader", "--format=%P|%G"], 30.0)
+        if table is None:
+            log.warning("sinfo failed: cells ask for no GPU (set the SLURM option gpus to ask for some)")
+            return False
+        rows = [line.split("|", 1) for line in table.splitlines() if "|" in line]
+        wanted = self.options.partition
+        return any(
+            "gpu" in gres.lower()
+            for partition, gres in rows
+            if partition.rstrip("*") == wanted or (wanted is None and partition.endswith("*"))
+        )
+
+    def _check_shape(self, folder: Path, parameters: dict[str, Any], count: int) -> None:
+        """`sbatch --test-only` on the job shape; a refusal is BackendUnavailable naming the option."""
+        script = _make_sbatch_string(command="true", folder=folder, map_count=count, **parameters)
+        with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="llc-shape-") as handle:
+            handle.write(script)
+            handle.flush()
             try:
-                executor = submitit.SlurmExecutor(
-                    first.folder, max_num_timeout=self.options.max_requeues, python=self.options.python
+                done = subprocess.run(
+                    ["sbatch", "--test-only", handle.name], capture_output=True, text=True, timeout=60
                 )
-                executor.update_parameters(**first.parameters)
-                calls = [CellCall(r.cell, r.runs_dir, r.skip, import_path) for r in group]
-                jobs = executor.submit_array(calls)
-            except Exception as exc:
-                hint = ""
-                if "gres" in str(exc).lower() and first.parameters.get("gpus_per_node"):
-                    hint = (
-                        "; the cells ask for a GPU (gpu_mode vectorized or sequential): on a partition"
-                        " without GPUs pass --backend-option gpus=0 (or --set device=cpu)"
-                    )
-                error = SlurmSubmitError(f"sbatch failed for {len(group)} cell(s): {exc}{hint}")
-                for request in group:
-                    request.error = error
-                    request.done.set()
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise BackendUnavailable(f"sbatch --test-only could not run: {exc}") from None
+        if done.returncode == 0:
+            return
+        error = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
+        options = next((opts for mark, opts in REFUSALS if mark in error.lower()), ("sbatch",))
+        shape = ", ".join(
+            f"{key}={parameters[key]}"
+            for key in ("partition", "account", "qos", "cpus_per_task", "mem", "gpus_per_node", "time")
+            if key in parameters
+        )
+        named = " or ".join(f"`{option}`" for option in options)
+        raise BackendUnavailable(
+            f"the cluster refuses this sweep's jobs ({shape}): {error}; change the SLURM option {named} "
+            f"(--backend-option {options[0]}=..., LLC_SLURM_{options[0].upper()}, or the study's "
+            "execution.backend_options); nothing was submitted"
+        )
+
+    def _start(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
+        """One sbatch for cells of one shape (a job array if several); SlurmSubmitError when refused."""
+        parameters = self._parameters(cells[0], timeout_s)
+        import_path = [os.path.abspath(p) for p in sys.path if p]
+        try:
+            executor = submitit.SlurmExecutor(
+                self._folder(runs_dir), max_num_timeout=self.options.max_requeues, python=self.options.python
+            )
+            executor.update_parameters(**parameters)
+            calls = [CellCall(cell, Path(runs_dir), skip, import_path) for cell in cells]
+            submitted = executor.submit_array(calls)
+        except Exception as exc:
+            hint = ""
+            if "gres" in str(exc).lower() and parameters.get("gpus_per_node"):
+                hint = (
+                    "; the cells ask for a GPU (gpu_mode vectorized or sequential): on a partition"
+                    " without GPUs pass --backend-option gpus=0 (or --set device=cpu)"
+                )
+            raise SlurmSubmitError(f"sbatch failed for {len(cells)} cell(s): {exc}{hint}") from None
+        jobs: list[Job] = [
+            SlurmJob(self, job, cell, timeout_s) for job, cell in zip(submitted, cells, strict=True)
+        ]
+        self.states.watch([job.job_id for job in jobs])
+        self._track(jobs, str(self._folder(runs_dir)))
+        return jobs
+
+    def _adopt(
+        self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
+    ) -> list[Job]:
+        """Jobs of an earlier run of the sweep that SLURM still queues or runs, or that ended with an ok
+        result after the sweep looked for sealed results."""
+        entries = {cell.name: recorded[cell.name] for cell in cells if cell.name in recorded}
+        states = query([entry["job_id"] for entry in entries.values()])[0] if entries else {}
+        jobs: list[Job] = []
+        for cell in cells:
+            if (entry := entries.get(cell.name)) is None:
                 continue
-            abandoned = []
-            for request, job in zip(group, jobs, strict=True):
-                with self._lock:
-                    if request.abandoned:
-                        abandoned.append(job.job_id)
-                        continue
-                    request.job = SlurmJob(self, job, request.cell, request.timeout_s)
-                    self._active[job.job_id] = request.job
-            scancel(abandoned)
-            self.states.watch([job.job_id for job in jobs if job.job_id not in abandoned])
-            if self._closed.is_set():  # closed while sbatch ran: these jobs were not there to cancel
-                self.cancel_all("the SLURM backend was closed while the cells were submitted")
-            for request in group:
-                request.done.set()
+            state = states.get(entry["job_id"], "")
+            job = SlurmJob(self, submitit.SlurmJob(Path(entry["folder"]), entry["job_id"]), cell, timeout_s)
+            if base_state(state) not in PENDING | RUNNING and not job.left_ok():
+                continue
+            jobs.append(job)
+            log.info("cell %s: adopted SLURM job %s (%s) of an earlier run", cell.name, job.job_id, state)
+        self.states.watch([job.job_id for job in jobs])
+        with self._lock:
+            self._active.update(jobs)
+        return jobs
 
 
-class SlurmJob:
+class SlurmJob(Job):
     """One cell's SLURM job (an array element); `wait` returns its record, never waiting forever."""
 
     def __init__(
         self, backend: SlurmBackend, job: submitit.Job[Any], cell: Cell, timeout_s: float | None
     ) -> None:
-        self.cell = cell
-        self.job_id: str = job.job_id
+        super().__init__(backend, cell, timeout_s, job.job_id)
         self.paths = job.paths
-        self._backend = backend
-        self._timeout_s = timeout_s
-        self._state = JobState.PENDING
-        self._record: CellRecord | None = None
-        self._submitted = self._last_known = time.monotonic()
-        self._ran_s = 0.0  # seconds in earlier runs (before a requeue)
-        self._running_since: float | None = None
-
-    @property
-    def state(self) -> JobState:
-        return self._state
+        self._slurm = backend
+        self._last_known = time.monotonic()
 
     @property
     def stage(self) -> str:
         """The stage the job last reported; `queued` before it started."""
         try:
-            return self._stage_file.read_text().strip() or "start"
+            return (self.paths.folder / f"{self.job_id}.stage").read_text().strip() or "start"
         except OSError:
             return "queued" if self._running_since is None and not self._ran_s else "start"
 
-    @property
-    def _stage_file(self) -> Path:
-        return self.paths.folder / f"{self.job_id}.stage"
+    def left_ok(self) -> bool:
+        """Whether the job has ended with an ok record."""
+        if not self.paths.result_pickle.exists():
+            return False
+        outcome, value = submitit_utils.pickle_load(self.paths.result_pickle)
+        return outcome == "success" and isinstance(value, CellRecord) and value.status == "ok"
 
-    def wait(self, timeout: float | None = None) -> CellRecord | None:
-        until = None if timeout is None else time.monotonic() + timeout
-        while self._state in (JobState.PENDING, JobState.RUNNING):
-            record = self._check()
-            if record is not None:
-                self._end(record)
-                break
-            left = CHECK_S if until is None else min(CHECK_S, until - time.monotonic())
-            if left <= 0:
-                return None
-            self._backend.states.wait_for_update(left)
-        return self._record
+    def _poll(self, timeout: float | None) -> CellRecord | None:
+        record = self._check()
+        if record is None:
+            self._slurm.states.wait_for_update(CHECK_S if timeout is None else min(CHECK_S, timeout))
+        return record
 
-    def cancel(self) -> None:
-        if self._state in (JobState.PENDING, JobState.RUNNING):
-            self._state = JobState.CANCELLED
-            scancel([self.job_id])
-            self._backend.release(self)
+    def _stop(self) -> None:
+        scancel([self.job_id])
 
-    def interrupt(self, why: str) -> None:
-        """The backend cancelled the job (already scancelled): its waiter gets a record saying why."""
-        if self._state in (JobState.PENDING, JobState.RUNNING):
-            self._record = self._stopped_record("SlurmCancelled", f"was cancelled: {why}", retryable=False)
-            self._state = JobState.DONE
+    def _interrupted(self, why: str) -> CellRecord:
+        return self._stopped_record("SlurmCancelled", f"was cancelled: {why}", retryable=False)
 
     def _check(self) -> CellRecord | None:
         """The record if the job has ended (or must be stopped), else None; updates state and clocks."""
         if self.paths.result_pickle.exists():
             return self._result()
         now = time.monotonic()
-        known = self._backend.states.state(self.job_id)
+        known = self._slurm.states.state(self.job_id)
         if known is not None:
             self._last_known = now
             state, since = known
-            self._clock(base_state(state), since)
+            if base_state(state) in RUNNING:
+                self._running(since)
+            elif base_state(state) in PENDING:
+                self._queued(since)
             if is_final(state, since):
                 return self._ended(state)
-        elif now - self._last_known > self._backend.options.lost_after_s:
+        elif now - self._last_known > self._slurm.options.lost_after_s:
             return self._stopped(
                 "SlurmJobLost",
                 f"neither sacct nor squeue has known it for {now - self._last_known:.0f} s",
                 True,
             )
-        if self._timeout_s and self._ran() >= self._timeout_s:
-            scancel([self.job_id])
-            return CellRecord.timeout(self.cell, self.stage, self._timeout_s)
-        queue_timeout = self._backend.options.queue_timeout_s
+        queue_timeout = self._slurm.options.queue_timeout_s
         if (
             queue_timeout
             and self._state is JobState.PENDING
@@ -355,22 +354,6 @@ class SlurmJob:
         ):
             return self._stopped("SlurmQueueTimeout", f"still queued after {queue_timeout:g} s", False)
         return None
-
-    def _clock(self, base: str, since: float) -> None:
-        """Running time counts only while SLURM runs the job: queueing, before or after a requeue, is free."""
-        if base in RUNNING:
-            self._state = JobState.RUNNING
-            if self._running_since is None:
-                self._running_since = since
-        elif base in PENDING:
-            self._state = JobState.PENDING
-            if self._running_since is not None:
-                self._ran_s += since - self._running_since
-                self._running_since = None
-
-    def _ran(self) -> float:
-        running = time.monotonic() - self._running_since if self._running_since is not None else 0.0
-        return self._ran_s + running
 
     def _ended(self, state: str) -> CellRecord:
         """An ended job's result if it wrote one (the filesystem gets a moment to show it), else an error."""
@@ -414,7 +397,7 @@ class SlurmJob:
         )
 
     def _stopped(self, error_type: str, why: str, retryable: bool) -> CellRecord:
-        scancel([self.job_id])
+        self._stop()
         return self._stopped_record(error_type, f"{why}; it was cancelled", retryable)
 
     def _stopped_record(self, error_type: str, why: str, retryable: bool) -> CellRecord:
@@ -423,10 +406,6 @@ class SlurmJob:
         return CellRecord.failed(
             self.cell, self.stage, error_type, message, self._ran(), retryable, traceback=tail
         )
-
-    def _end(self, record: CellRecord) -> None:
-        self._record, self._state = record, JobState.DONE
-        self._backend.release(self)
 
 
 class CellCall(Checkpointable):
@@ -443,71 +422,12 @@ class CellCall(Checkpointable):
         return run_cell(self.cell, self.runs_dir, self.skip, lambda stage: _write(stage_file, stage))
 
 
-@dataclass
-class _Request:
-    cell: Cell
-    runs_dir: Path
-    skip: bool
-    timeout_s: float | None
-    folder: Path
-    parameters: dict[str, Any]
-    job: SlurmJob | None = None
-    error: BaseException | None = None
-    abandoned: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-class _Batcher:
-    """Gathers submissions until none has come for `window_s` (at most 10 windows), then sends them."""
-
-    def __init__(self, send: Callable[[list[_Request]], None], window_s: float) -> None:
-        self._send = send
-        self._window_s = window_s
-        self._queue: list[_Request] = []
-        self._last = 0.0
-        self._closed = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="slurm-submit")
-        self._thread.start()
-
-    def submit(self, request: _Request) -> SlurmJob:
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the SLURM backend is closed")
-            self._queue.append(request)
-            self._last = time.monotonic()
-            self._cond.notify_all()
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        assert request.job is not None
-        return request.job
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            dropped, self._queue = self._queue, []
-            self._cond.notify_all()
-        for request in dropped:
-            request.error = RuntimeError("the SLURM backend closed before the cell was submitted")
-            request.done.set()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                hard_stop = time.monotonic() + 10 * self._window_s
-                while (
-                    not self._closed
-                    and (due := min(self._last + self._window_s, hard_stop)) > time.monotonic()
-                ):
-                    self._cond.wait(due - time.monotonic())
-                batch, self._queue = self._queue, []
-            if batch:
-                self._send(batch)
+def cancel_jobs(job_ids: list[str]) -> list[str]:
+    """scancel the jobs SLURM still queues or runs (from any shell); their ids."""
+    states = query(job_ids)[0]
+    live = [job_id for job_id in job_ids if base_state(states.get(job_id, "")) in PENDING | RUNNING]
+    scancel(live)
+    return live
 
 
 def scancel(job_ids: list[str]) -> None:

@@ -107,14 +107,14 @@ def query(job_ids: list[str], timeout_s: float = 30.0) -> tuple[dict[str, str], 
     """State by job id from sacct, completed by squeue for the ids sacct does not report; and whether
     sacct answered at all."""
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
-    sacct = _command(
+    sacct = command(
         ["sacct", "--allocations", "--parsable2", "--format=JobID,State", f"--jobs={','.join(arrays)}"],
         timeout_s,
     )
     found = _parse(sacct or "")
     missing = sorted({job_id.split("_")[0] for job_id in job_ids if job_id not in found})
     if missing:
-        squeue = _command(
+        squeue = command(
             [
                 "squeue",
                 "--array",
@@ -129,7 +129,7 @@ def query(job_ids: list[str], timeout_s: float = 30.0) -> tuple[dict[str, str], 
     return found, sacct is not None
 
 
-def _command(argv: list[str], timeout_s: float) -> str | None:
+def command(argv: list[str], timeout_s: float) -> str | None:
     """The command's output, or None when it fails, is missing or does not answer in time."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)

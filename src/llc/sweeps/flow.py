@@ -24,18 +24,18 @@ from prefect.tasks import Task, exponential_backoff
 
 from llc import interrupt, tracking
 from llc.backends import Backend, BackendUnavailable, get_backend, run_on
+from llc.cells.cell import Cell
+from llc.cells.execute import cached_record
+from llc.cells.record import CellFailed, CellRecord, is_retryable
 from llc.config import ConfigError
 from llc.rundir import RunDir, atomic_write
 from llc.settings import load_settings
 from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
 from llc.sweeps import artifacts
-from llc.sweeps.cell import Cell
-from llc.sweeps.execute import cached_record
 from llc.sweeps.options import SweepOptions, resolve_options
 from llc.sweeps.plan import Plan, plan_sweep
-from llc.sweeps.record import CellFailed, CellRecord, is_retryable
-from llc.sweeps.results import error_rows, result_rows, sweep_dir, write_results
+from llc.sweeps.results import JOBS_FILE, error_rows, result_rows, sweep_dir, write_results
 from llc.sweeps.summary import summarize, to_markdown
 
 if TYPE_CHECKING:
@@ -138,6 +138,10 @@ def sweep(
             "sweep %s: %d cells on the %s backend, %d at once; results in %s",
             plan.sweep_id, len(plan.cells), options.backend, options.max_parallel, out,
         )  # fmt: skip
+        # Every cell that must compute goes to the backend at once (one SLURM job array per shape);
+        # each task then claims its cell's job, and a retry submits its cell again on its own.
+        todo = [cell for cell in plan.cells if not (skip and cached_record(cell, options.runs_dir))]
+        cell_backend.submit_all(todo, options.runs_dir, skip, options.timeout_s, out / JOBS_FILE)
         records, stored = _run_cells(plan, options, skip, cell_backend, out, bucket, logger)
     return _finish(plan, options, records, out, logger, started, bucket, stored)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from llc.cells.cell import Cell, cell_name
+from llc.cells.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
 from llc.sweeps import checkpoints
-from llc.sweeps.cell import Cell, cell_name
 from llc.sweeps.checkpoints import Checkpoint
-from llc.sweeps.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
 from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, describe, format_loc
 
 MAX_ISSUES = 20

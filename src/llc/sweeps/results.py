@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from llc.cells.cell import Cell
+from llc.cells.record import CellRecord
 from llc.rundir import atomic_write
-from llc.sweeps.cell import Cell
-from llc.sweeps.record import CellRecord
 
 HEAD = ["sweep_id", "cell", "problem", "sampler", "seed"]
 CHECKPOINT = ["checkpoint", "step"]  # after HEAD in a sweep over checkpoints
@@ -27,6 +27,10 @@ ERROR_COLUMNS = [
 
 def sweep_dir(runs_dir: Path, sweep_id: str) -> Path:
     return Path(runs_dir) / "sweeps" / sweep_id
+
+
+# In a sweep's folder: the jobs its backend submitted (adopted on a restart; `llc sweep cancel`).
+JOBS_FILE = "jobs.jsonl"
 
 
 def result_rows(sweep_id: str, cells: list[Cell], records: dict[str, CellRecord]) -> list[dict[str, Any]]:

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llc.cells.experiments import LLC_EXPERIMENT
 from llc.config import ConfigError
 from llc.settings import BEST_BY_PATTERN
-from llc.sweeps.experiments import LLC_EXPERIMENT
 
 Loc = tuple[str | int, ...]
 

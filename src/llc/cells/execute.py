@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from llc.cells.cell import Cell
+from llc.cells.experiments import LLC_EXPERIMENT, load_experiment
+from llc.cells.record import CellRecord
 from llc.rundir import RunDir
 from llc.settings import load_settings
-from llc.sweeps.cell import Cell
-from llc.sweeps.experiments import LLC_EXPERIMENT, load_experiment
-from llc.sweeps.record import CellRecord
 from llc.tracking import track
 
 StageCallback = Callable[[str], None]

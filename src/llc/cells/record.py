@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from llc.sweeps.cell import Cell
+from llc.cells.cell import Cell
 
 TRACEBACK_LINES = 25
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from llc.sweeps.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
+from llc.cells.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
 
 
 class Cell(BaseModel):
