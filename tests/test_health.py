@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
+from llc.cells.cell import lone_cell
+from llc.cells.record import CellRecord
 from llc.cli import app
 from llc.config import build_config
 from llc.erm import train
@@ -14,8 +16,6 @@ from llc.health import MALA_FLOOR
 from llc.network import MLP
 from llc.problems import build_problem
 from llc.problems.optimum import best_linear_loss
-from llc.sweeps.cell import lone_cell
-from llc.sweeps.record import CellRecord
 from llc.sweeps.results import result_rows
 
 RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "n_data": 500, "chains": 4, "steps": 100}
