@@ -1,9 +1,8 @@
-"""Estimates agree with learning coefficients known in closed form (full preset, analytic targets).
+"""Estimates agree with learning coefficients known in closed form, with every default (full preset).
 
-Low observation noise (0.1) keeps the minibatch loss's variance small, and weak localization
-(gamma = 1) keeps its bias below 0.1% for these curvatures. SGLD's own bias grows with
-step size × curvature (about eps·nβ·h/4 in the variance), so it runs at eps = 3e-5. Full-batch
-HMC on these linear networks uses the exact second-moment gradient (llc.gram).
+The known-λ problems default to weak localization (gamma = 1, whose bias is about 0.1% at these
+curvatures) and, for SGLD and SGHMC, to step_size=auto (docs/samplers.md#defaults-of-the-known-λ-problems).
+Nothing here is tuned per case or per sampler.
 """
 
 import pytest
@@ -11,8 +10,6 @@ import pytest
 from llc.config import build_config
 from llc.experiment import run_llc
 
-COMMON = {"noise_scale": 0.1, "gamma": 1.0}
-PER_SAMPLER = {"sgld": {"step_size": 3e-5}, "hmc": {}}
 CASES = {
     "linear": {"problem": "linear", "widths": (4, 3)},
     "rrr": {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1},
@@ -21,16 +18,15 @@ CASES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["sgld", "hmc"])
+@pytest.mark.parametrize("sampler", ["sgld", "sghmc", "hmc", "mclmc"])
 @pytest.mark.parametrize("case", CASES)
-def test_estimate_matches_the_true_learning_coefficient(case, sampler, tmp_path):
-    config = build_config("full", {**COMMON, **CASES[case], **PER_SAMPLER[sampler], "sampler": sampler})
+def test_with_defaults_only_the_estimate_is_within_10_percent_of_lambda(case, sampler, tmp_path):
+    config = build_config("full", {**CASES[case], "sampler": sampler})
     metrics = run_llc(config, tmp_path).metrics
-    tolerance = 0.05 if case == "linear" else 0.15
-    rel = abs(metrics["llc_mean"] - metrics["llc_true"]) / metrics["llc_true"]
     summary = (
-        f"{case}/{sampler}: {metrics['llc_mean']:.3f} ± {metrics['llc_se']:.3f} vs {metrics['llc_true']}"
+        f"{case}/{sampler}: {metrics['llc_mean']:.3f} ± {metrics['llc_se']:.3f} vs {metrics['llc_true']} "
+        f"(step {metrics.get('step_size_auto')}, flags {metrics['flags']})"
     )
     print(summary)
-    assert rel < tolerance, summary
+    assert abs(metrics["llc_rel_error"]) < 0.1, summary
     assert metrics["chains_diverged"] == 0 and metrics["r_hat"] < 1.1, metrics

@@ -115,6 +115,7 @@ def run(
         f"r_hat={_fmt(m.get('r_hat'))}  diverged={m.get('chains_diverged')}{note}"
     )
     typer.echo(str(result.path))
+    _report_flags(m)
     if m.get("llc_mean") is None:
         err.print(f"[red]error:[/red] {_no_estimate(config, m)}")
         raise typer.Exit(1)
@@ -122,12 +123,13 @@ def run(
 
 def _no_estimate(config: RunConfig, metrics: dict[str, Any]) -> str:
     """What to change when no chain is left to estimate from."""
-    step = config.resolved_step_size
+    step = metrics.get("step_size_auto") or config.resolved_step_size
     return (
         f"no estimate: {metrics.get('chains_diverged')} of {config.chains} chains diverged "
         f"at step_size={step:g}; "
         f"try a smaller step size (--set step_size={step / 10:g}) or a stronger localization "
-        f"(--set gamma={config.gamma * 10:g})"
+        f"(--set gamma={config.gamma * 10:g}), or let the step be set from the curvature "
+        "(--set step_size=auto, sgld and sghmc)"
     )
 
 
@@ -163,6 +165,18 @@ def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pai
     note = " (cached)" if record.cached else ""
     err.print(f"llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}{note}")
     typer.echo(str(RunDir(root, config.run_id).path))
+    _report_flags(m)
+    if m.get("llc_mean") is None:
+        err.print(f"[red]error:[/red] {_no_estimate(config, m)}")
+        raise typer.Exit(1)
+
+
+def _report_flags(metrics: dict[str, Any]) -> None:
+    """Say why a run is not to be trusted (docs/diagnostics.md#flags-runs-that-cannot-be-trusted)."""
+    if metrics.get("llc_note"):
+        err.print(f"note: {metrics['llc_note']}")
+    for name, reason in zip(metrics.get("flags", []), metrics.get("flag_reasons", []), strict=True):
+        err.print(f"[yellow]untrusted ({name}):[/yellow] {reason}")
 
 
 @app.command()
@@ -331,3 +345,8 @@ cli_server.register(app)
 from llc import cli_storage  # noqa: E402  (its commands join the app)
 
 cli_storage.register(app)
+
+
+from llc import cli_calibrate  # noqa: E402  (its command joins the app)
+
+cli_calibrate.register(app)

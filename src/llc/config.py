@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,15 @@ NOT_IN_IDS = (*EXECUTION_ONLY, "weights")
 # Step sizes that work on each sampler's scale when none is given (HMC and MCLMC tune theirs in warm-up).
 DEFAULT_STEP_SIZE = {"sgld": 1e-4, "sghmc": 1e-5, "hmc": 1e-3, "mclmc": 1e-2}
 
+
+# The problems whose λ is known estimate it by default: localization weak against nβ (γ ≪ 2·nβ, the
+# squared loss's curvature; gamma 100 read 10-35% low on them), and, for sgld and sghmc with a warm-up,
+# step_size=auto, since a fixed step right for one network's curvature diverges on another's.
+KNOWN_LAMBDA_PROBLEMS = ("linear", "rrr", "dln")
+KNOWN_LAMBDA_DEFAULTS = {"gamma": 1.0}
+
+# step_size=auto measures the curvature over 10 rounds of warm-up (samplers/step_search.py): 4 steps each.
+AUTO_MIN_WARMUP = 40
 
 # Losses of the built-in problems; a module problem takes mse, cross_entropy or "package.module:function".
 BUILTIN_LOSSES = ("mse", "t_regression")
@@ -109,7 +118,9 @@ class RunConfig(BaseModel):
     thin: int = Field(1, ge=1, description="record every thin-th step")
     eval_every: int = Field(0, ge=0, description="full-data loss and MALA check every k steps (0: never)")
     batch_size: int = Field(256, ge=1, description="minibatch size for sgld/sghmc (hmc/mclmc are full-batch)")
-    step_size: float | None = Field(None, gt=0, description="defaults per sampler")
+    step_size: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
+        None, description="defaults per sampler; auto (sgld, sghmc): searched in warm-up (docs/samplers.md)"
+    )
     gamma: float = Field(100.0, ge=0, description="localization strength")
     nbeta: float | None = Field(None, gt=0, description="n*beta; defaults to n / log n")
     precond: Literal["none", "rmsprop", "adam"] = Field("none", description="sgld preconditioner")
@@ -128,6 +139,20 @@ class RunConfig(BaseModel):
         description="torch.compile each SGLD/SGHMC block step (other samplers: the gradient); "
         "auto: when the run is long enough to repay the compilation (docs/samplers.md)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_lambda_defaults(cls, data: Any) -> Any:
+        """Defaults that let the known-λ problems estimate λ (KNOWN_LAMBDA_DEFAULTS); given keys win."""
+        if not isinstance(data, dict) or data.get("problem") not in KNOWN_LAMBDA_PROBLEMS:
+            return data
+        data = {"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data}
+        searchable = data.get("sampler", "sgld") in ("sgld", "sghmc")
+        warmup = data.get("warmup", 0)
+        long_enough = isinstance(warmup, int) and warmup >= AUTO_MIN_WARMUP
+        if searchable and long_enough and data.get("compile") is not True:
+            data.setdefault("step_size", "auto")
+        return data
 
     @field_validator("widths", "teacher_widths")
     @classmethod
@@ -178,6 +203,16 @@ class RunConfig(BaseModel):
                     raise ValueError(f"true_rank must be <= min(widths) = {min(self.widths or (0,))}")
         if self.problem != "module" and self.sampler in ("sgld", "sghmc") and self.batch_size > self.n_data:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n_data ({self.n_data})")
+        if self.step_size == "auto":
+            if self.sampler not in ("sgld", "sghmc"):
+                raise ValueError(
+                    f"step_size=auto is for sgld and sghmc; {self.sampler} tunes its step size in warm-up "
+                    "already (leave step_size unset)"
+                )
+            if self.warmup < AUTO_MIN_WARMUP:
+                raise ValueError(f"step_size=auto searches during warm-up: set warmup >= {AUTO_MIN_WARMUP}")
+            if self.compile is True:
+                raise ValueError("step_size=auto runs eager: set compile=auto or false")
         if self.precond != "none" and self.sampler != "sgld":
             raise ValueError(f"precond applies to sgld only; set precond=none for sampler {self.sampler}")
         return self
@@ -210,15 +245,20 @@ class RunConfig(BaseModel):
         return reference_fingerprint(self.model, self.data, self.loss, self.weights)
 
     @property
+    def step_size_auto(self) -> bool:
+        return self.step_size == "auto"
+
+    @property
     def resolved_step_size(self) -> float:
-        return self.step_size if self.step_size is not None else DEFAULT_STEP_SIZE[self.sampler]
+        """The step size, or where step_size=auto starts its search."""
+        return self.step_size if isinstance(self.step_size, float) else DEFAULT_STEP_SIZE[self.sampler]
 
     def normalized(self) -> dict[str, Any]:
         """The config with every default made explicit: what run_id hashes and config.json stores."""
         data = self.model_dump(mode="json")
         # A module problem's n is its data's: n / log n is taken there (the data's source is in the ids).
         data["nbeta"] = self.nbeta if self.problem == "module" else self.resolved_nbeta
-        data["step_size"] = self.resolved_step_size
+        data["step_size"] = "auto" if self.step_size_auto else self.resolved_step_size
         return data
 
     @property

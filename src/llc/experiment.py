@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from llc import diagnostics, gram, plots
+from llc import diagnostics, gram, health, plots
 from llc.allocator import keep_freed_memory
 from llc.config import RunConfig
 from llc.erm import train
@@ -22,6 +22,7 @@ from llc.network import MLP
 from llc.posterior import LocalizedPosterior
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
+from llc.problems.optimum import best_linear_loss, is_linear_network
 from llc.rundir import RunDir, atomic_write
 from llc.samplers.driver import Checkpointing, Progress, Trace, sample
 from llc.threads import cpu_threads, threads_for
@@ -202,7 +203,14 @@ def build_metrics(
         "torch": torch.__version__,
     }
     if problem.llc_true:
-        metrics["llc_rel_error"] = (summary["llc_mean"] - problem.llc_true) / problem.llc_true
+        if health.estimates_lambda(config.gamma, config.resolved_nbeta):
+            metrics["llc_rel_error"] = (summary["llc_mean"] - problem.llc_true) / problem.llc_true
+        else:
+            metrics["llc_note"] = health.lambda_note(config.gamma, config.resolved_nbeta)
+    if is_linear_network(problem.model):
+        # ERM is checked, not assumed: reduced-rank regression gives the best loss in closed form.
+        metrics["L_best"] = best_linear_loss(problem.model, problem.x, problem.y)
+        metrics["erm_gap_llc"] = config.resolved_nbeta * (loss0 - metrics["L_best"])
     for name in ("acceptance_rate", "step_size", "energy"):
         if name in trace.stats:
             metrics[f"{name}_mean"] = float(np.nanmean(trace.stats[name]))
@@ -210,6 +218,9 @@ def build_metrics(
         metrics["energy_change_var_per_dim"] = float(
             np.nanvar(trace.stats["energy_change"]) / problem.model.n_params
         )
+    if trace.step_size_auto:  # step_size=auto: the step chosen (the median of a sequential run's chains)
+        metrics["step_size_auto"] = float(np.median(trace.step_size_auto))
+        metrics["step_size_curvatures"] = trace.curvatures
     if trace.mala_acceptance is not None:
         metrics["mala_acceptance_mean"] = float(np.nanmean(trace.mala_acceptance))
     if trace.eval_loss is not None:
@@ -218,4 +229,8 @@ def build_metrics(
             metrics["llc_mean_full_loss"] = float(nbeta * (np.nanmean(healthy) - loss0))
     if "diverging" in trace.stats:
         metrics["divergent_transitions"] = int(trace.stats["diverging"].sum())
+    flags = health.assess(metrics, config.chains, config.sampler, config.target_accept)
+    metrics["trusted"] = not flags
+    metrics["flags"] = [flag.name for flag in flags]
+    metrics["flag_reasons"] = [flag.reason for flag in flags]
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}

@@ -54,3 +54,19 @@ class BlockedKernel(_KernelBase, Protocol):
     steps in one call, each core its own blocks, and reports through `recorder` as it goes."""
 
     def advance(self, state: Any, count: int, tune: bool, recorder: Recorder) -> Any: ...
+
+
+class StepTunable(Protocol):
+    """A minibatch kernel whose step `step_size=auto` sets in warm-up (samplers/step_search.py)."""
+
+    step_size: float  # the kernel's own step parameter (SGLD's ε, SGHMC's η)
+
+    def langevin_proposal(self, state: Any) -> tuple[float, torch.Tensor | None]:
+        """The full-batch Langevin proposal a step amounts to: its step and diagonal preconditioner."""
+        ...
+
+    def restart(self, state: Any, rows: torch.Tensor) -> None:
+        """Put the chains at `rows` back at w*, their auxiliary state reset."""
+        ...
+
+    def position(self, state: Any) -> torch.Tensor: ...

@@ -23,6 +23,8 @@ from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.rundir import atomic_write
 from llc.samplers import KERNELS
+from llc.samplers.base import StepTunable
+from llc.samplers.step_search import FIRST_ITERATIONS, ITERATIONS, CurvatureStep, round_length, top_curvature
 from llc.threads import cpu_threads, threads_for
 
 Progress = Callable[[int, int], None]
@@ -52,6 +54,8 @@ class Trace:
     t_sampling_s: float = 0.0  # after warm-up
     t_warmup_s: float = 0.0
     compiled: bool = False  # whether the step was compiled (compile=true, or auto deciding so)
+    step_size_auto: list[float] = field(default_factory=list)  # step_size=auto: the step chosen, per search
+    curvatures: list[float] = field(default_factory=list)  # step_size=auto: h_max at each check
 
 
 def sample(
@@ -87,6 +91,8 @@ def compiles(config: RunConfig, posterior: LocalizedPosterior) -> bool:
     on the CPU, vectorized, with a C++ compiler present, when eager sampling would take long."""
     if config.compile != "auto":
         return bool(config.compile)
+    if config.step_size_auto:  # a compiled step is specialised to its step size, which the search changes
+        return False
     fuses = getattr(KERNELS[config.sampler], "fuses", None)  # blocked kernels compile whole steps
     if fuses is None or not fuses(config) or posterior.x.is_cuda or config.gpu_mode == "sequential":
         return False
@@ -162,6 +168,7 @@ def _run_chains(
 
     # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
     eval_gen = torch.Generator(device=device).manual_seed(gen.initial_seed() + 1)
+    search = CurvatureStep() if config.step_size_auto else None
     first, warm_before, sampled_before = 0, 0.0, 0.0
     record_arrays = {"losses": losses, "w_proj": w_proj, "eval_loss": eval_loss, "mala": mala}
     saved = _load_checkpoint(checkpoint.path, device) if checkpoint is not None else None
@@ -173,6 +180,7 @@ def _run_chains(
         gen.set_state(saved["gen"])
         eval_gen.set_state(saved["eval_gen"])
         first, warm_before, sampled_before = saved["t"], saved["t_warmup_s"], saved["t_sampling_s"]
+        search = saved.get("search", search)
     start = time.perf_counter()
     sampling_start = start if first >= config.warmup else None
     last_save = start
@@ -185,7 +193,8 @@ def _run_chains(
         kernel_state = {k: v for k, v in kernel.__dict__.items() if k not in transient}
         payload = {
             "t": t_next, "state": state, "stats": stats, "kernel": kernel_state, "gen": gen.get_state(),
-            "eval_gen": eval_gen.get_state(), "t_warmup_s": warm, "t_sampling_s": sampled, **record_arrays,
+            "eval_gen": eval_gen.get_state(), "t_warmup_s": warm, "t_sampling_s": sampled, "search": search,
+            **record_arrays,
         }  # fmt: skip
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -201,6 +210,8 @@ def _run_chains(
     compiled = bool(getattr(kernel, "fused", config.compile))
     with cpu_threads(1 if getattr(kernel, "parts", 1) > 1 else 0):
         t = first
+        if search is not None and t == 0:
+            _search_round(search, 0, config.warmup, kernel, state, posterior, eval_gen)
         while t < total:
             tune = t < config.warmup
             if not tune and sampling_start is None:
@@ -209,18 +220,23 @@ def _run_chains(
             recorder = _Recorder(t - config.warmup, config.thin, losses, w_proj, directions, posterior)
             if blocked:
                 stop = _stride_end(t, total, config, n_evals)
+                if search is not None and t < config.warmup:  # stop at the end of the search's round
+                    stop = min(stop, (t // round_length(config.warmup) + 1) * round_length(config.warmup))
                 state = kernel.advance(state, stop - t, tune, recorder)  # type: ignore[attr-defined]
             else:
                 stop = t + 1
                 state = _one_step(kernel, state, gen, tune, recorder, stats)
             t = stop
+            if search is not None and t <= config.warmup:
+                _search_round(search, t, config.warmup, kernel, state, posterior, eval_gen)
             s = t - config.warmup  # steps sampled so far
             if s > 0 and n_evals and s % eval_every == 0 and s // eval_every <= n_evals:
                 e = s // eval_every - 1
                 position = kernel.position(state)
                 eval_loss[:, e] = posterior.full_loss(position)
                 if config.sampler == "sgld":
-                    mala[:, e] = mala_acceptance(posterior, position, config.resolved_step_size, eval_gen)
+                    eps, scale = kernel.langevin_proposal(state)  # type: ignore[attr-defined]
+                    mala[:, e] = mala_acceptance(posterior, position, eps, eval_gen, scale)
             due = checkpoint is not None and time.perf_counter() - last_save >= checkpoint.every_s
             if due and t < total:
                 save(t)
@@ -253,6 +269,8 @@ def _run_chains(
         diverged_at=diverged_at,
         grad_evals=total * kernel.grad_evals_per_step,
         compiled=compiled,
+        step_size_auto=[kernel.step_size] if search is not None else [],  # type: ignore[attr-defined]
+        curvatures=search.curvatures if search is not None else [],
         t_sampling_s=sampled_before + end - sampling_start,
         t_warmup_s=warm_before + (sampling_start - start if first < config.warmup else 0.0),
     )
@@ -298,6 +316,39 @@ class _Recorder:
             self.losses[rows, d] = loss
 
 
+def _search_round(
+    search: CurvatureStep,
+    t: int,
+    warmup: int,
+    kernel: StepTunable,
+    state: Any,
+    posterior: LocalizedPosterior,
+    gen: torch.Generator,
+) -> None:
+    """step_size=auto: before warm-up and at the end of each round, measure the largest curvature at the
+    chains' positions and give the kernel the step it allows; at the end of warm-up, the chosen step.
+    A chain that the round threw off to non-finite values starts again from w*."""
+    if t % round_length(warmup) == 0 and t < warmup:
+        position = kernel.position(state)
+        lost = ~torch.isfinite(position).all(dim=1)
+        if lost.any():
+            kernel.restart(state, lost.nonzero().squeeze(1))
+        eps, scale = kernel.langevin_proposal(state)
+        iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
+        h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
+        finite = h[torch.isfinite(h)]
+        _set_langevin_step(kernel, eps, search.update(float(finite.max()) if finite.numel() else math.nan))
+    if t == warmup:
+        eps, _ = kernel.langevin_proposal(state)
+        _set_langevin_step(kernel, eps, search.final)
+
+
+def _set_langevin_step(kernel: StepTunable, current: float, wanted: float | None) -> None:
+    """Scale the kernel's step size so that its Langevin step (langevin_proposal) becomes `wanted`."""
+    if wanted is not None:
+        kernel.step_size = kernel.step_size * wanted / current
+
+
 def _one_step(
     kernel: Any,
     state: Any,
@@ -341,17 +392,24 @@ def _synchronize(device: torch.device) -> None:
 
 
 def mala_acceptance(
-    posterior: LocalizedPosterior, w: torch.Tensor, eps: float, gen: torch.Generator
+    posterior: LocalizedPosterior,
+    w: torch.Tensor,
+    eps: float,
+    gen: torch.Generator,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Metropolis acceptance probability of one full-batch Langevin proposal of step eps from w [chains]."""
+    """Metropolis acceptance probability of one full-batch Langevin proposal of step eps from w [chains],
+    preconditioned by the diagonal `scale` G [chains, d] when given (G held fixed, as the kernel does):
+    w' = w − (eps/2)·G·∇U(w) + sqrt(eps·G)·ξ."""
+    metric = torch.ones_like(w) if scale is None else scale
     loss, grad = posterior.loss_and_grad(w)
     u = posterior.potential(w, loss)
     noise = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
-    proposal = w - 0.5 * eps * grad + math.sqrt(eps) * noise
+    proposal = w - 0.5 * eps * metric * grad + (eps * metric).sqrt() * noise
     loss_p, grad_p = posterior.loss_and_grad(proposal)
     u_p = posterior.potential(proposal, loss_p)
-    log_q_forward = -(proposal - w + 0.5 * eps * grad).square().sum(dim=1) / (2 * eps)
-    log_q_backward = -(w - proposal + 0.5 * eps * grad_p).square().sum(dim=1) / (2 * eps)
+    log_q_forward = -((proposal - w + 0.5 * eps * metric * grad).square() / metric).sum(dim=1) / (2 * eps)
+    log_q_backward = -((w - proposal + 0.5 * eps * metric * grad_p).square() / metric).sum(dim=1) / (2 * eps)
     log_alpha = (log_q_backward - log_q_forward + u - u_p).nan_to_num(nan=-math.inf)
     return torch.exp(log_alpha.clamp(max=0.0))
 
@@ -384,4 +442,6 @@ def _concat(traces: list[Trace]) -> Trace:
         t_sampling_s=sum(t.t_sampling_s for t in traces),
         t_warmup_s=sum(t.t_warmup_s for t in traces),
         compiled=first.compiled,
+        step_size_auto=[step for t in traces for step in t.step_size_auto],
+        curvatures=[h for t in traces for h in t.curvatures],
     )

@@ -54,6 +54,25 @@ class SGHMC(BlockedChains):
     def position(self, state: SGHMCState) -> torch.Tensor:
         return state.w
 
+    @property
+    def step_size(self) -> float:
+        return self.eta
+
+    @step_size.setter
+    def step_size(self, value: float) -> None:
+        self.eta = value
+
+    def langevin_proposal(self, state: SGHMCState) -> tuple[float, None]:
+        """The Langevin proposal a step amounts to, for the MALA check: over the 1/α steps that friction
+        takes to forget a velocity, SGHMC moves as SGLD with ε = 2η/α, and its minibatch noise heats the
+        chains exactly as SGLD's at that ε does (its discretization error is that of ε = η, smaller)."""
+        return 2 * self.eta / self.alpha, None
+
+    def restart(self, state: SGHMCState, rows: torch.Tensor) -> None:
+        """Put the chains at `rows` back at w*, at rest."""
+        state.w[rows] = self.posterior.w_star
+        state.v[rows] = 0.0
+
     def _compile_block(self, state: SGHMCState, block: Block) -> None:
         assert self._compiled_step is not None
         w, v = state.w[block.chains], state.v[block.chains]

@@ -70,6 +70,29 @@ class SGLD(BlockedChains):
     def position(self, state: SGLDState) -> torch.Tensor:
         return state.w
 
+    @property
+    def step_size(self) -> float:
+        return self.eps
+
+    @step_size.setter
+    def step_size(self, value: float) -> None:
+        self.eps = value
+
+    def langevin_proposal(self, state: SGLDState) -> tuple[float, torch.Tensor | None]:
+        """The full-batch Langevin proposal a step amounts to, for the MALA check: its step ε and the
+        diagonal preconditioner G it applies (None without one)."""
+        if state.square_avg is None:
+            return self.eps, None
+        scale = state.square_avg / (1 - RMSPROP_DECAY ** max(state.t, 1))
+        return self.eps, 1.0 / (scale.sqrt() + PRECOND_EPS)
+
+    def restart(self, state: SGLDState, rows: torch.Tensor) -> None:
+        """Put the chains at `rows` back at w*, their preconditioner statistics with them."""
+        state.w[rows] = self.posterior.w_star
+        for stat in (state.square_avg, state.momentum):
+            if stat is not None:
+                stat[rows] = 0.0
+
     def _compile_block(self, state: SGLDState, block: Block) -> None:
         assert self._compiled_step is not None
         w = state.w[block.chains]

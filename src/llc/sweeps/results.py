@@ -15,7 +15,8 @@ from llc.rundir import atomic_write
 HEAD = ["sweep_id", "cell", "problem", "sampler", "seed"]
 CHECKPOINT = ["checkpoint", "step"]  # after HEAD in a sweep over checkpoints
 TAIL = [
-    "family_id", "run_id", "status", "cached", "llc_mean", "llc_se", "ess_bulk", "r_hat", "llc_true",
+    "family_id", "run_id", "status", "cached", "trusted", "flags", "llc_mean", "llc_se", "ess_bulk", "r_hat",
+    "llc_true",
     "llc_rel_error", "t_sampling_s", "grad_evals", "duration_s", "attempts", "stage", "error_type", "run_dir",
 ]  # fmt: skip
 ERROR_COLUMNS = [
@@ -42,7 +43,9 @@ def result_rows(sweep_id: str, cells: list[Cell], records: dict[str, CellRecord]
 
 
 def _row(sweep_id: str, cell: Cell, record: CellRecord) -> dict[str, Any]:
-    metrics = record.metrics
+    metrics = dict(record.metrics)
+    if isinstance(metrics.get("flags"), list):  # one cell of the table: names joined by ";"
+        metrics["flags"] = ";".join(metrics["flags"])
     row: dict[str, Any] = {
         "sweep_id": sweep_id, "cell": cell.name, "problem": cell.problem, "sampler": cell.sampler,
         "seed": cell.seed, **_checkpoint(cell), **cell.grid, "family_id": record.family_id,

@@ -1,0 +1,107 @@
+"""Runs that cannot be trusted say so: diverged chains, a too-large step, an unconverged ERM."""
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from llc.cells.cell import lone_cell
+from llc.cells.record import CellRecord
+from llc.cli import app
+from llc.config import build_config
+from llc.erm import train
+from llc.experiment import run_llc
+from llc.health import MALA_FLOOR
+from llc.network import MLP
+from llc.problems import build_problem
+from llc.problems.optimum import best_linear_loss
+from llc.sweeps.results import result_rows
+
+RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "n_data": 500, "chains": 4, "steps": 100}
+
+
+def test_the_best_linear_loss_is_least_squares_for_one_layer_and_a_floor_for_a_bottleneck():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 5, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(5, 4, generator=gen, dtype=torch.float64) + 0.1 * torch.randn(400, 4, generator=gen)
+    exact = torch.linalg.lstsq(x, y).solution
+    full = float((x @ exact - y).square().sum(dim=1).mean())
+    assert abs(best_linear_loss(MLP((5, 4), "identity", bias=False), x, y) - full) < 1e-10
+    # Through a width-2 bottleneck the floor is higher, and no rank-2 map goes below it.
+    best = best_linear_loss(MLP((5, 2, 4), "identity", bias=False), x, y)
+    assert best > full * 1.5
+    # Least squares projected on any 2-dimensional subspace of outputs is a rank-2 map: none beats it.
+    for _ in range(50):
+        q, _ = torch.linalg.qr(torch.randn(4, 2, generator=gen, dtype=torch.float64))
+        assert float((x @ exact @ q @ q.T - y).square().sum(dim=1).mean()) >= best - 1e-12
+
+
+def test_erm_on_the_built_in_linear_networks_reaches_the_closed_form_optimum():
+    for case in ({"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1},
+                 {"problem": "dln", "widths": (4, 3, 3, 4), "true_rank": 1}):  # fmt: skip
+        config = build_config("full", {**case, "erm_steps": 2000})
+        problem = build_problem(config)
+        _, loss0 = train(problem, config.erm_steps, config.erm_lr, config.seed)
+        best = best_linear_loss(problem.model, problem.x, problem.y)
+        assert 0 <= config.resolved_nbeta * (loss0 - best) < 0.05 * problem.llc_true, (case, loss0, best)
+
+
+def test_a_run_whose_erm_stopped_short_is_flagged(tmp_path):
+    metrics = run_llc(build_config(None, {**RRR, "erm_steps": 3, "sampler": "hmc"}), tmp_path).metrics
+    assert "erm_not_converged" in metrics["flags"] and metrics["trusted"] is False
+    assert metrics["erm_gap_llc"] > 1.0
+    healthy = run_llc(build_config(None, {**RRR, "erm_steps": 2000, "sampler": "hmc"}), tmp_path).metrics
+    assert "erm_not_converged" not in healthy["flags"] and healthy["erm_gap_llc"] < 0.1
+
+
+def test_a_run_whose_chains_diverged_is_flagged_in_metrics_and_results(tmp_path):
+    config = build_config(None, {**RRR, "sampler": "sgld", "step_size": 0.05, "eval_every": 50})
+    result = run_llc(config, tmp_path)
+    m = result.metrics
+    assert m["chains_diverged"] >= 3 and m["trusted"] is False
+    assert {"no_healthy_chain", "most_chains_diverged"} & set(m["flags"])
+    assert json.loads((result.path / "metrics.json").read_text())["flags"] == m["flags"]
+    cell = lone_cell(config)
+    record = CellRecord.ok(cell, str(result.path), m, duration_s=1.0, cached=False)
+    (row,) = result_rows("s", [cell], {cell.name: record})
+    assert row["trusted"] is False and row["flags"] == ";".join(m["flags"])
+
+
+def test_a_step_too_large_for_the_curvature_is_flagged_by_its_mala_acceptance(tmp_path):
+    config = build_config(
+        None, {**RRR, "sampler": "sgld", "step_size": 2e-3, "batch_size": 500, "eval_every": 20, "gamma": 1}
+    )
+    m = run_llc(config, tmp_path).metrics
+    assert m["chains_diverged"] == 0, m
+    assert m["mala_acceptance_mean"] < MALA_FLOOR and "mala_acceptance_low" in m["flags"]
+    small = run_llc(config.model_copy(update={"step_size": 2e-5}), tmp_path).metrics
+    assert small["mala_acceptance_mean"] > 0.9 and "mala_acceptance_low" not in small["flags"]
+
+
+def test_llc_run_exits_1_saying_what_to_change_when_no_healthy_chain_is_left(tmp_path):
+    args = ["run", "--sampler", "sgld", "--runs-dir", str(tmp_path), "--preset", "quick"]
+    for key, value in {**RRR, "widths": "[5,3,5]", "step_size": 1.0}.items():
+        args += ["--set", f"{key}={value}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "no_healthy_chain" in result.output and "lower step_size" in result.output
+    run_dir = Path(result.stdout.strip().splitlines()[0])
+    assert json.loads((run_dir / "metrics.json").read_text())["chains_used"] == 0
+
+
+def test_a_known_lambda_run_under_strong_localization_carries_a_note_not_a_relative_error(tmp_path):
+    strong = run_llc(build_config(None, {**RRR, "sampler": "hmc", "gamma": 100}), tmp_path).metrics
+    assert "llc_rel_error" not in strong and "localized LLC" in strong["llc_note"]
+    weak = run_llc(build_config(None, {**RRR, "sampler": "hmc", "gamma": 1}), tmp_path).metrics
+    assert "llc_note" not in weak and weak["llc_rel_error"] is not None
+
+
+def test_chains_that_disagree_are_flagged():
+    from llc.health import assess
+
+    def flags(r_hat: float) -> list[str]:
+        metrics = {"chains_used": 8, "chains_diverged": 0, "r_hat": r_hat, "llc_mean": 5.0}
+        return [f.name for f in assess(metrics, 8, "sgld", 0.8)]
+
+    assert flags(1.37) == ["chains_disagree"] and flags(1.02) == []

@@ -1,0 +1,112 @@
+"""step_size=auto: the warm-up search for SGLD and SGHMC, its criterion, and the step it picks."""
+
+import math
+
+import pytest
+import torch
+
+from llc.config import ConfigError, build_config
+from llc.erm import train
+from llc.experiment import run_llc
+from llc.posterior import LocalizedPosterior
+from llc.problems import build_problem
+from llc.samplers.driver import mala_acceptance
+from llc.samplers.step_search import ROUNDS, SAFETY, CurvatureStep, top_curvature
+
+RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1}
+
+
+def test_the_largest_curvature_is_found_by_power_iteration():
+    """For the `linear` problem U is quadratic: its Hessian is nβ·2·XᵀX/n ⊗ I + γ·I, known exactly.
+    Preconditioned by G = c, the curvature the step sees is c times as large."""
+    config = build_config("quick", {"problem": "linear", "widths": (5, 3), "sampler": "sgld", "chains": 3})
+    problem = build_problem(config)
+    w_star, _ = train(problem, config.erm_steps, config.erm_lr, config.seed)
+    posterior = LocalizedPosterior(problem.model, problem.x, problem.y, w_star, config.resolved_nbeta, 1.0)
+    x = problem.x.double()
+    exact = float(torch.linalg.eigvalsh(x.T @ x / x.shape[0]).max()) * 2 * config.resolved_nbeta + 1.0
+    w = w_star.expand(3, -1) + 0.1 * torch.randn(3, w_star.shape[0], generator=torch.Generator())
+    h, v = top_curvature(posterior, w, None, 30, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(h, torch.full_like(h, exact), rtol=0.02, atol=0.0)
+    assert torch.allclose(v.norm(dim=1), torch.ones(3))
+    scaled, _ = top_curvature(posterior, w, v, 3, torch.Generator(), torch.full_like(w, 0.5))
+    torch.testing.assert_close(scaled, 0.5 * h, rtol=0.02, atol=0.0)
+
+
+def test_the_recorded_step_comes_from_the_stiffest_curvature_of_the_later_half_of_warm_up():
+    search = CurvatureStep()
+    steps = [search.update(h) for h in (100.0, 400.0, math.nan, 300.0, 200.0, 250.0)]
+    assert steps[0] == SAFETY / 100 and steps[2] is None  # a failed check keeps the step
+    assert search.final == SAFETY / 300  # later half of (100, 400, 300, 200, 250): max(300, 200, 250)
+
+
+def test_a_preconditioned_proposal_is_checked_on_its_own_scale():
+    """With G = c everywhere, the preconditioned proposal of step eps is the plain one of step c·eps."""
+    config = build_config("quick", {**RRR, "sampler": "sgld", "chains": 6})
+    problem = build_problem(config)
+    w_star, _ = train(problem, config.erm_steps, config.erm_lr, config.seed)
+    posterior = LocalizedPosterior(problem.model, problem.x, problem.y, w_star, config.resolved_nbeta, 1.0)
+    w = posterior.w_star.expand(6, -1) + 0.01 * torch.randn(6, posterior.dim, generator=torch.Generator())
+    plain = mala_acceptance(posterior, w, 3e-4, torch.Generator().manual_seed(1))
+    scaled = mala_acceptance(posterior, w, 1e-4, torch.Generator().manual_seed(1), torch.full_like(w, 3.0))
+    torch.testing.assert_close(plain, scaled, rtol=1e-4, atol=1e-5)
+
+
+def test_step_size_auto_is_refused_where_it_cannot_run():
+    for bad, words in [
+        ({"sampler": "hmc", "step_size": "auto", "warmup": 100}, "tunes its step size"),
+        ({"sampler": "sgld", "step_size": "auto", "warmup": 10}, "warmup >= 40"),
+        ({"sampler": "sgld", "step_size": "auto", "warmup": 100, "compile": True}, "runs eager"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            build_config(None, {**RRR, **bad})
+
+
+@pytest.mark.parametrize(("sampler", "precond"), [("sgld", "none"), ("sgld", "rmsprop"), ("sghmc", "none")])
+def test_the_chosen_step_size_and_the_curvatures_behind_it_are_in_metrics(sampler, precond, tmp_path):
+    overrides = {**RRR, "sampler": sampler, "precond": precond, "step_size": "auto", "warmup": 100}
+    metrics = run_llc(build_config("quick", overrides), tmp_path).metrics
+    chosen, curvatures = metrics["step_size_auto"], metrics["step_size_curvatures"]
+    # A check before warm-up and one at the end of every round but the last.
+    assert len(curvatures) == ROUNDS and metrics["chains_diverged"] == 0
+    langevin = SAFETY / max(curvatures[len(curvatures) // 2 :])
+    # SGLD's Langevin step is its ε (the curvatures are then those G^½·H·G^½ its preconditioner sees);
+    # SGHMC's is 2η/α.
+    assert chosen == pytest.approx(langevin if sampler == "sgld" else langevin * 0.1 / 2, rel=1e-9)
+
+
+# Many points make the loss stiff (curvature ∝ nβ): the fixed default step, right at n = 5000, reads
+# 42% high here (measured), while the step auto picks lands within a few percent.
+STIFF = {"problem": "linear", "widths": (4, 3), "n_data": 50000, "eval_every": 0}
+
+
+@pytest.mark.slow
+def test_auto_finds_a_step_that_recovers_lambda_where_the_fixed_default_fails(tmp_path):
+    fixed = run_llc(build_config("full", {**STIFF, "sampler": "sgld", "step_size": 1e-4}), tmp_path).metrics
+    assert fixed["llc_rel_error"] > 0.2, fixed
+    auto = run_llc(build_config("full", {**STIFF, "sampler": "sgld"}), tmp_path).metrics
+    print(auto["step_size_auto"], auto["llc_mean"], auto["llc_true"])
+    assert auto["step_size_auto"] < 5e-5 and abs(auto["llc_rel_error"]) < 0.1, auto
+
+
+def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_the_search_goes_on():
+    from llc.samplers import SGLD
+    from llc.samplers.driver import _search_round
+
+    config = build_config(
+        "quick", {**RRR, "sampler": "sgld", "chains": 4, "step_size": "auto", "warmup": 100}
+    )
+    problem = build_problem(config)
+    w_star, _ = train(problem, config.erm_steps, config.erm_lr, config.seed)
+    posterior = LocalizedPosterior(
+        problem.model, problem.x, problem.y, w_star, config.resolved_nbeta, 1.0, 64
+    )
+    kernel, gen = SGLD(posterior, config), torch.Generator().manual_seed(0)
+    state = kernel.init(w_star.expand(4, -1).clone(), gen)
+    search = CurvatureStep()
+    _search_round(search, 0, config.warmup, kernel, state, posterior, gen)
+    first = kernel.step_size
+    state.w[2] = math.nan
+    _search_round(search, 10, config.warmup, kernel, state, posterior, gen)
+    assert torch.equal(state.w[2], w_star) and len(search.curvatures) == 2
+    assert math.isfinite(kernel.step_size) and kernel.step_size == pytest.approx(first, rel=0.05)
