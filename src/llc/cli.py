@@ -222,7 +222,9 @@ TimeoutOption = Annotated[float | None, typer.Option(help="a cell's time limit i
 RetriesOption = Annotated[int | None, typer.Option(help="retries of retryable failures (env LLC_RETRIES)")]
 
 
+@sweep_app.callback(invoke_without_command=True)
 def sweep_command(
+    ctx: typer.Context,
     study: StudyOption = None,
     backend: BackendOption = None,
     backend_option: BackendOptionsOption = None,
@@ -234,10 +236,10 @@ def sweep_command(
 ) -> None:
     """Run every cell of a study as the Prefect flow `sweep`; prints the path of results.csv.
 
-    Without PREFECT_API_URL the sweep runs on the local Prefect server (started on first use, then
-    reused: `llc server status`). Exit codes: 0 done (failed cells included), 1 the sweep could not
-    run, 2 bad input, 130 interrupted (Ctrl-C: finished results are kept).
-    """
+    Without PREFECT_API_URL the sweep runs on the local Prefect server (started on first use, then reused: `llc server status`). Exit codes: 0 done (failed cells included), 1 the sweep could not run, 2 bad input, 130 interrupted (Ctrl-C: finished results are kept). `llc sweep status|cancel SWEEP` look at a past sweep.
+    """  # noqa: E501  (one paragraph: the help text keeps a docstring's line breaks)
+    if ctx.invoked_subcommand is not None:
+        return
     from llc.backends import parse_backend_options
     from llc.launch import SweepRequest, run_sweep
 
@@ -252,23 +254,6 @@ def sweep_command(
         timeout_s=timeout_s, retries=retries,
     )  # fmt: skip
     raise typer.Exit(run_sweep(request))
-
-
-@sweep_app.callback(invoke_without_command=True)
-def sweep(
-    ctx: typer.Context,
-    study: StudyOption = None,
-    backend: BackendOption = None,
-    backend_option: BackendOptionsOption = None,
-    runs_dir: RunsDirOption = None,
-    skip: SkipOption = True,
-    max_parallel: MaxParallelOption = None,
-    timeout_s: TimeoutOption = None,
-    retries: RetriesOption = None,
-) -> None:
-    """Run every cell of a study as the Prefect flow `sweep` (or summarize a past sweep: `status`)."""
-    if ctx.invoked_subcommand is None:
-        sweep_command(study, backend, backend_option, runs_dir, skip, max_parallel, timeout_s, retries)
 
 
 @sweep_app.command("status")
