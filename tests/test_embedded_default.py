@@ -30,9 +30,9 @@ def command(argv: list[str], home: Path, **popen: object) -> subprocess.Popen[st
     """A command in its own session (so its process group can be signalled), as from a fresh shell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LLC_"))}
     env.update(PREFECT_HOME=str(home), PYTHONPATH=str(TESTS))  # only the probe experiment on the path
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
     return subprocess.Popen(
-        argv, env=env, cwd=ROOT, text=True, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen,  # type: ignore[arg-type]
+        argv, env=env, cwd=ROOT, text=True, start_new_session=True, **pipes,  # type: ignore[call-overload]
     )  # fmt: skip
 
 
@@ -166,14 +166,20 @@ def test_ctrl_c_stops_the_sweep_keeps_finished_results_and_leaves_no_process(
 def test_a_second_ctrl_c_leaves_at_once(tmp_path: Path, fresh_prefect_home: Path) -> None:
     runs = tmp_path / "runs"
     study = study_file(tmp_path, cells=4, sleep_s=30, max_parallel=2)
-    sweep = command([*SWEEP, "--study", str(study), "--runs-dir", str(runs)], fresh_prefect_home)
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        sweep = command(
+            [*SWEEP, "--study", str(study), "--runs-dir", str(runs)], fresh_prefect_home, stderr=stderr
+        )
     markers = tmp_path / "markers"
     wait_for(lambda: len(list(markers.glob("*"))) >= 2 or sweep.poll() is not None, 300, "two running cells")
     descendants = workers(sweep.pid, fresh_prefect_home)
     os.killpg(sweep.pid, signal.SIGINT)
-    time.sleep(0.2)
+    # Two signals sent before the first is handled arrive as one: send the second once it was seen.
+    wait_for(lambda: "stopping the sweep" in log.read_text(), 10, "the first Ctrl-C to be seen")
     os.killpg(sweep.pid, signal.SIGINT)
-    _, err = sweep.communicate(timeout=10)
+    sweep.communicate(timeout=10)
+    err = log.read_text()
     assert sweep.returncode == 130 and "leaving now" in err, err
     wait_for(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
 

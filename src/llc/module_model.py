@@ -65,7 +65,7 @@ class ModuleModel:
         self.shapes = [p.shape for p in params.values()]
         self.sizes = [p.numel() for p in params.values()]
         self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
-        self._threads = threading.local()
+        self._fresh_threads()
         self._per_chain_loss = vmap(self._chain_loss, in_dims=(0, 0, 0))
         self._shared_loss = vmap(self._chain_loss, in_dims=(0, None, None))
 
@@ -86,8 +86,15 @@ class ModuleModel:
         """The model with its module and buffers on `device`."""
         self.module.to(device)
         self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
-        self._threads = threading.local()  # copies made before the move stay behind
+        self._fresh_threads()  # copies made before the move stay behind
         return self
+
+    def _fresh_threads(self) -> None:
+        # Threads copy a template that nobody evaluates: copying `module` itself could catch it while
+        # the main thread's functional_call has its parameters swapped out.
+        self._threads = threading.local()
+        self._template = copy.deepcopy(self.module)
+        self._copying = threading.Lock()
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of flat parameters [..., d] (cut outside vmap: cheaper than inside)."""
@@ -103,8 +110,12 @@ class ModuleModel:
         so blocks of chains stepped on several threads (samplers/blocks.py) each need their own copy."""
         module = getattr(self._threads, "module", None)
         if module is None:
-            main = threading.current_thread() is threading.main_thread()
-            module = self._threads.module = self.module if main else copy.deepcopy(self.module)
+            if threading.current_thread() is threading.main_thread():
+                module = self.module
+            else:
+                with self._copying:
+                    module = copy.deepcopy(self._template)
+            self._threads.module = module
         return module
 
     def _chain_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
