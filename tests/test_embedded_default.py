@@ -32,8 +32,14 @@ def command(argv: list[str], home: Path, **popen: object) -> subprocess.Popen[st
     env.update(PREFECT_HOME=str(home), PYTHONPATH=str(TESTS))  # only the probe experiment on the path
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
     return subprocess.Popen(
-        argv, env=env, cwd=ROOT, text=True, start_new_session=True, **pipes,  # type: ignore[call-overload]
+        argv, env=env, cwd=ROOT, text=True, start_new_session=True, preexec_fn=_terminal_signals,
+        **pipes,  # type: ignore[call-overload]
     )  # fmt: skip
+
+
+def _terminal_signals() -> None:
+    """SIGINT as at a terminal, even when the suite itself runs as a background job (which ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def study_file(folder: Path, cells: int, sleep_s: float = 0.0, **execution: object) -> Path:
