@@ -209,8 +209,11 @@ def build_metrics(
             metrics["llc_note"] = health.lambda_note(config.gamma, config.resolved_nbeta)
     if is_linear_network(problem.model):
         # ERM is checked, not assumed: reduced-rank regression gives the best loss in closed form.
-        metrics["L_best"] = best_linear_loss(problem.model, problem.x, problem.y)
-        metrics["erm_gap_llc"] = config.resolved_nbeta * (loss0 - metrics["L_best"])
+        # Rounded: LAPACK's last bit differs between processes (a SLURM job, a local worker), and the
+        # gap, a difference of two close numbers, magnifies it; what it flags is far above 1e-6.
+        best = best_linear_loss(problem.model, problem.x, problem.y)
+        metrics["L_best"] = float(f"{best:.12g}")
+        metrics["erm_gap_llc"] = round(config.resolved_nbeta * (loss0 - best), 6)
     for name in ("acceptance_rate", "step_size", "energy"):
         if name in trace.stats:
             metrics[f"{name}_mean"] = float(np.nanmean(trace.stats[name]))
