@@ -164,7 +164,7 @@ def test_ctrl_c_stops_the_sweep_keeps_finished_results_and_leaves_no_process(
     finished = {c for c, r in rows.items() if r["status"] == "ok"}
     assert len(finished) >= 2 and {r["status"] for r in rows.values()} == {"ok", "cancelled"}
     for cell in finished:
-        assert RunDir(runs, rows[cell]["run_id"]).is_complete()
+        assert RunDir(runs, str(rows[cell]["run_id"])).is_complete()  # an all-digit id reads as a number
     wait_for(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
     assert local_server.status(fresh_prefect_home) is not None  # the standing server was not touched
 

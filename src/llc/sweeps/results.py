@@ -108,9 +108,15 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+# Text whatever it looks like: a hex id can be all digits, a cell name or path a number.
+TEXT_COLUMNS = {"sweep_id", "cell", "family_id", "run_id", "run_dir", "checkpoint", "error_type", "stage"}
+
+
 def _parse(key: str, value: str | None) -> Any:
     if value is None or value == "":
         return None
+    if key in TEXT_COLUMNS:
+        return value
     if value in ("True", "False"):
         return value == "True"
     try:
