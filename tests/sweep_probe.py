@@ -98,3 +98,12 @@ def probe_study(markers: Path, problems: list[dict[str, Any]], **execution: Any)
 
 def rows_by_cell(results: str | Path) -> dict[str, dict[str, Any]]:
     return {row["cell"]: row for row in read_results(Path(results))}
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie left for a non-reaping init counts as stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

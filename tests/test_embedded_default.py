@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_probe import probe_study, rows_by_cell
+from sweep_probe import alive, probe_study, rows_by_cell
 
 from llc import local_server
 from llc.rundir import RunDir
@@ -67,14 +67,6 @@ def children(pid: int) -> set[int]:
         frontier = {c for c, p in parents.items() if p in frontier} - found
         found |= frontier
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def wait_for(condition: object, timeout_s: float, what: str) -> None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import yaml
-from sweep_probe import executions, pids, probe_study, rows_by_cell
+from sweep_probe import alive, executions, pids, probe_study, rows_by_cell
 
 from llc.rundir import RunDir
 from llc.sweeps.flow import sweep
@@ -73,7 +73,7 @@ def test_a_sigkilled_sweep_resumes_computing_only_unfinished_cells(
         os.killpg(flow.pid, signal.SIGKILL)  # the flow process, mid-run
         flow.wait()
     workers = pids(markers)
-    wait_until(lambda: not any(_alive(pid) for pid in workers), 10, "the orphaned workers to stop")
+    wait_until(lambda: not any(alive(pid) for pid in workers), 10, "the orphaned workers to stop")
     done_before = complete_run_ids(runs, study)
     manifests = {run_id: (runs / run_id / "complete.json").read_bytes() for run_id in done_before}
     executed_before = executions(markers)
@@ -116,12 +116,3 @@ def test_two_concurrent_sweeps_on_one_runs_directory_compute_each_cell_once(
 def _cached_count(stderr: str) -> int:
     line = next(line for line in stderr.splitlines() if " cached" in line and "cells:" in line)
     return int(line.split(",")[-1].split()[0])
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie left for a non-reaping init counts as stopped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
