@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_probe import alive, probe_study, rows_by_cell
+from sweep_probe import alive, probe_study, rows_by_cell, wait_until
 
 from llc import local_server
 from llc.rundir import RunDir
@@ -67,13 +67,6 @@ def children(pid: int) -> set[int]:
         frontier = {c for c, p in parents.items() if p in frontier} - found
         found |= frontier
     return found
-
-
-def wait_for(condition: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _spin() -> None:
@@ -141,7 +134,7 @@ def test_ctrl_c_stops_the_sweep_keeps_finished_results_and_leaves_no_process(
     study = study_file(tmp_path, cells=10, sleep_s=1.5, max_parallel=2, retries=2)
     sweep = command([*SWEEP, "--study", str(study), "--runs-dir", str(runs)], fresh_prefect_home)
     done = lambda: sum(1 for p in runs.glob("*/complete.json"))  # noqa: E731
-    wait_for(lambda: done() >= 2 or sweep.poll() is not None, 300, "two finished cells")
+    wait_until(lambda: done() >= 2 or sweep.poll() is not None, 300, "two finished cells")
     assert sweep.poll() is None, sweep.communicate()
     descendants = workers(sweep.pid, fresh_prefect_home)
     assert descendants, "the sweep's worker processes"
@@ -157,7 +150,7 @@ def test_ctrl_c_stops_the_sweep_keeps_finished_results_and_leaves_no_process(
     assert len(finished) >= 2 and {r["status"] for r in rows.values()} == {"ok", "cancelled"}
     for cell in finished:
         assert RunDir(runs, str(rows[cell]["run_id"])).is_complete()  # an all-digit id reads as a number
-    wait_for(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
+    wait_until(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
     assert local_server.status(fresh_prefect_home) is not None  # the standing server was not touched
 
 
@@ -170,16 +163,18 @@ def test_a_second_ctrl_c_leaves_at_once(tmp_path: Path, fresh_prefect_home: Path
             [*SWEEP, "--study", str(study), "--runs-dir", str(runs)], fresh_prefect_home, stderr=stderr
         )
     markers = tmp_path / "markers"
-    wait_for(lambda: len(list(markers.glob("*"))) >= 2 or sweep.poll() is not None, 300, "two running cells")
+    wait_until(
+        lambda: len(list(markers.glob("*"))) >= 2 or sweep.poll() is not None, 300, "two running cells"
+    )
     descendants = workers(sweep.pid, fresh_prefect_home)
     os.killpg(sweep.pid, signal.SIGINT)
     # Two signals sent before the first is handled arrive as one: send the second once it was seen.
-    wait_for(lambda: "stopping the sweep" in log.read_text(), 10, "the first Ctrl-C to be seen")
+    wait_until(lambda: "stopping the sweep" in log.read_text(), 10, "the first Ctrl-C to be seen")
     os.killpg(sweep.pid, signal.SIGINT)
     sweep.communicate(timeout=10)
     err = log.read_text()
     assert sweep.returncode == 130 and "leaving now" in err, err
-    wait_for(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
+    wait_until(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
 
 
 def test_a_sigkilled_sweep_leaves_only_the_standing_server_which_the_next_sweep_reuses(
@@ -188,13 +183,15 @@ def test_a_sigkilled_sweep_leaves_only_the_standing_server_which_the_next_sweep_
     study = study_file(tmp_path, cells=4, sleep_s=30, max_parallel=2)
     sweep = command([*SWEEP, "--study", str(study), "--runs-dir", str(tmp_path / "runs")], fresh_prefect_home)
     markers = tmp_path / "markers"
-    wait_for(lambda: len(list(markers.glob("*"))) >= 2 or sweep.poll() is not None, 300, "two running cells")
+    wait_until(
+        lambda: len(list(markers.glob("*"))) >= 2 or sweep.poll() is not None, 300, "two running cells"
+    )
     server = local_server.status(fresh_prefect_home)
     assert server is not None
     descendants = workers(sweep.pid, fresh_prefect_home)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.communicate(timeout=30)
-    wait_for(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
+    wait_until(lambda: not any(alive(pid) for pid in descendants), 5, "the sweep's workers to stop")
     assert local_server.status(fresh_prefect_home) == server
     (tmp_path / "again").mkdir()
     quick = study_file(tmp_path / "again", cells=1)

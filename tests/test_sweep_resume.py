@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
-from sweep_probe import alive, executions, pids, probe_study, rows_by_cell
+from sweep_probe import alive, executions, pids, probe_study, rows_by_cell, wait_until
 
 from llc.rundir import RunDir
 from llc.sweeps.flow import sweep
@@ -40,13 +39,6 @@ def write_study(path: Path, study: dict[str, object]) -> Path:
 
 def complete_run_ids(runs: Path, study: Path) -> set[str]:
     return {c.run_id for c in plan_sweep(study).cells if RunDir(runs, c.run_id).is_complete()}
-
-
-def wait_until(condition: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_a_sigkilled_sweep_resumes_computing_only_unfinished_cells(
