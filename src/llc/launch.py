@@ -87,7 +87,8 @@ def run_sweep(request: SweepRequest) -> int:
     counts += f"{result['cached']} cached"
     if result.get("cancelled"):
         counts += f", {result['cancelled']} cancelled"
-    _say(f"{counts}\nresults: {result['results']} (failures: {result['errors']})")
+    failures = f" (failures: {result['errors']})" if result["failed"] else ""
+    _say(f"{counts}\nresults: {result['results']}{failures}")
     if state.is_cancelled():
         _say(f"interrupted: {state.message}")
         print(result["results"])
