@@ -9,7 +9,6 @@ trim thresholds keeps those pages mapped. Elsewhere than glibc this is a no-op.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 _M_TRIM_THRESHOLD = -1
@@ -20,12 +19,10 @@ _M_MMAP_THRESHOLD = -3
 @functools.cache
 def keep_freed_memory() -> bool:
     """Tune glibc malloc once per process; returns whether it applied."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+    # The process's own symbols, libc's among them: ctypes.util.find_library("c") would run
+    # `ldconfig -p` in a forked child, which a SLURM node polling RSS counts as a second copy of us.
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 1 << 30)
