@@ -9,6 +9,7 @@ import pytest
 import yaml
 from sweep_probe import PROBE, executions, rows_by_cell
 
+from llc.sweeps.figures import llc_figures
 from llc.sweeps.flow import sweep
 from llc.sweeps.plan import plan_sweep
 from llc.sweeps.plots import draw_llc_plots, llc_over_training
@@ -159,3 +160,17 @@ def test_steps_within_two_decades_keep_a_linear_axis() -> None:
     curve = Curve("p", "p-sgld", [100, 200, 400], [1.0, 2.0, 3.0], [0.1] * 3, [None] * 3)
     figure = llc_over_training([curve])
     assert [ax.get_xscale() for ax in figure.axes] == ["linear"]  # and no L0 axis without L0
+
+
+def test_a_rerun_with_the_same_rows_keeps_the_figures_and_new_values_redraw_them(tmp_path: Path) -> None:
+    rows = [{"cell": f"p-sgld-s{s}", "problem": "p", "sampler": "sgld", "status": "ok", "llc_mean": 1.0 + s,
+             "llc_se": 0.1, "cached": False, "duration_s": 1.0} for s in (0, 1)]  # fmt: skip
+    figures = llc_figures(rows, tmp_path)
+    drawn = figures["LLC by problem and sampler"]
+    first = drawn.stat().st_mtime_ns
+    rerun = [{**row, "cached": True, "duration_s": 0.0} for row in rows]  # what a cached re-run changes
+    assert llc_figures(rerun, tmp_path) == figures and drawn.stat().st_mtime_ns == first
+    changed = [{**rows[0], "llc_mean": 5.0}, rows[1]]
+    assert llc_figures(changed, tmp_path) == figures and drawn.stat().st_mtime_ns != first
+    drawn.unlink()  # a deleted figure is drawn again
+    assert llc_figures(changed, tmp_path) == figures and drawn.exists()

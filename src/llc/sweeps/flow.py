@@ -33,6 +33,7 @@ from llc.settings import load_settings
 from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
 from llc.sweeps import artifacts
+from llc.sweeps.figures import llc_figures
 from llc.sweeps.options import SweepOptions, resolve_options
 from llc.sweeps.plan import Plan, plan_sweep
 from llc.sweeps.results import JOBS_FILE, error_rows, result_rows, sweep_dir, write_results
@@ -231,10 +232,8 @@ def _figures(rows: list[dict[str, Any]], out: Path, logger: Any) -> dict[str, Pa
     """
     if not any(isinstance(row.get("llc_mean"), int | float) for row in rows):
         return {}
-    from llc.sweeps.plots import LLC_FIGURES, draw_llc_plots
-
     try:
-        return {LLC_FIGURES[file.name]: file for file in draw_llc_plots(rows, out / "plots")}
+        return llc_figures(rows, out / "plots")
     except Exception as exc:
         logger.warning("the sweep's figures could not be drawn: %s: %s", type(exc).__name__, exc)
         return {}

@@ -12,12 +12,6 @@ from matplotlib.figure import Figure
 
 from llc.sweeps.summary import Curve, training_curves
 
-# Titles of the LLC figures, by file name: what the summary shows (the Prefect artifact inline).
-LLC_FIGURES = {
-    "llc_by_sampler.png": "LLC by problem and sampler",
-    "llc_over_training.png": "LLC over training",
-}
-
 
 def draw_sweep_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write the PNGs into out_dir and return their paths: the LLC figures, then the cell durations."""
