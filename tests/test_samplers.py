@@ -129,7 +129,7 @@ class _Interrupted(Exception):
 @pytest.mark.parametrize("sampler", ["sgld", "hmc", "mclmc"])
 def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(sampler, tmp_path):
     """Interrupt at step 100 of 200 (warm-up done), resume: only the rest is computed, and identically."""
-    from llc.samplers.driver import Checkpointing
+    from llc.samplers.checkpoint import Checkpointing
 
     config = build_config(
         None, {**RRR, "sampler": sampler, "chains": 3, "steps": 150, "warmup": 50, "n_leapfrog": 3}

@@ -1,4 +1,9 @@
-"""Run a kernel: warm-up, then record every `thin`-th step; evaluate, detect divergence, time it.
+"""Run a kernel (base.py's protocol): warm-up, then record every `thin`-th step; evaluate, time it.
+
+A run reads top to bottom in `_run_chains`: build the kernel, start at w* or load the checkpoint
+(checkpoint.py), `_warm_up` (the kernel tunes itself; step_size=auto's rounds, step_search.py),
+`_sample_recorded` (draws into trace.py's records, `_evaluate` every `eval_every`), then the trace.
+Each loop advances the kernel a stride of steps at a time (`_stride_end`) and `_report`s after each.
 
 `vectorized` advances all chains as one batched computation; `sequential` runs one chain at a
 time with autograd gradients, the independent reference that must give the same distribution.
@@ -6,56 +11,26 @@ time with autograd gradients, the independent reference that must give the same 
 
 from __future__ import annotations
 
-import io
 import math
-import pickle
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
-from llc.rundir import atomic_write
-from llc.samplers.base import Kernel, StepTunable, TunableState
+from llc.samplers.base import Kernel
 from llc.samplers.build import build_kernel, fuses
-from llc.samplers.step_search import FIRST_ITERATIONS, ITERATIONS, CurvatureStep, round_length, top_curvature
+from llc.samplers.checkpoint import Checkpointing, Run, Saver
+from llc.samplers.step_search import CurvatureStep, round_length, search_round
+from llc.samplers.trace import DrawRecorder, Records, Trace, concat, projection_directions
 from llc.threads import cpu_threads, threads_for
 
 Progress = Callable[[int, int], None]
 PROGRESS_EVERY = 50  # steps between progress reports
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    """Save the sampler's progress to `path` every `every_s` seconds; resume from it when present."""
-
-    path: Path
-    every_s: float = 60.0
-
-
-@dataclass
-class Trace:
-    """Everything recorded from sampling, as numpy arrays with chains first."""
-
-    loss: np.ndarray  # [C, T]
-    llc: np.ndarray  # [C, T]
-    w_proj: np.ndarray  # [C, T, P]
-    stats: dict[str, np.ndarray] = field(default_factory=dict)  # each [C, T]
-    eval_loss: np.ndarray | None = None  # [C, E] full-data loss at evaluation steps
-    mala_acceptance: np.ndarray | None = None  # [C, E]
-    diverged_at: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [C], -1: never
-    grad_evals: int = 0  # per chain, including warm-up
-    t_sampling_s: float = 0.0  # after warm-up
-    t_warmup_s: float = 0.0
-    compiled: bool = False  # whether the step was compiled (compile=true, or auto deciding so)
-    step_size_auto: list[float] = field(default_factory=list)  # step_size=auto: the step chosen, per search
-    curvatures: list[float] = field(default_factory=list)  # step_size=auto: h_max at each check
 
 
 def sample(
@@ -128,44 +103,11 @@ def _sample(
         done = c * _total_steps(config)
         step_progress = (lambda i, n, done=done: progress(done + i, n * config.chains)) if progress else None
         traces.append(_run_chains(config, reference, loss0, 1, chain_gen, step_progress, None))
-    return _concat(traces)
+    return concat(traces)
 
 
 def _total_steps(config: RunConfig) -> int:
     return config.warmup + config.steps
-
-
-@dataclass
-class _Records:
-    """What the recorded steps fill in, [chains, draws or evaluations], allocated at the start."""
-
-    losses: torch.Tensor
-    w_proj: torch.Tensor
-    eval_loss: torch.Tensor  # full-data loss at evaluation steps
-    mala: torch.Tensor  # MALA acceptance of SGLD's step at evaluation steps
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # the kernel's statistics, per draw
-
-    @classmethod
-    def empty(cls, config: RunConfig, chains: int, n_evals: int, like: torch.Tensor) -> _Records:
-        def nan(*shape: int) -> torch.Tensor:
-            return torch.full(shape, math.nan, device=like.device, dtype=like.dtype)
-
-        draws = config.steps // config.thin
-        w_proj = torch.zeros((chains, draws, config.projections), device=like.device, dtype=like.dtype)
-        return cls(nan(chains, draws), w_proj, nan(chains, n_evals), nan(chains, n_evals))
-
-
-@dataclass
-class _Run:
-    """A run in progress, and exactly what its checkpoint holds."""
-
-    t: int  # steps taken, warm-up included
-    state: Any  # the kernel's state (samplers/base.py)
-    records: _Records
-    eval_gen: torch.Generator  # the MALA check's and the step search's random numbers
-    search: CurvatureStep | None  # step_size=auto's progress
-    warmup_s: float = 0.0
-    sampling_s: float = 0.0
 
 
 @dataclass
@@ -178,7 +120,7 @@ class _Context:
     directions: torch.Tensor  # [d, projections] the trace's random projections
     n_evals: int
     progress: Progress | None
-    saver: _Saver | None
+    saver: Saver | None
 
     @property
     def total(self) -> int:
@@ -200,12 +142,12 @@ def _run_chains(
     kernel = build_kernel(config, posterior)
     # hmc and mclmc already record the full-data loss at every draw.
     n_evals = config.steps // config.eval_every if config.eval_every and kernel.minibatch else 0
-    saver = _Saver(checkpoint) if checkpoint is not None else None
+    saver = Saver(checkpoint) if checkpoint is not None else None
     run = saver.load(posterior.w_star.device) if saver is not None else None
     if run is None:
         run = _start(config, kernel, posterior, chains, gen, n_evals)
     w_star = posterior.w_star
-    directions = _projection_directions(posterior.dim, config.projections, config.seed, w_star.dtype)
+    directions = projection_directions(posterior.dim, config.projections, config.seed, w_star.dtype)
     ctx = _Context(config, kernel, posterior, directions.to(w_star.device), n_evals, progress, saver)
     since = time.perf_counter()
     run.state = kernel.prepare(run.state, fall_back)
@@ -225,29 +167,29 @@ def _start(
     chains: int,
     gen: torch.Generator,
     n_evals: int,
-) -> _Run:
+) -> Run:
     """A run at step 0: every chain at w*."""
     state = kernel.init(posterior.w_star.expand(chains, -1).clone(), gen)
-    records = _Records.empty(config, chains, n_evals, posterior.w_star)
+    records = Records.empty(config, chains, n_evals, posterior.w_star)
     # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
     eval_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1)
-    return _Run(0, state, records, eval_gen, CurvatureStep() if config.step_size_auto else None)
+    return Run(0, state, records, eval_gen, CurvatureStep() if config.step_size_auto else None)
 
 
-def _warm_up(ctx: _Context, run: _Run) -> None:
+def _warm_up(ctx: _Context, run: Run) -> None:
     """The warm-up steps: the kernel tunes itself, and step_size=auto's search runs its rounds."""
     warmup = ctx.config.warmup
     if run.search is not None and run.t == 0:
-        _search_round(run.search, 0, warmup, ctx.kernel, run.state, ctx.posterior, run.eval_gen)
+        search_round(run.search, 0, warmup, ctx.kernel, run.state, ctx.posterior, run.eval_gen)
     since = time.perf_counter()
     while run.t < warmup:
         stop = _stride_end(run.t, ctx.total, ctx.config, ctx.n_evals)
         if run.search is not None:  # stop at the end of the search's round
             stop = min(stop, (run.t // round_length(warmup) + 1) * round_length(warmup))
-        run.state = ctx.kernel.advance(run.state, stop - run.t, True, _Recorder.at(ctx, run))
+        run.state = ctx.kernel.advance(run.state, stop - run.t, True, _recorder(ctx, run))
         run.t = stop
         if run.search is not None:
-            _search_round(run.search, run.t, warmup, ctx.kernel, run.state, ctx.posterior, run.eval_gen)
+            search_round(run.search, run.t, warmup, ctx.kernel, run.state, ctx.posterior, run.eval_gen)
         if run.t == warmup:
             _synchronize(ctx.posterior.w_star.device)
         now = time.perf_counter()
@@ -255,12 +197,12 @@ def _warm_up(ctx: _Context, run: _Run) -> None:
         _report(ctx, run)
 
 
-def _sample_recorded(ctx: _Context, run: _Run) -> None:
+def _sample_recorded(ctx: _Context, run: Run) -> None:
     """The recorded steps, every `thin`-th a draw, evaluated every `eval_every`."""
     since = time.perf_counter()
     while run.t < ctx.total:
         stop = _stride_end(run.t, ctx.total, ctx.config, ctx.n_evals)
-        run.state = ctx.kernel.advance(run.state, stop - run.t, False, _Recorder.at(ctx, run))
+        run.state = ctx.kernel.advance(run.state, stop - run.t, False, _recorder(ctx, run))
         run.t = stop
         _evaluate(ctx, run)
         if run.t == ctx.total:
@@ -282,7 +224,7 @@ def _stride_end(t: int, total: int, config: RunConfig, n_evals: int) -> int:
     return end
 
 
-def _evaluate(ctx: _Context, run: _Run) -> None:
+def _evaluate(ctx: _Context, run: Run) -> None:
     """At every `eval_every`-th sampled step: the full-data loss, and for SGLD the MALA acceptance."""
     s = run.t - ctx.config.warmup  # steps sampled so far
     every = ctx.config.eval_every
@@ -296,7 +238,7 @@ def _evaluate(ctx: _Context, run: _Run) -> None:
         run.records.mala[:, e] = mala_acceptance(ctx.posterior, position, eps, run.eval_gen, scale)
 
 
-def _report(ctx: _Context, run: _Run) -> None:
+def _report(ctx: _Context, run: Run) -> None:
     """After a run of steps: a checkpoint when one is due, a progress report at its multiples."""
     if ctx.saver is not None and run.t < ctx.total:
         ctx.saver.save_if_due(run)
@@ -304,139 +246,27 @@ def _report(ctx: _Context, run: _Run) -> None:
         ctx.progress(run.t, ctx.total)
 
 
-@dataclass
-class _Recorder:
-    """Records a run of steps from sampled step `s0` (negative during warm-up) as the kernel reports
-    them: the draw's position (projected on the trace's directions), its loss and statistics."""
-
-    s0: int
-    thin: int
-    records: _Records
-    directions: torch.Tensor
-    posterior: LocalizedPosterior
-
-    @classmethod
-    def at(cls, ctx: _Context, run: _Run) -> _Recorder:
-        return cls(run.t - ctx.config.warmup, ctx.config.thin, run.records, ctx.directions, ctx.posterior)
-
-    def draw(self, j: int) -> int | None:
-        """The draw that step j of the run makes, or None when it is not recorded."""
-        s = self.s0 + j
-        return s // self.thin if s >= 0 and (s + 1) % self.thin == 0 else None
-
-    def position(self, j: int, rows: slice, w: torch.Tensor) -> None:
-        d = self.draw(j)
-        if d is not None and self.directions.shape[1]:
-            self.records.w_proj[rows, d] = (w - self.posterior.w_star) @ self.directions
-
-    def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None:
-        d = self.draw(j)
-        if d is not None:
-            self.records.losses[rows, d] = loss
-
-    def stats(self, j: int, stats: dict[str, torch.Tensor]) -> None:
-        d = self.draw(j)
-        for name, value in stats.items() if d is not None else ():
-            if name not in self.records.stats:
-                fill = False if value.dtype == torch.bool else math.nan
-                shape = self.records.losses.shape
-                self.records.stats[name] = torch.full(shape, fill, device=value.device, dtype=value.dtype)
-            self.records.stats[name][:, d] = value
+def _recorder(ctx: _Context, run: Run) -> DrawRecorder:
+    """Where the next run of steps from run.t records its draws."""
+    config = ctx.config
+    return DrawRecorder(run.t - config.warmup, config.thin, run.records, ctx.directions, ctx.posterior)
 
 
-def _search_round(
-    search: CurvatureStep,
-    t: int,
-    warmup: int,
-    kernel: StepTunable,
-    state: TunableState,
-    posterior: LocalizedPosterior,
-    gen: torch.Generator,
-) -> None:
-    """step_size=auto: before warm-up and at the end of each round, measure the largest curvature at the
-    chains' positions and give the kernel the step it allows; at the end of warm-up, the chosen step.
-    A chain that the round threw off to non-finite values starts again from w*."""
-    if t % round_length(warmup) == 0 and t < warmup:
-        position = state.w
-        lost = ~torch.isfinite(position).all(dim=1)
-        if lost.any():
-            kernel.restart(state, lost.nonzero().squeeze(1))
-        eps, scale = kernel.langevin_proposal(state)
-        iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
-        h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
-        finite = h[torch.isfinite(h)]
-        _set_langevin_step(state, eps, search.update(float(finite.max()) if finite.numel() else math.nan))
-    if t == warmup:
-        eps, _ = kernel.langevin_proposal(state)
-        _set_langevin_step(state, eps, search.final)
-
-
-def _set_langevin_step(state: TunableState, current: float, wanted: float | None) -> None:
-    """Scale the kernel's step size so that its Langevin step (langevin_proposal) becomes `wanted`."""
-    if wanted is not None:
-        state.step_size = state.step_size * wanted / current
-
-
-def _trace(ctx: _Context, run: _Run, loss0: float) -> Trace:
-    """The finished run as numpy arrays, with per-draw LLC (NaN from a chain's divergence on)."""
-    records, config = run.records, ctx.config
-    loss_np = records.losses.cpu().double().numpy()
-    diverged_at = _first_nonfinite(loss_np)
-    llc = ctx.posterior.nbeta * (loss_np - loss0)
-    for c, t_div in enumerate(diverged_at):
-        if t_div >= 0:
-            llc[c, t_div:] = np.nan
-    evaluated, mala = bool(ctx.n_evals), bool(ctx.n_evals) and config.sampler == "sgld"
-    return Trace(
-        loss=loss_np,
-        llc=llc,
-        w_proj=records.w_proj.cpu().double().numpy(),
-        stats={
-            k: v.cpu().numpy() if v.dtype == torch.bool else v.cpu().double().numpy()
-            for k, v in records.stats.items()
-        },
-        eval_loss=records.eval_loss.cpu().double().numpy() if evaluated else None,
-        mala_acceptance=records.mala.cpu().double().numpy() if mala else None,
-        diverged_at=diverged_at,
+def _trace(ctx: _Context, run: Run, loss0: float) -> Trace:
+    config, search = ctx.config, run.search
+    evaluated = bool(ctx.n_evals)
+    return run.records.trace(
+        ctx.posterior.nbeta,
+        loss0,
+        evaluated,
+        evaluated and config.sampler == "sgld",
         grad_evals=ctx.total * ctx.kernel.grad_evals_per_step,
         compiled=ctx.kernel.fused or bool(config.compile and not fuses(config)),
-        step_size_auto=[run.state.step_size] if run.search is not None else [],
-        curvatures=run.search.curvatures if run.search is not None else [],
+        step_size_auto=[run.state.step_size] if search is not None else [],
+        curvatures=search.curvatures if search is not None else [],
         t_sampling_s=run.sampling_s,
         t_warmup_s=run.warmup_s,
     )
-
-
-class _Saver:
-    """Saves a run every `every_s` seconds (atomically), and loads it back."""
-
-    def __init__(self, checkpoint: Checkpointing) -> None:
-        self.path, self.every_s = checkpoint.path, checkpoint.every_s
-        self.last = time.perf_counter()
-
-    def save_if_due(self, run: _Run) -> None:
-        if time.perf_counter() - self.last < self.every_s:
-            return
-        buffer = io.BytesIO()
-        torch.save(run, buffer)
-        atomic_write(self.path, buffer.getvalue())
-        self.last = time.perf_counter()
-
-    def load(self, device: torch.device) -> _Run | None:
-        """The saved run, or None when there is none or it cannot be read (then sampling starts over)."""
-        saved = _load_checkpoint(self.path, device)
-        return saved if isinstance(saved, _Run) else None
-
-
-def _load_checkpoint(path: Path, device: torch.device) -> Any:
-    """A saved progress, or None when there is none or it cannot be read (then sampling starts over)."""
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, weights_only=False, map_location=device)  # our own file, never foreign input
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
-        path.unlink(missing_ok=True)
-        return None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -465,36 +295,3 @@ def mala_acceptance(
     log_q_backward = -((w - proposal + 0.5 * eps * metric * grad_p).square() / metric).sum(dim=1) / (2 * eps)
     log_alpha = (log_q_backward - log_q_forward + u - u_p).nan_to_num(nan=-math.inf)
     return torch.exp(log_alpha.clamp(max=0.0))
-
-
-def _projection_directions(dim: int, count: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed + 104729)
-    directions = torch.randn(dim, count, generator=gen, dtype=dtype)
-    return directions / directions.norm(dim=0, keepdim=True)
-
-
-def _first_nonfinite(values: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(values)
-    return np.where(bad.any(axis=1), bad.argmax(axis=1), -1)
-
-
-def _concat(traces: list[Trace]) -> Trace:
-    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-        return None if arrays[0] is None else np.concatenate(arrays, axis=0)  # type: ignore[arg-type]
-
-    first = traces[0]
-    return Trace(
-        loss=np.concatenate([t.loss for t in traces]),
-        llc=np.concatenate([t.llc for t in traces]),
-        w_proj=np.concatenate([t.w_proj for t in traces]),
-        stats={k: np.concatenate([t.stats[k] for t in traces]) for k in first.stats},
-        eval_loss=cat([t.eval_loss for t in traces]),
-        mala_acceptance=cat([t.mala_acceptance for t in traces]),
-        diverged_at=np.concatenate([t.diverged_at for t in traces]),
-        grad_evals=first.grad_evals,
-        t_sampling_s=sum(t.t_sampling_s for t in traces),
-        t_warmup_s=sum(t.t_warmup_s for t in traces),
-        compiled=first.compiled,
-        step_size_auto=[step for t in traces for step in t.step_size_auto],
-        curvatures=[h for t in traces for h in t.curvatures],
-    )
