@@ -1,11 +1,14 @@
 """Deep linear networks at scale: relative error of each sampler's LLC against Aoyagi's λ.
 
-After Furman & Lau (2024): random DLNs of a given parameter count (random depth and widths, the
-teacher's rank reduced at random), each estimated with every default of `llc run --preset full`
+After Furman & Lau (2024): random DLNs of a given parameter count (random depth and widths, each
+layer's rank reduced at random), each estimated with every default of `llc run --preset full`
 (γ = 1 and, for SGLD and SGHMC, step_size=auto: docs/samplers.md#defaults-of-the-known-λ-problems).
+The true map's rank r is the smallest of the layers' ranks (a product of generic matrices has the
+rank of its lowest-rank factor), and Aoyagi's λ depends on the widths and r only; the `dln` problem
+draws a teacher of rank r.
 
     python benchmarks/dln_scale.py [--sizes 1000 10000 100000] [--networks 2] [--samplers sgld sghmc mclmc]
-                                   [--json OUT]
+                                   [--set steps=2000 ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,23 +27,31 @@ from llc.experiment import run_llc
 from llc.problems.truth import dln_learning_coefficient
 
 
-def random_dln(size: int, rng: random.Random) -> tuple[tuple[int, ...], int]:
-    """Widths (input first) of a random DLN with about `size` parameters, and a random true rank."""
+def random_dln(size: int, rng: random.Random) -> tuple[tuple[int, ...], list[int]]:
+    """Widths (input first) of a random DLN with about `size` parameters, and each layer's rank: with
+    probability 1/2 reduced to a uniform draw below its full rank."""
     while True:
         layers = rng.randint(2, 5)
         base = (size / layers) ** 0.5
         widths = tuple(max(2, round(base * rng.uniform(0.5, 1.5))) for _ in range(layers + 1))
         params = sum(a * b for a, b in itertools.pairwise(widths))
         if abs(params - size) <= 0.25 * size:
-            return widths, rng.randint(1, min(widths) - 1)
+            full = [min(a, b) for a, b in itertools.pairwise(widths)]
+            return widths, [rng.randint(1, f - 1) if rng.random() < 0.5 else f for f in full]
 
 
-def run(size: int, widths: tuple[int, ...], rank: int, sampler: str, runs: Path) -> dict[str, Any]:
-    config = build_config("full", {"problem": "dln", "widths": widths, "true_rank": rank, "sampler": sampler})
+def run(
+    size: int, widths: tuple[int, ...], ranks: list[int], sampler: str, runs: Path, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    rank = min(ranks)
+    config = build_config(
+        "full", {"problem": "dln", "widths": widths, "true_rank": rank, "sampler": sampler, **overrides}
+    )
     start = time.perf_counter()
     m = run_llc(config, runs).metrics
     return {
-        "size": size, "d": m["d"], "widths": list(widths), "rank": rank, "sampler": sampler,
+        "size": size, "d": m["d"], "widths": list(widths), "layer_ranks": ranks, "rank": rank,
+        "sampler": sampler, "chains": config.chains, "steps": config.steps, "warmup": config.warmup,
         "llc_true": dln_learning_coefficient(widths, rank), "llc_mean": m["llc_mean"], "llc_se": m["llc_se"],
         "rel_error": m.get("llc_rel_error"), "r_hat": m["r_hat"], "flags": m["flags"],
         "step_size_auto": m.get("step_size_auto"), "wall_s": round(time.perf_counter() - start, 1),
@@ -53,25 +64,28 @@ def main() -> None:
     parser.add_argument("--networks", type=int, default=2, help="random networks per size")
     parser.add_argument("--samplers", nargs="+", default=["sgld", "sghmc", "hmc", "mclmc"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], help="overrides key=value (JSON), e.g. steps=2000")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     rng = random.Random(args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as runs:
         for size in args.sizes:
             for _ in range(args.networks):
-                widths, rank = random_dln(size, rng)
+                widths, ranks = random_dln(size, rng)
                 for sampler in args.samplers:
-                    rows.append(run(size, widths, rank, sampler, Path(runs)))
+                    rows.append(run(size, widths, ranks, sampler, Path(runs), overrides))
                     print(json.dumps(rows[-1]), flush=True)
                     if args.json:
                         args.json.write_text(json.dumps(rows, indent=1))
-    print("\n| size | widths | r | λ | sampler | λ̂ ± se | relative error | R-hat | flags |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| size | widths | r | λ | sampler | chains × steps | λ̂ ± se | relative error | R-hat | flags |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         rel = f"{r['rel_error']:+.1%}" if r["rel_error"] is not None else "—"
         print(
             f"| {r['d']} | {r['widths']} | {r['rank']} | {r['llc_true']:g} | {r['sampler']} | "
+            f"{r['chains']} × {r['steps']} | "
             f"{r['llc_mean']:.4g} ± {r['llc_se']:.2g} | {rel} | {r['r_hat']:.3f} | {', '.join(r['flags'])} |"
         )
 

@@ -37,7 +37,8 @@ from llc.problems import build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.module import module_problem
 from llc.rundir import atomic_write
-from llc.samplers.driver import Trace, sample
+from llc.samplers.driver import sample
+from llc.samplers.trace import Trace
 
 RESULTS = Path(__file__).parent / "results" / "own_model.json"
 CHAINS = 8

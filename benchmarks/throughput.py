@@ -48,7 +48,8 @@ from llc.posterior import LocalizedPosterior
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.rundir import atomic_write
-from llc.samplers.driver import Trace, sample
+from llc.samplers.driver import sample
+from llc.samplers.trace import Trace
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 DEVINTERP_VERSION = "1.3.2"

@@ -126,14 +126,24 @@ class _Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("sampler", ["sgld", "hmc", "mclmc"])
-def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(sampler, tmp_path):
-    """Interrupt at step 100 of 200 (warm-up done), resume: only the rest is computed, and identically."""
-    from llc.samplers.driver import Checkpointing
+@pytest.mark.parametrize(
+    ("sampler", "warmup", "step_size"),
+    [("sgld", 50, None), ("hmc", 50, None), ("mclmc", 50, None), ("sghmc", 50, None),
+     ("hmc", 150, None), ("mclmc", 150, None), ("sgld", 150, "auto")],
+)  # fmt: skip
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
+    sampler, warmup, step_size, tmp_path
+):
+    """Interrupt at step 100 of 200 (after warm-up, or in it: the tuning's state is in the kernel's
+    state), resume: only the rest is computed, and identically."""
+    from llc.samplers.checkpoint import Checkpointing
 
+    chosen = {"step_size": step_size} if step_size else {}
     config = build_config(
-        None, {**RRR, "sampler": sampler, "chains": 3, "steps": 150, "warmup": 50, "n_leapfrog": 3}
-    )
+        None,
+        {**RRR, "sampler": sampler, "chains": 3, "steps": 200 - warmup, "warmup": warmup, "n_leapfrog": 3,
+         **chosen},
+    )  # fmt: skip
     posterior, loss0 = _posterior(config)
     reference = sample(config, posterior, loss0, torch.Generator().manual_seed(5))
 
@@ -148,8 +158,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterru
     from llc.samplers import KERNELS  # count the steps the resumed run really takes
 
     calls = {"n": 0}
-    # sgld runs its chains in blocks (3 chains: one block), several steps per call: count block steps.
-    method = "_step_block" if sampler == "sgld" else "step"
+    # sgld and sghmc run their chains in blocks (3 chains: one block): count block steps.
+    method = "_step_block" if sampler in ("sgld", "sghmc") else "step"
     original = getattr(KERNELS[sampler], method)
 
     def counting(self, *args):

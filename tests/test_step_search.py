@@ -91,7 +91,7 @@ def test_auto_finds_a_step_that_recovers_lambda_where_the_fixed_default_fails(tm
 
 def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_the_search_goes_on():
     from llc.samplers import SGLD
-    from llc.samplers.driver import _search_round
+    from llc.samplers.step_search import search_round
 
     config = build_config(
         "quick", {**RRR, "sampler": "sgld", "chains": 4, "step_size": "auto", "warmup": 100}
@@ -101,12 +101,12 @@ def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_the_search_goes_on
     posterior = LocalizedPosterior(
         problem.model, problem.x, problem.y, w_star, config.resolved_nbeta, 1.0, 64
     )
-    kernel, gen = SGLD(posterior, config), torch.Generator().manual_seed(0)
+    kernel, gen = SGLD(posterior, config.resolved_step_size), torch.Generator().manual_seed(0)
     state = kernel.init(w_star.expand(4, -1).clone(), gen)
     search = CurvatureStep()
-    _search_round(search, 0, config.warmup, kernel, state, posterior, gen)
-    first = kernel.step_size
+    search_round(search, 0, config.warmup, kernel, state, posterior, gen)
+    first = state.step_size
     state.w[2] = math.nan
-    _search_round(search, 10, config.warmup, kernel, state, posterior, gen)
+    search_round(search, 10, config.warmup, kernel, state, posterior, gen)
     assert torch.equal(state.w[2], w_star) and len(search.curvatures) == 2
-    assert math.isfinite(kernel.step_size) and kernel.step_size == pytest.approx(first, rel=0.05)
+    assert math.isfinite(state.step_size) and state.step_size == pytest.approx(first, rel=0.05)

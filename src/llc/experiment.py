@@ -24,7 +24,9 @@ from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.optimum import best_linear_loss, is_linear_network
 from llc.rundir import RunDir, atomic_write
-from llc.samplers.driver import Checkpointing, Progress, Trace, sample
+from llc.samplers.checkpoint import Checkpointing
+from llc.samplers.driver import Progress, sample
+from llc.samplers.trace import Trace
 from llc.threads import cpu_threads, threads_for
 
 

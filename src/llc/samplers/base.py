@@ -1,15 +1,20 @@
-"""What every kernel offers the driver: init a state, then take steps (one per call, or several
-for blocked kernels), tuning during warm-up."""
+"""The kernel protocol: what every sampler offers the driver (driver.py), after BlackJAX's `base.py`.
+
+A kernel is built from its own parameters (step size, friction, leapfrog steps, ...) and holds nothing
+that changes while it runs. Everything that does — positions, momenta, step sizes being tuned, the
+tuning's statistics, the chains' random generators — lives in the kernel's state, a dataclass that
+`init` makes and `advance` updates (in place, for speed) and returns. That state is exactly what a
+checkpoint holds: a resumed run gets it back and goes on with the same numbers.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
-from llc.config import RunConfig
-from llc.posterior import LocalizedPosterior
+State = TypeVar("State")
 
 
 @dataclass
@@ -20,53 +25,88 @@ class StepInfo:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class _KernelBase(Protocol):
-    #: gradient evaluations per chain per step (each on the kernel's batch)
-    grad_evals_per_step: int
-    #: whether the recorded loss is a minibatch estimate (else the full-data loss)
-    minibatch: bool
-
-    def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None: ...
-
-    def init(self, w: torch.Tensor, gen: torch.Generator) -> Any: ...
-
-    def position(self, state: Any) -> torch.Tensor: ...
-
-
-class Kernel(_KernelBase, Protocol):
-    """A kernel that steps all chains at once, one step per call."""
-
-    def step(self, state: Any, gen: torch.Generator, tune: bool) -> tuple[Any, StepInfo]: ...
-
-
 class Recorder(Protocol):
-    """What a kernel that runs several steps at once (`BlockedKernel.advance`) reports, per block of
-    chains (`rows`) and step `j` of the call: the position its draw is recorded at (a minibatch
-    kernel's is where the step starts), and the draw's loss."""
+    """Where `advance` reports step `j` of its call, for the chains at `rows`: the position the draw
+    is recorded at (a minibatch kernel's is where the step starts), the draw's loss, its statistics."""
 
     def position(self, j: int, rows: slice, w: torch.Tensor) -> None: ...
 
     def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None: ...
 
+    def stats(self, j: int, stats: dict[str, torch.Tensor]) -> None: ...
 
-class BlockedKernel(_KernelBase, Protocol):
-    """A minibatch kernel whose chains advance in independent blocks (blocks.py): it runs `count`
-    steps in one call, each core its own blocks, and reports through `recorder` as it goes."""
 
-    def advance(self, state: Any, count: int, tune: bool, recorder: Recorder) -> Any: ...
+class Kernel(Protocol[State]):
+    """A sampler on a [chains, d] state: `init` at w*, `prepare` once before stepping (also after a
+    resume), then `advance` several steps per call, tuning its own parameters while `tune`."""
+
+    #: gradient evaluations per chain per step (each on the kernel's batch)
+    grad_evals_per_step: int
+    #: whether the recorded loss is a minibatch estimate (else the full-data loss)
+    minibatch: bool
+    #: whether the whole step runs as one compiled call
+    fused: bool
+
+    def init(self, w: torch.Tensor, gen: torch.Generator) -> State:
+        """The state of chains at positions w [chains, d], their random numbers drawn from `gen`."""
+        ...
+
+    def prepare(self, state: State, fall_back: bool) -> State:
+        """Set up the machinery for this machine (cores, compiled steps); nothing random is drawn."""
+        ...
+
+    def advance(self, state: State, count: int, tune: bool, recorder: Recorder) -> State:
+        """Take `count` steps of every chain, reporting each through `recorder`."""
+        ...
+
+    def position(self, state: State) -> torch.Tensor: ...
+
+    @property
+    def torch_threads(self) -> int:
+        """torch threads for its calls: 0 (all) unless the kernel spreads its chains over the cores itself."""
+        ...
+
+
+class TunableState(Protocol):
+    """The state of a kernel whose step `step_size=auto` sets in warm-up (step_search.py)."""
+
+    w: torch.Tensor
+    step_size: float  # the kernel's own step parameter (SGLD's ε, SGHMC's η)
 
 
 class StepTunable(Protocol):
     """A minibatch kernel whose step `step_size=auto` sets in warm-up (samplers/step_search.py)."""
 
-    step_size: float  # the kernel's own step parameter (SGLD's ε, SGHMC's η)
-
-    def langevin_proposal(self, state: Any) -> tuple[float, torch.Tensor | None]:
+    def langevin_proposal(self, state: TunableState) -> tuple[float, torch.Tensor | None]:
         """The full-batch Langevin proposal a step amounts to: its step and diagonal preconditioner."""
         ...
 
-    def restart(self, state: Any, rows: torch.Tensor) -> None:
+    def restart(self, state: TunableState, rows: torch.Tensor) -> None:
         """Put the chains at `rows` back at w*, their auxiliary state reset."""
         ...
 
-    def position(self, state: Any) -> torch.Tensor: ...
+
+class FullBatchKernel:
+    """What HMC and MCLMC share: all chains in one batched step per call of `step`, on the full data."""
+
+    minibatch = False
+    fused = False
+    torch_threads = 0
+
+    def step(self, state: State, tune: bool) -> tuple[State, StepInfo]:
+        raise NotImplementedError
+
+    def prepare(self, state: State, fall_back: bool) -> State:
+        return state
+
+    def position(self, state: State) -> torch.Tensor:
+        return state.w  # type: ignore[attr-defined]
+
+    def advance(self, state: State, count: int, tune: bool, recorder: Recorder) -> State:
+        everyone = slice(None)
+        for j in range(count):
+            state, info = self.step(state, tune)
+            recorder.position(j, everyone, self.position(state))
+            recorder.loss(j, everyone, info.loss)
+            recorder.stats(j, info.stats)
+        return state

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from llc.config import RunConfig
 from llc.samplers.base import Recorder
+from llc.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -179,33 +179,31 @@ class CompileFailed(RuntimeError):
 
 
 class BlockedChains:
-    """What SGLD and SGHMC share: chains in blocks spread over the cores, advanced several steps per
-    call (`advance`), each block by `_step_block`."""
+    """What SGLD and SGHMC share: chains in blocks (`state.blocks`, which hold their random streams)
+    spread over the cores, advanced several steps per call, each block by `_step_block`."""
 
     fused: bool  # the whole block step is one compiled call (compile_step)
-    blocks: list[Block]
-    parts: int
+    parts: int = 1  # cores the blocks are spread over (`prepare`)
     _compiled_step: Callable | None = None
 
-    @staticmethod
-    def fuses(config: RunConfig) -> bool:
-        """Whether compiling this kernel compiles its whole block step (`fused`)."""
-        return True
+    @property
+    def torch_threads(self) -> int:
+        # Each core runs its share on one torch thread (and a compiled step is compiled for that count).
+        return 1 if self.parts > 1 else 0
 
-    def plan(self, w: torch.Tensor, gen: torch.Generator) -> None:
-        self.blocks = layout(w.shape[0], gen, self.fused)
-        self.parts = cpu_parts(w.device, self.blocks, self.fused)
-
-    def prepare(self, state: Any, fall_back: bool) -> None:
-        """Compile the fused step now for every block shape, before any random number is drawn. If that
-        fails and the run may fall back (compile=auto), it goes on eager with the same streams (so with
-        the numbers an eager run has); with compile=true the failure is the run's error."""
+    def prepare(self, state: Any, fall_back: bool) -> Any:
+        """Spread the blocks over this machine's cores, and compile the fused step now for every block
+        shape, before any random number is drawn. If that fails and the run may fall back
+        (compile=auto), it goes on eager with the same streams (so with the numbers an eager run has);
+        with compile=true the failure is the run's error."""
+        device = self.position(state).device
+        self.parts = cpu_parts(device, state.blocks, self.fused)
         if not self.fused:
-            self._compiled_step = None
-            return
+            return state
         try:
-            for block in {b.size: b for b in self.blocks}.values():
-                self._compile_block(state, block)
+            with cpu_threads(self.torch_threads):
+                for block in {b.size: b for b in state.blocks}.values():
+                    self._compile_block(state, block)
         except Exception as exc:
             if not fall_back:
                 raise CompileFailed(
@@ -216,17 +214,17 @@ class BlockedChains:
             log.warning(
                 "compiling the sampler's step failed (%s: %s); running eager", type(exc).__name__, exc
             )
-            device = self.position(state).device
             self.fused, self._compiled_step = False, None
-            self.blocks = _group([s for b in self.blocks for s in b.streams], fused=False)
-            self.parts = cpu_parts(device, self.blocks, fused=False)
+            state.blocks = _group([s for b in state.blocks for s in b.streams], fused=False)
+            self.parts = cpu_parts(device, state.blocks, fused=False)
+        return state
 
     def _compile_block(self, state: Any, block: Block) -> None:
         """Call the compiled step once on the block's shapes (placeholder inputs; nothing is updated)."""
         raise NotImplementedError
 
     def position(self, state: Any) -> torch.Tensor:
-        raise NotImplementedError
+        return state.w
 
     def _step_block(self, state: Any, block: Block, j: int) -> torch.Tensor:
         """Step j of this call for the block's chains, in place; returns their losses."""
@@ -234,8 +232,8 @@ class BlockedChains:
 
     def advance(self, state: Any, count: int, tune: bool, recorder: Recorder) -> Any:
         def work(block: Block, j: int) -> None:
-            recorder.position(j, block.chains, self.position(state)[block.chains])
+            recorder.position(j, block.chains, state.w[block.chains])
             recorder.loss(j, block.chains, self._step_block(state, block, j))
 
-        run_steps(work, self.blocks, self.parts, count)  # `prepare` has compiled every block shape
+        run_steps(work, state.blocks, self.parts, count)  # `prepare` has compiled every block shape
         return state

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers.adaptation import DualAveraging
-from llc.samplers.base import StepInfo
+from llc.samplers.base import FullBatchKernel, StepInfo
 
 DIVERGENCE_ENERGY = 1000.0
 
@@ -24,35 +23,33 @@ class HMCState:
     potential: torch.Tensor
     grad: torch.Tensor
     step_size: torch.Tensor  # [chains, 1]
+    gen: torch.Generator  # momenta and acceptance draws
+    adaptation: DualAveraging | None = None  # the step size's tuning, while in warm-up
 
 
-class HMC:
-    minibatch = False
-
-    def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
+class HMC(FullBatchKernel):
+    def __init__(
+        self, posterior: LocalizedPosterior, step_size: float, n_leapfrog: int, target_accept: float
+    ) -> None:
         self.posterior = posterior
-        self.n_leapfrog = config.n_leapfrog
-        self.grad_evals_per_step = config.n_leapfrog
-        self.initial_step = config.resolved_step_size
-        self.target_accept = config.target_accept
-        self.adaptation: DualAveraging | None = None
+        self.n_leapfrog = n_leapfrog
+        self.grad_evals_per_step = n_leapfrog
+        self.initial_step = step_size
+        self.target_accept = target_accept
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> HMCState:
         w = w.clone()
         loss, grad = self.posterior.loss_and_grad(w)
         step = torch.full((w.shape[0], 1), self.initial_step, dtype=w.dtype, device=w.device)
-        return HMCState(w, loss, self.posterior.potential(w, loss), grad, step)
+        return HMCState(w, loss, self.posterior.potential(w, loss), grad, step, gen)
 
-    def position(self, state: HMCState) -> torch.Tensor:
-        return state.w
-
-    def step(self, state: HMCState, gen: torch.Generator, tune: bool) -> tuple[HMCState, StepInfo]:
-        if tune and self.adaptation is None:
-            self.adaptation = DualAveraging(state.step_size, self.target_accept)
-        if not tune and self.adaptation is not None:
-            state.step_size = self.adaptation.final
-            self.adaptation = None
-        eps = state.step_size
+    def step(self, state: HMCState, tune: bool) -> tuple[HMCState, StepInfo]:
+        if tune and state.adaptation is None:
+            state.adaptation = DualAveraging(state.step_size, self.target_accept)
+        if not tune and state.adaptation is not None:
+            state.step_size = state.adaptation.final
+            state.adaptation = None
+        eps, gen = state.step_size, state.gen
         p = torch.randn(state.w.shape, generator=gen, device=state.w.device, dtype=state.w.dtype)
         h0 = state.potential + 0.5 * p.square().sum(dim=1)
         w, grad = state.w.clone(), state.grad
@@ -73,8 +70,8 @@ class HMC:
         state.grad = torch.where(keep, grad, state.grad)
         state.loss = torch.where(accept, loss, state.loss)
         state.potential = torch.where(accept, potential, state.potential)
-        if tune and self.adaptation is not None:
-            state.step_size = self.adaptation.update(accept_prob.unsqueeze(1))
+        if tune and state.adaptation is not None:
+            state.step_size = state.adaptation.update(accept_prob.unsqueeze(1))
         stats = {
             "acceptance_rate": accept_prob,
             # The Hamiltonian of the state kept, with the momentum it was proposed with or started from.

@@ -13,13 +13,24 @@ from dataclasses import dataclass
 
 import torch
 
-from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
-from llc.samplers.base import StepInfo
+from llc.samplers.base import FullBatchKernel, StepInfo
 
 DESIRED_ENERGY_VAR = 5e-4
 TRUST_IN_ESTIMATE = 1.5
 EFFECTIVE_SAMPLES = 150
+
+
+@dataclass
+class MCLMCTuning:
+    """Warm-up's statistics: the step-size rule's weighted averages, and the positions' moments."""
+
+    x_avg: torch.Tensor  # [chains, 1]
+    w_avg: torch.Tensor  # [chains, 1]
+    count: torch.Tensor  # [1]: positions accumulated (second half of warm-up)
+    w_sum: torch.Tensor  # [chains, d]
+    w_square_sum: torch.Tensor  # [chains, d]
+    t: int = 0  # warm-up steps taken
 
 
 @dataclass
@@ -31,20 +42,17 @@ class MCLMCState:
     grad: torch.Tensor
     step_size: torch.Tensor  # [chains, 1]
     L: torch.Tensor  # [chains, 1]
+    gen: torch.Generator  # momentum refreshes
+    tuning: MCLMCTuning
 
 
-class MCLMC:
-    minibatch = False
+class MCLMC(FullBatchKernel):
     grad_evals_per_step = 1
 
-    def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
+    def __init__(self, posterior: LocalizedPosterior, step_size: float, warmup: int) -> None:
         self.posterior = posterior
-        self.initial_step = config.resolved_step_size
-        self.warmup = config.warmup
-        self._tune_t = 0
-        self._x_avg: torch.Tensor | None = None
-        self._w_avg: torch.Tensor | None = None
-        self._moments: list[torch.Tensor] | None = None
+        self.initial_step = step_size
+        self.warmup = warmup  # L is set at its last step
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> MCLMCState:
         w = w.clone()
@@ -54,10 +62,11 @@ class MCLMC:
         step = torch.full((chains, 1), self.initial_step, dtype=w.dtype, device=w.device)
         # Until warm-up measures the posterior's spread, take L = sqrt(d) initial step sizes.
         L = step * math.sqrt(dim)
-        return MCLMCState(w, u, loss, self.posterior.potential(w, loss), grad, step, L)
-
-    def position(self, state: MCLMCState) -> torch.Tensor:
-        return state.w
+        count = torch.zeros(1, dtype=w.dtype, device=w.device)
+        tuning = MCLMCTuning(
+            torch.zeros_like(step), torch.zeros_like(step), count, torch.zeros_like(w), torch.zeros_like(w)
+        )
+        return MCLMCState(w, u, loss, self.posterior.potential(w, loss), grad, step, L, gen, tuning)
 
     def _momentum_update(
         self, u: torch.Tensor, grad: torch.Tensor, eps: torch.Tensor
@@ -75,7 +84,7 @@ class MCLMC:
         kinetic = (delta - math.log(2) + torch.log(1 + ue + (1 - ue) * zeta**2)) * (dim - 1)
         return _normalize(u_new), kinetic[:, 0]
 
-    def step(self, state: MCLMCState, gen: torch.Generator, tune: bool) -> tuple[MCLMCState, StepInfo]:
+    def step(self, state: MCLMCState, tune: bool) -> tuple[MCLMCState, StepInfo]:
         eps = state.step_size
         u, k1 = self._momentum_update(state.u, state.grad, 0.5 * eps)
         w = state.w + eps * u
@@ -85,7 +94,7 @@ class MCLMC:
         energy_change = (potential - state.potential) + k1 + k2
         # Partial refresh: u <- c1·u + c2·z/sqrt(d), renormalized.
         c1 = torch.exp(-eps / state.L)
-        z = torch.randn(u.shape, generator=gen, device=u.device, dtype=u.dtype) / math.sqrt(u.shape[1])
+        z = torch.randn(u.shape, generator=state.gen, device=u.device, dtype=u.dtype) / math.sqrt(u.shape[1])
         u = _normalize(c1 * u + torch.sqrt(1 - c1**2) * z)
         ok = energy_change.isfinite() & w.isfinite().all(dim=1)
         if tune:
@@ -103,41 +112,29 @@ class MCLMC:
         self, state: MCLMCState, energy_change: torch.Tensor, ok: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
         """BlackJAX's step-size rule; L from the positions' variance over the second half of warm-up."""
-        dim = w.shape[1]
-        self._tune_t += 1
-        if self._x_avg is None:
-            self._x_avg = torch.zeros_like(state.step_size)
-            self._w_avg = torch.zeros_like(state.step_size)
-        assert self._w_avg is not None
+        dim, tuning = w.shape[1], state.tuning
+        tuning.t += 1
         # A huge energy error rejects the step and shrinks the step size.
         too_big = (energy_change.square() / dim > 1e4) | ~ok
         ok = ok & ~too_big
         xi = (energy_change.square() / (dim * DESIRED_ENERGY_VAR)).nan_to_num(1e8).unsqueeze(1) + 1e-8
         weight = torch.exp(-0.5 * (torch.log(xi) / (6.0 * TRUST_IN_ESTIMATE)) ** 2)
         decay = (EFFECTIVE_SAMPLES - 1.0) / (EFFECTIVE_SAMPLES + 1.0)
-        self._x_avg = decay * self._x_avg + weight * (xi / state.step_size**6)
-        self._w_avg = decay * self._w_avg + weight
-        new_step = (self._x_avg / self._w_avg) ** (-1.0 / 6.0)
+        tuning.x_avg = decay * tuning.x_avg + weight * (xi / state.step_size**6)
+        tuning.w_avg = decay * tuning.w_avg + weight
+        new_step = (tuning.x_avg / tuning.w_avg) ** (-1.0 / 6.0)
         state.step_size = torch.where(too_big.unsqueeze(1), 0.8 * state.step_size, new_step)
-        if self._tune_t > self.warmup // 2:
-            self._accumulate_moments(torch.where(ok.unsqueeze(1), w, state.w))
+        if tuning.t > self.warmup // 2:
+            kept = torch.where(ok.unsqueeze(1), w, state.w)
+            tuning.count += 1
+            tuning.w_sum += kept
+            tuning.w_square_sum += kept.square()
         # With too few warm-up draws the spread is noise: keep the initial L then.
-        if self._tune_t == self.warmup and self._moments is not None and self._moments[0].item() >= 10:
-            count, mean, sq = self._moments
-            var = (sq / count - (mean / count) ** 2).clamp_min(0)
+        if tuning.t == self.warmup and tuning.count.item() >= 10:
+            mean = tuning.w_sum / tuning.count
+            var = (tuning.w_square_sum / tuning.count - mean**2).clamp_min(0)
             state.L = torch.sqrt(var.sum(dim=1, keepdim=True)).clamp_min(1e-12)
         return ok
-
-    def _accumulate_moments(self, w: torch.Tensor) -> None:
-        if self._moments is None:
-            self._moments = [
-                torch.zeros(1, dtype=w.dtype, device=w.device),
-                torch.zeros_like(w),
-                torch.zeros_like(w),
-            ]
-        self._moments[0] += 1
-        self._moments[1] += w
-        self._moments[2] += w.square()
 
 
 def _normalize(u: torch.Tensor) -> torch.Tensor:

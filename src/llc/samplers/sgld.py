@@ -6,15 +6,13 @@ w <- w - (eps/2)·G·∇U_B(w) + sqrt(eps·G)·N(0, I),   G = 1 / (lambda + sqrt
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from llc.config import RunConfig
 from llc.posterior import LocalizedPosterior
 from llc.samplers.base import Recorder
-from llc.samplers.blocks import Block, BlockedChains, compile_step
+from llc.samplers.blocks import Block, BlockedChains, compile_step, layout
 
 RMSPROP_DECAY = 0.99
 ADAM_BETA1 = 0.9
@@ -24,67 +22,58 @@ PRECOND_EPS = 1e-8
 @dataclass
 class SGLDState:
     w: torch.Tensor
-    square_avg: torch.Tensor | None = None
-    momentum: torch.Tensor | None = None
-    t: int = 0
+    step_size: float  # ε, set by step_size=auto in warm-up
+    blocks: list[Block]  # the chains' random streams, in the blocks they are stepped in
+    square_avg: torch.Tensor | None = None  # RMSprop / Adam: the running mean of squared gradients
+    momentum: torch.Tensor | None = None  # Adam: the running mean of gradients
+    t: int = 0  # steps taken (the preconditioner's bias correction)
 
 
 class SGLD(BlockedChains):
     grad_evals_per_step = 1
     minibatch = True
-    transient = ("parts", "_compiled_step")  # not checkpointed: a resumed run re-plans
 
-    def __init__(self, posterior: LocalizedPosterior, config: RunConfig) -> None:
+    def __init__(
+        self, posterior: LocalizedPosterior, step_size: float, precond: str = "none", compile: bool = False
+    ) -> None:
         self.posterior = posterior
-        self.eps = config.resolved_step_size
-        self.precond = config.precond
-        # compile=true without preconditioning: gradient, localization and update of a block as one
-        # compiled call (blocks.compile_step); the random numbers stay with the blocks' streams, drawn
-        # before it. With preconditioning the driver compiles the gradient alone.
-        self.fused = bool(config.compile) and self.fuses(config)
-        self._compiled_step: Callable | None = None
+        self.initial_step = step_size
+        self.precond = precond
+        # compile without preconditioning: gradient, localization and update of a block as one compiled
+        # call (blocks.compile_step); the random numbers stay with the blocks' streams, drawn before it.
+        # With preconditioning the driver compiles the gradient alone.
+        self.fused = compile and self.fuses(precond)
+        self._compiled_step = compile_step(self._langevin, posterior.w_star.device) if self.fused else None
 
     @staticmethod
-    def fuses(config: RunConfig) -> bool:
-        return config.precond == "none"
+    def fuses(precond: str) -> bool:
+        """Whether compiling compiles the whole block step (without a preconditioner only)."""
+        return precond == "none"
 
     def _langevin(
-        self, w: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor
+        self, w: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Loss on the minibatch at `idx` and the moved position, as blocks of columns
         (posterior.loss_and_grad_pieces)."""
         loss, pieces = self.posterior.loss_and_grad_pieces(w, self.posterior.batch_at(idx))
-        step = math.sqrt(self.eps)
-        return loss, [w[:, c] - (0.5 * self.eps) * g + step * noise[:, c] for c, g in pieces]
+        step = math.sqrt(eps)
+        return loss, [w[:, c] - (0.5 * eps) * g + step * noise[:, c] for c, g in pieces]
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
-        self.plan(w, gen)
-        if self.fused:
-            self._compiled_step = compile_step(self._langevin, w.device)
+        blocks = layout(w.shape[0], gen, self.fused)
         if self.precond == "none":
-            return SGLDState(w.clone())
+            return SGLDState(w.clone(), self.initial_step, blocks)
         momentum = torch.zeros_like(w) if self.precond == "adam" else None
-        return SGLDState(w.clone(), torch.zeros_like(w), momentum)
-
-    def position(self, state: SGLDState) -> torch.Tensor:
-        return state.w
-
-    @property
-    def step_size(self) -> float:
-        return self.eps
-
-    @step_size.setter
-    def step_size(self, value: float) -> None:
-        self.eps = value
+        return SGLDState(w.clone(), self.initial_step, blocks, torch.zeros_like(w), momentum)
 
     def langevin_proposal(self, state: SGLDState) -> tuple[float, torch.Tensor | None]:
         """The full-batch Langevin proposal a step amounts to, for the MALA check: its step ε and the
         diagonal preconditioner G it applies (None without one)."""
         if state.square_avg is None:
-            return self.eps, None
+            return state.step_size, None
         scale = state.square_avg / (1 - RMSPROP_DECAY ** max(state.t, 1))
-        return self.eps, 1.0 / (scale.sqrt() + PRECOND_EPS)
+        return state.step_size, 1.0 / (scale.sqrt() + PRECOND_EPS)
 
     def restart(self, state: SGLDState, rows: torch.Tensor) -> None:
         """Put the chains at `rows` back at w*, their preconditioner statistics with them."""
@@ -96,7 +85,8 @@ class SGLD(BlockedChains):
     def _compile_block(self, state: SGLDState, block: Block) -> None:
         assert self._compiled_step is not None
         w = state.w[block.chains]
-        self._compiled_step(w, self.posterior.placeholder_indices(block.size), torch.zeros_like(w))
+        idx = self.posterior.placeholder_indices(block.size)
+        self._compiled_step(w, idx, torch.zeros_like(w), state.step_size)
 
     def advance(self, state: SGLDState, count: int, tune: bool, recorder: Recorder) -> SGLDState:
         super().advance(state, count, tune, recorder)
@@ -104,17 +94,17 @@ class SGLD(BlockedChains):
         return state
 
     def _step_block(self, state: SGLDState, block: Block, j: int) -> torch.Tensor:
-        chains = block.chains
+        chains, eps = block.chains, state.step_size
         w = state.w[chains]
         idx = self.posterior.indices(block)
         if self._compiled_step is not None:
-            loss, moved = self._compiled_step(w, idx, block.normal(w))
+            loss, moved = self._compiled_step(w, idx, block.normal(w), eps)
             torch.cat(moved, dim=1, out=w)
             return loss
         loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx))
         noise = block.normal(w)
         if self.precond == "none":
-            w.add_(grad, alpha=-0.5 * self.eps).add_(noise, alpha=math.sqrt(self.eps))
+            w.add_(grad, alpha=-0.5 * eps).add_(noise, alpha=math.sqrt(eps))
             return loss
         assert state.square_avg is not None
         t = state.t + j + 1  # steps taken by the preconditioner, this one included
@@ -127,5 +117,5 @@ class SGLD(BlockedChains):
             momentum = state.momentum[chains]
             momentum.mul_(ADAM_BETA1).add_(grad, alpha=1 - ADAM_BETA1)
             drift = momentum / (1 - ADAM_BETA1**t)
-        w.addcmul_(precond, drift, value=-0.5 * self.eps).addcmul_(precond.mul_(self.eps).sqrt_(), noise)
+        w.addcmul_(precond, drift, value=-0.5 * eps).addcmul_(precond.mul_(eps).sqrt_(), noise)
         return loss

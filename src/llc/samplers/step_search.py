@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llc.posterior import LocalizedPosterior
+from llc.samplers.base import StepTunable, TunableState
 
 # ε·h_max: a variance bias of about 5% along the stiffest direction (less in the others), a tenth of the
 # stability limit. Measured on the built-in linear networks: SGLD within 5% of λ (docs/samplers.md).
@@ -84,3 +85,36 @@ def top_curvature(
 def round_length(warmup: int) -> int:
     """Steps per round: warm-up split into ROUNDS rounds (at least one step each)."""
     return max(1, warmup // ROUNDS)
+
+
+def search_round(
+    search: CurvatureStep,
+    t: int,
+    warmup: int,
+    kernel: StepTunable,
+    state: TunableState,
+    posterior: LocalizedPosterior,
+    gen: torch.Generator,
+) -> None:
+    """step_size=auto: before warm-up and at the end of each round, measure the largest curvature at the
+    chains' positions and give the kernel the step it allows; at the end of warm-up, the chosen step.
+    A chain that the round threw off to non-finite values starts again from w*."""
+    if t % round_length(warmup) == 0 and t < warmup:
+        position = state.w
+        lost = ~torch.isfinite(position).all(dim=1)
+        if lost.any():
+            kernel.restart(state, lost.nonzero().squeeze(1))
+        eps, scale = kernel.langevin_proposal(state)
+        iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
+        h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
+        finite = h[torch.isfinite(h)]
+        set_langevin_step(state, eps, search.update(float(finite.max()) if finite.numel() else math.nan))
+    if t == warmup:
+        eps, _ = kernel.langevin_proposal(state)
+        set_langevin_step(state, eps, search.final)
+
+
+def set_langevin_step(state: TunableState, current: float, wanted: float | None) -> None:
+    """Scale the kernel's step size so that its Langevin step (langevin_proposal) becomes `wanted`."""
+    if wanted is not None:
+        state.step_size = state.step_size * wanted / current
