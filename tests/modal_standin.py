@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 import modal.exception as modal_errors
 from modal.types import FileEntry, FileEntryType
 
-from llc.backends import modal_app
-from llc.backends.modal import ModalOptions, progress_board
+from llc import modal_app
+from llc.backends.modal import progress_board
+from llc.settings import ModalOptions
 
 _MISSING = object()
 

@@ -19,10 +19,11 @@ from sweep_probe import PROBE, ProbeConfig
 from llc import interrupt
 from llc.backends import BackendUnavailable, JobState, get_backend, run_on
 from llc.backends import modal as modal_backend
-from llc.backends.modal import ModalBackend, ModalOptions
+from llc.backends.modal import ModalBackend
 from llc.cells.cell import Cell
 from llc.cells.experiments import run_id
 from llc.rundir import RunDir
+from llc.settings import ModalOptions
 
 pytestmark = pytest.mark.timeout(60)
 

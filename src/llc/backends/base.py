@@ -78,7 +78,12 @@ class Backend:
             return
         if ledger is not None:
             self.ledger = Ledger(ledger, self.name)
-        adopted = self._adopt(self.ledger.latest() if self.ledger else {}, cells, timeout_s)
+        recorded = self.ledger.latest() if self.ledger else {}
+        adopted = self._adopt(
+            {c.name: recorded[c.name] for c in cells if c.name in recorded}, cells, timeout_s
+        )
+        with self._lock:
+            self._active.update(adopted)
         taken = {job.cell.name for job in adopted}
         left = [cell for cell in cells if cell.name not in taken]
         jobs = adopted + self._start_all(left, Path(runs_dir), skip, timeout_s)
@@ -174,15 +179,24 @@ class Backend:
 
 class Job:
     """One submitted cell, after submitit's Job: its state and stage, a wait that ends by the cell's
-    timeout (running time only, across requeues), cancel. A backend's job supplies `_poll` (wait a
-    little for news), `_stop` (stop the work) and, where it says more, `_interrupted`."""
+    timeout (running time only, across requeues) or by `start_limit_s` spent waiting to start, cancel.
+    A backend's job supplies `_poll` (wait a little for news), `_stop` (stop the work), `_not_started`
+    (the record of a job stopped at its start limit) and, where it says more, `_interrupted`."""
 
     cancelled_type: ClassVar[str] = "Cancelled"
 
-    def __init__(self, backend: Backend, cell: Cell, timeout_s: float | None, job_id: str = "") -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        cell: Cell,
+        timeout_s: float | None,
+        job_id: str = "",
+        start_limit_s: float | None = None,
+    ) -> None:
         self.cell = cell
         self.job_id = job_id
         self.holds_slot = False  # one of the backend's max_parallel slots, until released
+        self.start_limit_s = start_limit_s
         self._backend = backend
         self._timeout_s = timeout_s
         self._state = JobState.PENDING
@@ -210,15 +224,13 @@ class Job:
         """The record once the cell ends (a timed-out cell: a Timeout record); None if `timeout` passes."""
         until = None if timeout is None else time.monotonic() + timeout
         while self.live:
-            now = time.monotonic()
             due = [t for t in (until, self._deadline()) if t is not None]
-            left = min(due) - now if due else None
-            if until is not None and until <= now:
+            left = min(due) - time.monotonic() if due else None
+            if until is not None and until <= time.monotonic():
                 return None
             record = self._poll(None if left is None else max(0.0, left))
-            if record is None and self._timeout_s and self._ran() >= self._timeout_s:
+            if record is None and (record := self._overdue()) is not None:
                 self._stop()
-                record = CellRecord.timeout(self.cell, self.stage, self._timeout_s)
             if record is not None:
                 self.end(record)
         return self._record
@@ -262,15 +274,28 @@ class Job:
         return self._ran_s + running
 
     def _deadline(self) -> float | None:
-        if not self._timeout_s or self._running_since is None:
-            return None
-        return self._running_since + self._timeout_s - self._ran_s
+        """When the cell's timeout (running) or its start limit (waiting) runs out."""
+        if self._running_since is not None:
+            return self._running_since + self._timeout_s - self._ran_s if self._timeout_s else None
+        return self._submitted + self._ran_s + self.start_limit_s if self.start_limit_s else None
+
+    def _overdue(self) -> CellRecord | None:
+        """The record of a job past its deadline (it is then stopped), else None."""
+        if self._timeout_s and self._ran() >= self._timeout_s:
+            return CellRecord.timeout(self.cell, self.stage, self._timeout_s)
+        waited = time.monotonic() - self._submitted - self._ran_s
+        if self._running_since is None and self.start_limit_s and waited >= self.start_limit_s:
+            return self._not_started()
+        return None
 
     def _poll(self, timeout: float | None) -> CellRecord | None:
         """Wait at most `timeout` s (None: until news) for the job to move; its record once it ended."""
         raise NotImplementedError
 
     def _stop(self) -> None:
+        raise NotImplementedError
+
+    def _not_started(self) -> CellRecord:
         raise NotImplementedError
 
     def _interrupted(self, why: str) -> CellRecord:
@@ -297,13 +322,13 @@ class Ledger:
             handle.write(lines)
 
     def latest(self) -> dict[str, dict[str, str]]:
-        """Each cell's last recorded job."""
+        """Each cell's last recorded job (of this ledger's backend, when it has one)."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
             return {}
         entries = [json.loads(line) for line in text.splitlines() if line.endswith("}")]
-        return {entry["cell"]: entry for entry in entries}
+        return {e["cell"]: e for e in entries if e["backend"] == self.backend or not self.backend}
 
 
 def run_on(backend: Backend, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> CellRecord:

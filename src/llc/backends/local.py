@@ -90,7 +90,7 @@ class LocalJob(Job):
     """A cell running in one worker; `wait` reads its stage reports and its record."""
 
     def __init__(self, backend: LocalBackend, worker: _Worker, cell: Cell, timeout_s: float | None) -> None:
-        super().__init__(backend, cell, timeout_s)
+        super().__init__(backend, cell, timeout_s, start_limit_s=START_LIMIT_S)
         self._local = backend
         self._worker: _Worker | None = worker
         self._reported = False  # the worker sent the record: it can take another cell
@@ -100,14 +100,7 @@ class LocalJob(Job):
         worker = self._worker
         if worker is None:
             return None
-        start_by = None if self._running_since is not None else self._submitted + START_LIMIT_S
-        asked = None if timeout is None else time.monotonic() + timeout
-        due = [t for t in (start_by, asked) if t is not None]
-        message = worker.receive(min(due) if due else None)
-        if message is None and start_by is not None and time.monotonic() >= start_by:
-            self._stop()
-            why = f"its worker process did not begin the cell within {START_LIMIT_S:g} s; it was killed"
-            return CellRecord.failed(self.cell, "start", "WorkerStart", why, START_LIMIT_S, True)
+        message = worker.receive(None if timeout is None else time.monotonic() + timeout)
         if message is None:
             return None
         if message is _EOF:
@@ -123,6 +116,10 @@ class LocalJob(Job):
         worker, self._worker = self._worker, None
         if worker is not None:
             self._local.discard(worker)
+
+    def _not_started(self) -> CellRecord:
+        why = f"its worker process did not begin the cell within {START_LIMIT_S:g} s; it was killed"
+        return CellRecord.failed(self.cell, "start", "WorkerStart", why, START_LIMIT_S, True)
 
     def end(self, record: CellRecord) -> None:
         super().end(record)
