@@ -17,8 +17,9 @@ from modal_standin import StandInModal
 from sweep_probe import PROBE, ProbeConfig
 
 from llc import interrupt
-from llc.backends import BackendUnavailable, JobState, get_backend, run_on
+from llc.backends import BackendUnavailable, get_backend, run_on
 from llc.backends import modal as modal_backend
+from llc.backends.base import JobState
 from llc.backends.modal import ModalBackend
 from llc.cells.cell import Cell
 from llc.cells.experiments import run_id

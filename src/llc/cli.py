@@ -49,6 +49,11 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return parse_pairs(pairs, "--set", "chains=16")
 
 
+def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
+    """`--backend-option KEY=VALUE` strings to a dict, VALUE parsed as YAML (`gpus=1`, `setup=[a, b]`)."""
+    return parse_pairs(pairs, "--backend-option", "partition=gpu")
+
+
 def _config(
     preset: str | None, sampler: str | None, pairs: list[str] | None, gpu_mode: str | None
 ) -> RunConfig:
@@ -135,14 +140,14 @@ def _no_estimate(config: RunConfig, metrics: dict[str, Any]) -> str:
 
 def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
     """`llc run` as one cell on a backend (a SLURM job, a Modal call); exits 1 with its error row."""
-    from llc.backends import BackendUnavailable, get_backend, parse_backend_options, run_on
+    from llc.backends import BackendUnavailable, get_backend, run_on
     from llc.cells.cell import lone_cell
     from llc.rundir import RunDir
 
     settings = load_settings()
     cell = lone_cell(config)
     try:
-        opened = get_backend(backend, 1, parse_backend_options(pairs))
+        opened = get_backend(backend, 1, _backend_options(pairs))
     except (ValueError, BackendUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -240,11 +245,10 @@ def sweep_command(
     """  # noqa: E501  (one paragraph: the help text keeps a docstring's line breaks)
     if ctx.invoked_subcommand is not None:
         return
-    from llc.backends import parse_backend_options
     from llc.launch import SweepRequest, run_sweep
 
     try:
-        options = parse_backend_options(backend_option)
+        options = _backend_options(backend_option)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -6,8 +6,9 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from llc.backends.base import Backend, BackendUnavailable, Cancelled, Job, JobState, Ledger, run_on
-from llc.settings import parse_pairs
+from llc.backends.base import Backend, BackendUnavailable, Ledger, run_on
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "cancel_recorded", "get_backend", "run_on"]
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
 BACKENDS = {
@@ -15,19 +16,6 @@ BACKENDS = {
     "slurm": "llc.backends.slurm:SlurmBackend",
     "modal": "llc.backends.modal:ModalBackend",
 }
-
-__all__ = [
-    "BACKENDS",
-    "Backend",
-    "BackendUnavailable",
-    "Cancelled",
-    "Job",
-    "JobState",
-    "cancel_recorded",
-    "get_backend",
-    "parse_backend_options",
-    "run_on",
-]
 
 
 def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = None) -> Backend:
@@ -44,11 +32,6 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
         return cls(max_parallel=max_parallel, **(options or {}))
     except TypeError as exc:
         raise ValueError(f"backend {name}: bad backend option ({exc})") from None
-
-
-def parse_backend_options(pairs: list[str] | None) -> dict[str, Any]:
-    """`--backend-option KEY=VALUE` strings to a dict, VALUE parsed as YAML (`gpus=1`, `setup=[a, b]`)."""
-    return parse_pairs(pairs, "--backend-option", "partition=gpu")
 
 
 def cancel_recorded(ledger: Path) -> list[str]:

@@ -78,10 +78,7 @@ class Backend:
             return
         if ledger is not None:
             self.ledger = Ledger(ledger, self.name)
-        recorded = self.ledger.latest() if self.ledger else {}
-        adopted = self._adopt(
-            {c.name: recorded[c.name] for c in cells if c.name in recorded}, cells, timeout_s
-        )
+        adopted = self._adopt(self.ledger.latest() if self.ledger else {}, cells, timeout_s)
         with self._lock:
             self._active.update(adopted)
         taken = {job.cell.name for job in adopted}
@@ -184,19 +181,12 @@ class Job:
     (the record of a job stopped at its start limit) and, where it says more, `_interrupted`."""
 
     cancelled_type: ClassVar[str] = "Cancelled"
+    start_limit_s: float | None = None  # how long it may wait to start; None: as long as it takes
 
-    def __init__(
-        self,
-        backend: Backend,
-        cell: Cell,
-        timeout_s: float | None,
-        job_id: str = "",
-        start_limit_s: float | None = None,
-    ) -> None:
+    def __init__(self, backend: Backend, cell: Cell, timeout_s: float | None) -> None:
         self.cell = cell
-        self.job_id = job_id
+        self.job_id = ""  # the backend's own, once it has one
         self.holds_slot = False  # one of the backend's max_parallel slots, until released
-        self.start_limit_s = start_limit_s
         self._backend = backend
         self._timeout_s = timeout_s
         self._state = JobState.PENDING

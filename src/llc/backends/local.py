@@ -40,7 +40,6 @@ class LocalBackend(Backend):
         super().__init__(max_parallel, threads, **options)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
-        self._pool_lock = threading.Lock()
 
     def _start(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
         (cell,) = cells
@@ -58,30 +57,30 @@ class LocalBackend(Backend):
 
     def give_back(self, worker: _Worker) -> None:
         """A worker that finished its cell goes back to the pool."""
-        with self._pool_lock:
+        with self._lock:
             self._idle.append(worker)
 
     def discard(self, worker: _Worker) -> None:
         """A worker that was killed or died is dropped (and killed, to be sure)."""
         worker.kill()
-        with self._pool_lock:
+        with self._lock:
             self._all.discard(worker)
 
     def _close(self) -> None:
-        with self._pool_lock:
+        with self._lock:
             workers, self._idle, self._all = list(self._all), [], set()
         for worker in workers:
             worker.stop()
 
     def _take(self) -> _Worker:
-        with self._pool_lock:
+        with self._lock:
             while self._idle:
                 worker = self._idle.pop()
                 if worker.alive():
                     return worker
                 self._all.discard(worker)
         worker = _Worker(self.threads_per_cell or 1)
-        with self._pool_lock:
+        with self._lock:
             self._all.add(worker)
         return worker
 
@@ -89,8 +88,10 @@ class LocalBackend(Backend):
 class LocalJob(Job):
     """A cell running in one worker; `wait` reads its stage reports and its record."""
 
+    start_limit_s = START_LIMIT_S
+
     def __init__(self, backend: LocalBackend, worker: _Worker, cell: Cell, timeout_s: float | None) -> None:
-        super().__init__(backend, cell, timeout_s, start_limit_s=START_LIMIT_S)
+        super().__init__(backend, cell, timeout_s)
         self._local = backend
         self._worker: _Worker | None = worker
         self._reported = False  # the worker sent the record: it can take another cell

@@ -18,6 +18,7 @@ import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import modal
@@ -56,11 +57,8 @@ def llc_version() -> str:
 def handshake() -> dict[str, Any]:
     """What client and worker must agree on: llc's version, the config schemas and the request protocol."""
     schemas = json.dumps([Cell.model_json_schema(), RunConfig.model_json_schema()], sort_keys=True)
-    return {
-        "llc": llc_version(),
-        "schema": hashlib.sha256(schemas.encode()).hexdigest()[:12],
-        "protocol": PROTOCOL,
-    }
+    digest = hashlib.sha256(schemas.encode()).hexdigest()[:12]
+    return {"llc": llc_version(), "schema": digest, "protocol": PROTOCOL}
 
 
 def mismatch(client: dict[str, Any], worker: dict[str, Any]) -> str | None:
@@ -79,26 +77,14 @@ def attachments(cell: Cell) -> dict[str, str]:
     return {"weights": base64.b64encode(Path(weights).read_bytes()).decode("ascii")} if weights else {}
 
 
-class LiveModal:
-    """Modal's own objects of the deployed app, looked up by name; tests pass an in-process stand-in."""
-
-    def __init__(self, options: ModalOptions) -> None:
-        self.env = options.environment
-        self.app_name = options.app_name
-
-    def function(self, name: str) -> Any:
-        return modal.Function.from_name(self.app_name, name, environment_name=self.env)
-
-    def volume(self, name: str) -> Any:
-        return modal.Volume.from_name(name, environment_name=self.env)
-
-    def dict(self, name: str) -> Any:
-        return modal.Dict.from_name(name, environment_name=self.env, create_if_missing=True)
-
-
 def connect(options: ModalOptions) -> Any:
-    """The Modal client the backend and `llc runs` use (replaced in tests)."""
-    return LiveModal(options)
+    """Modal's own objects of the deployed app, looked up by name (tests pass an in-process stand-in)."""
+    env = {"environment_name": options.environment}
+    return SimpleNamespace(
+        function=lambda name: modal.Function.from_name(options.app_name, name, **env),
+        volume=lambda name: modal.Volume.from_name(name, **env),
+        dict=lambda name: modal.Dict.from_name(name, create_if_missing=True, **env),
+    )
 
 
 def progress_board(app_name: str) -> str:
@@ -206,7 +192,8 @@ class ModalJob(Job):
     cancelled_type = "ModalCancelled"
 
     def __init__(self, backend: ModalBackend, cell: Cell, runs_dir: Path, timeout_s: float | None) -> None:
-        super().__init__(backend, cell, timeout_s, start_limit_s=backend.options.client_hang_timeout_s)
+        super().__init__(backend, cell, timeout_s)
+        self.start_limit_s = backend.options.client_hang_timeout_s
         self.call: Any = None  # the modal.FunctionCall, once spawned
         self.ticket = uuid.uuid4().hex
         self._modal = backend

@@ -19,7 +19,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -64,14 +63,10 @@ SETTLING = frozenset({"PREEMPTED", "NODE_FAIL"})
 SETTLE_S = 10.0
 # What sbatch says when it refuses a job shape, and the option that changes it.
 REFUSALS = (
-    ("gres", ("gpus",)),
-    ("partition", ("partition",)),
-    ("account", ("account",)),
-    ("qos", ("qos",)),
-    ("time limit", ("timeout_min",)),
-    ("memory", ("mem_gb",)),
+    ("gres", ("gpus",)), ("partition", ("partition",)), ("account", ("account",)), ("qos", ("qos",)),
+    ("time limit", ("timeout_min",)), ("memory", ("mem_gb",)),
     ("node configuration", ("cpus", "mem_gb", "gpus")),
-)
+)  # fmt: skip
 MEMORY_KILL_MARKS = ("exceeded memory limit", "exceeded job memory limit", "oom-kill", "oom_kill")
 
 
@@ -107,15 +102,10 @@ class Watcher(SlurmInfoWatcher):
         found = self.read_info(sacct or "")
         unknown = sorted({job.split("_")[0] for job in self._registered - self._finished if job not in found})
         if unknown:
-            squeue = [
-                "squeue",
-                "--array",
-                "--noheader",
-                "--states=all",
-                "--format=%i|%T",
-                f"--jobs={','.join(unknown)}",
-            ]
-            found = {**self.read_info("JobID|State\n" + (_output(squeue) or "")), **found}
+            squeue = _output(
+                ["squeue", "--array", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(unknown)]
+            )
+            found = {**self.read_info("JobID|State\n" + (squeue or "")), **found}
         if (sacct is None) != self._sacct_failing:
             self._sacct_failing = sacct is None
             log.warning("sacct %s", "fails: states come from squeue" if sacct is None else "answers again")
@@ -217,15 +207,12 @@ class SlurmBackend(Backend):
     def _check_shape(self, folder: Path, parameters: dict[str, Any], count: int) -> None:
         """`sbatch --test-only` on the job shape; a refusal is BackendUnavailable naming the option."""
         script = _make_sbatch_string(command="true", folder=folder, map_count=count, **parameters)
-        with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="llc-shape-") as handle:
-            handle.write(script)
-            handle.flush()
-            try:
-                done = subprocess.run(
-                    ["sbatch", "--test-only", handle.name], capture_output=True, text=True, timeout=60
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise BackendUnavailable(f"sbatch --test-only could not run: {exc}") from None
+        try:  # sbatch reads the script from its input
+            done = subprocess.run(
+                ["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BackendUnavailable(f"sbatch --test-only could not run: {exc}") from None
         if done.returncode == 0:
             return
         error = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
@@ -273,7 +260,9 @@ class SlurmBackend(Backend):
     ) -> list[Job]:
         """Jobs of an earlier run of the sweep that SLURM still queues or runs, or that ended with an ok
         result after the sweep looked for sealed results; submitit re-creates a job from its id."""
-        states = self.watcher.states([entry["job_id"] for entry in recorded.values()])
+        states = self.watcher.states(
+            [recorded[cell.name]["job_id"] for cell in cells if cell.name in recorded]
+        )
         jobs: list[Job] = []
         for cell in cells:
             if (entry := recorded.get(cell.name)) is None:
@@ -293,10 +282,11 @@ class SlurmJob(Job):
     def __init__(
         self, backend: SlurmBackend, job: submitit.SlurmJob[Any], cell: Cell, timeout_s: float | None
     ) -> None:
-        super().__init__(backend, cell, timeout_s, job.job_id, start_limit_s=backend.options.queue_timeout_s)
+        super().__init__(backend, cell, timeout_s)
         job.watcher = backend.watcher
         backend.watcher.register_job(job.job_id)
-        self.submitit, self.paths = job, job.paths
+        self.job_id, self.submitit, self.paths = job.job_id, job, job.paths
+        self.start_limit_s = backend.options.queue_timeout_s
         self._slurm = backend
         self._seen = ("UNKNOWN", time.monotonic())  # the last state and when it was first seen
 
@@ -338,13 +328,11 @@ class SlurmJob(Job):
             return self._result()
         state, now = self.submitit.state, time.monotonic()
         if state == "UNKNOWN":
-            if now - self._seen[1] > self._slurm.options.lost_after_s:
-                self._stop()
-                why = (
-                    f"neither sacct nor squeue has known it for {now - self._seen[1]:.0f} s; it was cancelled"
-                )
-                return self._stopped_record("SlurmJobLost", why, True)
-            return None
+            if (unknown_s := now - self._seen[1]) <= self._slurm.options.lost_after_s:
+                return None
+            self._stop()
+            why = f"neither sacct nor squeue has known it for {unknown_s:.0f} s; it was cancelled"
+            return self._stopped_record("SlurmJobLost", why, True)
         if state != self._seen[0]:
             self._seen = (state, now)
         kind, since = base_state(state), self._seen[1]
@@ -352,17 +340,13 @@ class SlurmJob(Job):
             self._running(since)
         elif kind in PENDING:
             self._queued(since)
-        if self._slurm.watcher.is_done(self.job_id, "cache") or (
-            kind in SETTLING and now - since >= SETTLE_S
-        ):
-            return self._ended(state)
-        return None
+        settled = kind in SETTLING and now - since >= SETTLE_S
+        return self._ended(state) if settled or self._slurm.watcher.is_done(self.job_id, "cache") else None
 
     def _ended(self, state: str) -> CellRecord:
         """An ended job's result if it wrote one (submitit gives the filesystem a moment), else an error."""
-        self.submitit._results_timeout_s = (
-            RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
-        )
+        grace = RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
+        self.submitit._results_timeout_s = grace
         try:
             return self._result(self.submitit._get_outcome_and_result())
         except UncompletedJobError:
@@ -383,29 +367,27 @@ class SlurmJob(Job):
 
     def _slurm_error(self, state: str, detail: str = "") -> CellRecord:
         """An error record naming the SLURM state, the log paths and the stderr tail."""
-        kind = base_state(state)
-        if kind != "OUT_OF_MEMORY" and any(
-            mark in _tail(self.paths.stderr).lower() for mark in MEMORY_KILL_MARKS
-        ):
+        kind, tail = base_state(state), self._tail().lower()
+        if kind != "OUT_OF_MEMORY" and any(mark in tail for mark in MEMORY_KILL_MARKS):
             kind, detail = "OUT_OF_MEMORY", detail or "killed for exceeding its memory limit; raise mem_gb"
         # Machine trouble is worth another try; a cancellation, time limit or memory limit is not.
         retryable = kind in ("FAILED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED")
         why = f"ended {state}{f' ({detail})' if detail else ''} at stage {self.stage}"
-        return self._stopped_record(
-            "Slurm" + "".join(word.capitalize() for word in kind.split("_")), why, retryable
-        )
+        return self._stopped_record("Slurm" + kind.title().replace("_", ""), why, retryable)
 
     def _stopped_record(self, error_type: str, why: str, retryable: bool) -> CellRecord:
-        message = f"SLURM job {self.job_id} {why}; stdout: {self.paths.stdout}; stderr: {self.paths.stderr}"
+        why = f"SLURM job {self.job_id} {why}; stdout: {self.paths.stdout}; stderr: {self.paths.stderr}"
         return CellRecord.failed(
-            self.cell,
-            self.stage,
-            error_type,
-            message,
-            self._ran(),
-            retryable,
-            traceback=_tail(self.paths.stderr),
+            self.cell, self.stage, error_type, why, self._ran(), retryable, traceback=self._tail()
         )
+
+    def _tail(self) -> str:
+        """The end of the job's stderr: the traceback, or slurmstepd's word on why it was stopped."""
+        try:
+            text = self.paths.stderr.read_bytes()[-65536:].decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-TRACEBACK_LINES:])
 
 
 class CellCall(Checkpointable):
@@ -434,9 +416,8 @@ def base_state(state: str) -> str:
 
 def cancel_jobs(job_ids: list[str]) -> list[str]:
     """scancel the jobs SLURM still queues or runs (from any shell); their ids."""
-    live = [
-        job for job, state in Watcher(1.0).states(job_ids).items() if base_state(state) in PENDING | RUNNING
-    ]
+    states = Watcher(1.0).states(job_ids)
+    live = [job for job, state in states.items() if base_state(state) in PENDING | RUNNING]
     scancel(live)
     return live
 
@@ -458,13 +439,3 @@ def _output(argv: list[str], level: int = logging.DEBUG) -> str | None:
         log.log(level, "%s exited %d: %s", argv[0], done.returncode, done.stderr.strip())
         return None
     return done.stdout
-
-
-def _tail(path: Path, lines: int = TRACEBACK_LINES) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
