@@ -26,8 +26,9 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
     try:
         cls = getattr(importlib.import_module(module), attr)
     except ImportError as exc:
-        missing = exc.name or exc
-        raise ValueError(f"backend {name} needs {missing} (missing): pip install 'llc[{name}]'") from None
+        raise ValueError(
+            f"backend {name} needs {exc.name or exc} (missing): pip install 'llc[{name}]'"
+        ) from None
     try:
         return cls(max_parallel=max_parallel, **(options or {}))
     except TypeError as exc:
@@ -36,11 +37,9 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
 
 def cancel_recorded(ledger: Path) -> list[str]:
     """Cancel the jobs a sweep recorded that are still queued or running, from any shell; their ids."""
-    by_backend: dict[str, list[str]] = {}
-    for entry in Ledger(ledger, "").latest().values():
-        by_backend.setdefault(entry["backend"], []).append(entry["job_id"])
+    entries = Ledger(ledger, "").latest().values()
     cancelled = []
-    for name, job_ids in by_backend.items():
+    for name in sorted({entry["backend"] for entry in entries}):
         module = importlib.import_module(BACKENDS[name].partition(":")[0])
-        cancelled += module.cancel_jobs(job_ids)
+        cancelled += module.cancel_jobs([entry["job_id"] for entry in entries if entry["backend"] == name])
     return cancelled

@@ -12,7 +12,6 @@ import threading
 import time
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
@@ -41,8 +40,7 @@ class Backend:
     """The lifecycle every backend shares, after submitit's Executor: option checks, `max_parallel`
     slots, jobs started ahead by `submit_all`, the ledger, cancel-all (`llc.interrupt` calls it on
     SIGINT/SIGTERM) and closing. A backend supplies `_start` (submit cells, return their jobs) and,
-    where it has them, `_start_all` (cells submitted before their tasks ask), `_adopt`, `_stop_all`
-    and `_close`."""
+    where it has them, `_start_all` (cells submitted before their tasks ask), `_adopt` and `_stop_all`."""
 
     name: ClassVar[str]
     label: ClassVar[str]  # how messages name it: "SLURM"
@@ -133,23 +131,19 @@ class Backend:
     def close(self) -> None:
         """Cancel what still runs and release the backend's own resources."""
         self.cancel_all(f"the {self.label} backend was closed")
-        self._close()
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _track(self, jobs: list[Job], folder: str = "") -> None:
         """Jobs just submitted: cancelled by `cancel_all`; those with an id go to the ledger."""
         with self._lock:
             self._active.update(jobs)
-        recorded = [(job.cell, job.job_id, folder) for job in jobs if job.job_id]
-        if self.ledger is not None and recorded:
-            self.ledger.add(recorded)
+        if self.ledger is not None:
+            self.ledger.add([job for job in jobs if job.job_id], folder)
         if self._closed.is_set():  # closed while they were submitted: they were not there to cancel
             self.cancel_all(f"the {self.label} backend was closed while the cells were submitted")
 
@@ -169,9 +163,6 @@ class Backend:
     def _stop_all(self, jobs: list[Job]) -> None:
         for job in jobs:
             job._stop()
-
-    def _close(self) -> None:
-        """Release what the backend holds besides its jobs."""
 
 
 class Job:
@@ -300,16 +291,14 @@ class Ledger:
         self.path = path
         self.backend = backend
 
-    def add(self, jobs: list[tuple[Cell, str, str]]) -> None:
-        """Append (cell, job id, folder) entries; each line is whole once written."""
+    def add(self, jobs: list[Job], folder: str) -> None:
+        """Append one entry a job (its files in `folder`); each line is whole once written."""
+        entries = [
+            {"cell": j.cell.name, "backend": self.backend, "job_id": j.job_id, "folder": folder} for j in jobs
+        ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = "".join(
-            json.dumps({"cell": cell.name, "backend": self.backend, "job_id": job_id, "folder": folder})
-            + "\n"
-            for cell, job_id, folder in jobs
-        )
         with self.path.open("a") as handle:
-            handle.write(lines)
+            handle.write("".join(json.dumps(entry) + "\n" for entry in entries))
 
     def latest(self) -> dict[str, dict[str, str]]:
         """Each cell's last recorded job (of this ledger's backend, when it has one)."""

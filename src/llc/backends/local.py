@@ -66,7 +66,9 @@ class LocalBackend(Backend):
         with self._lock:
             self._all.discard(worker)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Cancel what still runs, then stop the idle workers."""
+        super().close()
         with self._lock:
             workers, self._idle, self._all = list(self._all), [], set()
         for worker in workers:
@@ -76,7 +78,7 @@ class LocalBackend(Backend):
         with self._lock:
             while self._idle:
                 worker = self._idle.pop()
-                if worker.alive():
+                if worker.proc.poll() is None:  # alive
                     return worker
                 self._all.discard(worker)
         worker = _Worker(self.threads_per_cell or 1)
@@ -124,11 +126,9 @@ class LocalJob(Job):
 
     def end(self, record: CellRecord) -> None:
         super().end(record)
-        worker, self._worker = self._worker, None
-        if worker is not None and self._reported:
-            self._local.give_back(worker)
-        elif worker is not None:
-            self._local.discard(worker)
+        if (worker := self._worker) is not None:  # it can take another cell once it sent the record
+            self._worker = None
+            (self._local.give_back if self._reported else self._local.discard)(worker)
 
 
 class _Worker:
@@ -142,17 +142,9 @@ class _Worker:
             "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads),
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llc.backends.local"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        argv, pipe = [sys.executable, "-m", "llc.backends.local"], subprocess.PIPE
+        self.proc = subprocess.Popen(argv, stdin=pipe, stdout=pipe, env=env, start_new_session=True)
         self._buffer = b""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def returncode(self) -> int | None:
         try:
@@ -212,12 +204,8 @@ def serve() -> None:
 
     for line in sys.stdin:
         request = json.loads(line)
-        record = run_cell(
-            Cell.model_validate(request["cell"]),
-            Path(request["runs_dir"]),
-            request["skip"],
-            lambda stage: send({"stage": stage}),
-        )
+        cell, runs_dir = Cell.model_validate(request["cell"]), Path(request["runs_dir"])
+        record = run_cell(cell, runs_dir, request["skip"], lambda stage: send({"stage": stage}))
         send({"record": record.model_dump(mode="json")})
 
 

@@ -10,6 +10,7 @@ end the backend: no further cell is submitted, and every cell gets an error row 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -158,10 +159,8 @@ class ModalBackend(Backend):
             limit = self.options.function_timeout_s()
             message = f"the Modal function's time limit ({limit} s, LLC_MODAL_TIMEOUT_S) stopped it"
             return CellRecord.failed(cell, stage, "Timeout", message, ran_s, retryable=False)
-        error_type = "Modal" + type(exc).__name__.removesuffix("Error")
-        return CellRecord.failed(
-            cell, stage, error_type, str(exc) or repr(exc), ran_s, isinstance(exc, TRANSIENT)
-        )
+        error_type, retryable = "Modal" + type(exc).__name__.removesuffix("Error"), isinstance(exc, TRANSIENT)
+        return CellRecord.failed(cell, stage, error_type, str(exc) or repr(exc), ran_s, retryable)
 
     def _preflight(self) -> None:
         """Ping the deployed app before any cell is submitted; BackendUnavailable says what to do."""
@@ -255,31 +254,28 @@ class ModalJob(Job):
         return record.model_copy(update={"run_dir": str(self._runs_dir / self.cell.run_id)})
 
     def _stop(self) -> None:
-        if self.call is None:
-            return
-        try:
-            self.call.cancel(terminate_containers=True)
-        except Exception as exc:
-            log.error("cancelling Modal call %s failed: %s", getattr(self.call, "object_id", "?"), exc)
-        self._forget_progress()
+        if self.call is not None:
+            cancel_call(self.call)
+            self._forget_progress()
 
     def _forget_progress(self) -> None:
-        if self.call is None:
-            return
-        try:
-            self._modal.progress.pop(self.ticket, None)
-        except Exception as exc:
-            log.debug("progress of %s not removed: %s", self.cell.name, exc)
+        if self.call is not None:
+            with contextlib.suppress(Exception):  # a stale entry on the board is harmless
+                self._modal.progress.pop(self.ticket, None)
+
+
+def cancel_call(call: Any) -> bool:
+    """Cancel a call (or the call of an id) and its containers; False, logged, when that failed."""
+    try:
+        (modal.FunctionCall.from_id(call) if isinstance(call, str) else call).cancel(
+            terminate_containers=True
+        )
+    except Exception as exc:
+        log.error("cancelling Modal call %s failed: %s", getattr(call, "object_id", call), exc)
+        return False
+    return True
 
 
 def cancel_jobs(call_ids: list[str]) -> list[str]:
     """Cancel recorded calls from any shell (`llc sweep cancel`); the ids Modal accepted."""
-    cancelled = []
-    for call_id in call_ids:
-        try:
-            modal.FunctionCall.from_id(call_id).cancel(terminate_containers=True)
-        except Exception as exc:
-            log.error("cancelling Modal call %s failed: %s", call_id, exc)
-        else:
-            cancelled.append(call_id)
-    return cancelled
+    return [call_id for call_id in call_ids if cancel_call(call_id)]

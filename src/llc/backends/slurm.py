@@ -3,11 +3,11 @@
 A sweep hands over every cell it must compute at once (`submit_all`): one sbatch per resource shape,
 a job array throttled to `max_parallel` running elements (`%N`), after `sbatch --test-only` has
 accepted that shape. Each cell's Prefect task then waits on its own array element; a retried cell
-goes out alone. Every job ends in a record within seconds of
-the event, whatever happens to it: its result, or an error record with the SLURM state, the paths
-of its logs and the tail of its stderr when SLURM cancels it, times it out, kills it for memory or
-loses its node. A cell is Checkpointable: at its time limit or on preemption the job is requeued (up
-to `max_requeues` times) and the experiment resumes from its own checkpoint.
+goes out alone. Every job ends in a record within seconds of the event, whatever happens to it: its
+result, or an error record with the SLURM state, the paths of its logs and the tail of its stderr
+when SLURM cancels it, times it out, kills it for memory or loses its node. A cell is Checkpointable:
+at its time limit or on preemption the job is requeued (up to `max_requeues` times) and the
+experiment resumes from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -102,9 +102,7 @@ class Watcher(SlurmInfoWatcher):
         found = self.read_info(sacct or "")
         unknown = sorted({job.split("_")[0] for job in self._registered - self._finished if job not in found})
         if unknown:
-            squeue = _output(
-                ["squeue", "--array", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(unknown)]
-            )
+            squeue = _output(["squeue", "--array", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(unknown)])
             found = {**self.read_info("JobID|State\n" + (squeue or "")), **found}
         if (sacct is None) != self._sacct_failing:
             self._sacct_failing = sacct is None
@@ -233,14 +231,13 @@ class SlurmBackend(Backend):
         """One sbatch for cells of one shape (a job array if several); SlurmSubmitError when refused."""
         parameters = self._parameters(cells[0], timeout_s)
         import_path = [os.path.abspath(p) for p in sys.path if p]
+        calls = [CellCall(cell, Path(runs_dir), skip, import_path) for cell in cells]
         try:
             executor = submitit.SlurmExecutor(
                 self._folder(runs_dir), max_num_timeout=self.options.max_requeues, python=self.options.python
             )
             executor.update_parameters(**parameters)
-            submitted = executor.submit_array(
-                [CellCall(cell, Path(runs_dir), skip, import_path) for cell in cells]
-            )
+            submitted = executor.submit_array(calls)
         except Exception as exc:
             hint = ""
             if "gres" in str(exc).lower() and parameters.get("gpus_per_node"):
@@ -260,16 +257,16 @@ class SlurmBackend(Backend):
     ) -> list[Job]:
         """Jobs of an earlier run of the sweep that SLURM still queues or runs, or that ended with an ok
         result after the sweep looked for sealed results; submitit re-creates a job from its id."""
-        states = self.watcher.states(
-            [recorded[cell.name]["job_id"] for cell in cells if cell.name in recorded]
-        )
+        ids = [recorded[cell.name]["job_id"] for cell in cells if cell.name in recorded]
+        states = self.watcher.states(ids)
         jobs: list[Job] = []
         for cell in cells:
             if (entry := recorded.get(cell.name)) is None:
                 continue
             state = states[entry["job_id"]]
             job = SlurmJob(self, submitit.SlurmJob(Path(entry["folder"]), entry["job_id"]), cell, timeout_s)
-            if base_state(state) in PENDING | RUNNING or job.left_ok():
+            left_ok = job.paths.result_pickle.exists() and job._result().status == "ok"
+            if base_state(state) in PENDING | RUNNING or left_ok:
                 jobs.append(job)
                 log.info("cell %s: adopted SLURM job %s (%s) of an earlier run", cell.name, job.job_id, state)
         return jobs
@@ -298,13 +295,6 @@ class SlurmJob(Job):
         except OSError:
             return "queued" if self._running_since is None and not self._ran_s else "start"
 
-    def left_ok(self) -> bool:
-        """Whether the job has ended with an ok record."""
-        if not self.paths.result_pickle.exists():
-            return False
-        outcome, value = pickle_load(self.paths.result_pickle)
-        return outcome == "success" and isinstance(value, CellRecord) and value.status == "ok"
-
     def _poll(self, timeout: float | None) -> CellRecord | None:
         record = self._check()
         if record is None:
@@ -318,9 +308,8 @@ class SlurmJob(Job):
         return self._stopped_record("SlurmCancelled", f"was cancelled: {why}", retryable=False)
 
     def _not_started(self) -> CellRecord:
-        return self._stopped_record(
-            "SlurmQueueTimeout", f"still queued after {self.start_limit_s:g} s; it was cancelled", False
-        )
+        why = f"still queued after {self.start_limit_s:g} s; it was cancelled"
+        return self._stopped_record("SlurmQueueTimeout", why, retryable=False)
 
     def _check(self) -> CellRecord | None:
         """The record if the job has ended (or was lost), else None; updates state and clocks."""
@@ -345,8 +334,9 @@ class SlurmJob(Job):
 
     def _ended(self, state: str) -> CellRecord:
         """An ended job's result if it wrote one (submitit gives the filesystem a moment), else an error."""
-        grace = RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
-        self.submitit._results_timeout_s = grace
+        self.submitit._results_timeout_s = (
+            RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
+        )
         try:
             return self._result(self.submitit._get_outcome_and_result())
         except UncompletedJobError:
@@ -401,12 +391,7 @@ class CellCall(Checkpointable):
         # The submitting process's import path, so experiments found there import here too.
         sys.path.extend(p for p in self.import_path if p not in sys.path and os.path.isdir(p))
         stage_file = Path(os.environ["SUBMITIT_FOLDER"]) / f"{submitit.JobEnvironment().job_id}.stage"
-
-        def report(stage: str) -> None:
-            stage_file.with_name(stage_file.name + ".tmp").write_text(stage)
-            stage_file.with_name(stage_file.name + ".tmp").replace(stage_file)
-
-        return run_cell(self.cell, self.runs_dir, self.skip, report)
+        return run_cell(self.cell, self.runs_dir, self.skip, stage_file.write_text)
 
 
 def base_state(state: str) -> str:
