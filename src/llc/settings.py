@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llc.config import ConfigError
@@ -29,15 +29,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLC_", env_file=".env", extra="ignore")
 
     runs_dir: Path = Field(Path("runs"), description="where run directories and sweep tables are written")
-    study: Path = Field(Path("studies/quick.yaml"), description="the study a sweep runs when none is given")
-    backend: str = Field("local", description="where cells run: local | slurm | modal")
+    study: Path = Field(Path("studies/quick.yaml"), description="study YAML; default studies/quick.yaml")
+    backend: str = Field("local", pattern=r"^[a-z]+$", description="where cells run: local | slurm | modal")
     max_parallel: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="cells running at once"
     )
     threads_per_cell: int | None = Field(
         None, ge=1, description="CPU threads per cell on the local backend; default: cores / max_parallel"
     )
-    timeout_s: float = Field(3600.0, gt=0, description="a cell still running after this is killed")
+    timeout_s: float = Field(3600.0, gt=0, description="seconds a cell may run before it is stopped")
     retries: int = Field(2, ge=0, description="retries of a cell that failed with a retryable error")
     retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles on each retry")
     retry_jitter: float = Field(0.5, ge=0, description="random spread of retry delays, as a fraction")
@@ -188,8 +188,40 @@ class ModalOptions(BaseSettings):
         return self.timeout_s or TIERS[self.tier].timeout_s
 
 
+# The settings a sweep's flags and its study's `execution` block override (flags first, then the study).
+SWEEP_OPTIONS = (
+    "backend",
+    "max_parallel",
+    "timeout_s",
+    "retries",
+    "retry_delay_s",
+    "retry_jitter",
+    "best_by",
+)
+STUDY_OPTIONS = (*SWEEP_OPTIONS, "wandb_mode")
+
+
 def load_settings() -> Settings:
     return Settings()
+
+
+def overrides(name: str, keys: tuple[str, ...], **more: Any) -> type[BaseModel]:
+    """A model of optional overrides of these settings (a study's `execution` block): each key with the
+    setting's own type, checks and description, None where it is not set."""
+    fields: dict[str, Any] = more
+    for key in keys:
+        info = Settings.model_fields[key]
+        kind = info.annotation | None
+        fields[key] = (
+            Annotated[kind, *info.metadata] if info.metadata else kind,
+            Field(None, description=info.description),
+        )
+    return create_model(name, __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+
+
+def described(key: str) -> str:
+    """A setting's description and its environment variable, as a flag's help."""
+    return f"{Settings.model_fields[key].description} (env LLC_{key.upper()})"
 
 
 def parse_pairs(pairs: list[str] | None, flag: str, example: str) -> dict[str, Any]:
