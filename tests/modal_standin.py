@@ -213,6 +213,9 @@ class StandInModal:
     def dict(self, name: str) -> StandInDict:
         return self.dicts.setdefault(name, StandInDict())
 
+    def call(self, call_id: str) -> StandInFunctionCall:
+        return StandInFunctionCall.from_id(call_id)
+
     def cell_spawns(self) -> int:
         return self.functions["run_cell_gpu"].spawns + self.functions["run_cell_cpu"].spawns
 

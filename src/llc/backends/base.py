@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -18,6 +19,8 @@ from pydantic import BaseModel
 
 from llc.cells.cell import Cell
 from llc.cells.record import CellRecord
+
+Recorded = dict[str, dict[str, str]]  # a ledger's entries by cell name
 
 
 class BackendUnavailable(RuntimeError):
@@ -63,20 +66,14 @@ class Backend:
         self._cancelled = ""  # why cancel_all stopped the backend
 
     def submit_all(
-        self,
-        cells: list[Cell],
-        runs_dir: Path,
-        skip: bool,
-        timeout_s: float | None,
-        ledger: Path | None = None,
+        self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None, ledger: Path
     ) -> None:
         """Hand over every cell a sweep must compute before their tasks ask for them; job ids go to the
         `ledger` file, and jobs recorded there that still run are adopted instead of submitted again."""
         if self._closed.is_set():  # stopped already: each task ends its cell as cancelled
             return
-        if ledger is not None:
-            self.ledger = Ledger(ledger, self.name)
-        adopted = self._adopt(self.ledger.latest() if self.ledger else {}, cells, timeout_s)
+        self.ledger = Ledger(ledger, self.name)
+        adopted = self._adopt(self.ledger.latest(), cells, Path(runs_dir), timeout_s)
         with self._lock:
             self._active.update(adopted)
         taken = {job.cell.name for job in adopted}
@@ -155,7 +152,7 @@ class Backend:
         return []
 
     def _adopt(
-        self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
+        self, recorded: Recorded, cells: list[Cell], runs_dir: Path, timeout_s: float | None
     ) -> list[Job]:
         """Jobs of an earlier run of the sweep (`recorded` by cell name) still worth waiting for."""
         return []
@@ -180,7 +177,7 @@ class Job:
         self.holds_slot = False  # one of the backend's max_parallel slots, until released
         self._backend = backend
         self._timeout_s = timeout_s
-        self._state = JobState.PENDING
+        self.state = JobState.PENDING  # set by the job alone
         self._stage = "queued"
         self._record: CellRecord | None = None
         self._submitted = time.monotonic()
@@ -189,17 +186,13 @@ class Job:
         self._end_lock = threading.Lock()
 
     @property
-    def state(self) -> JobState:
-        return self._state
-
-    @property
     def stage(self) -> str:
         """The last stage the cell reported (lock, erm, sampling, ...), for timeout and crash records."""
         return self._stage
 
     @property
     def live(self) -> bool:
-        return self._state in (JobState.PENDING, JobState.RUNNING)
+        return self.state in (JobState.PENDING, JobState.RUNNING)
 
     def wait(self, timeout: float | None = None) -> CellRecord | None:
         """The record once the cell ends (a timed-out cell: a Timeout record); None if `timeout` passes."""
@@ -221,7 +214,7 @@ class Job:
         with self._end_lock:
             if not self.live:
                 return
-            self._state = JobState.CANCELLED
+            self.state = JobState.CANCELLED
         self._stop()
         self._backend.release(self)
 
@@ -230,14 +223,14 @@ class Job:
         with self._end_lock:
             if not self.live:
                 return
-            self._record, self._state = record, JobState.DONE
+            self._record, self.state = record, JobState.DONE
         self._backend.release(self)
 
     def _running(self, since: float) -> None:
         """The work runs (again) from monotonic time `since`: the cell's clock runs."""
         with self._end_lock:
             if self.live:
-                self._state = JobState.RUNNING
+                self.state = JobState.RUNNING
         if self._running_since is None:
             self._running_since = since
 
@@ -245,7 +238,7 @@ class Job:
         """The work waits (again) from `since`, e.g. requeued: queueing time is free."""
         with self._end_lock:
             if self.live:
-                self._state = JobState.PENDING
+                self.state = JobState.PENDING
         if self._running_since is not None:
             self._ran_s += since - self._running_since
             self._running_since = None
@@ -283,13 +276,14 @@ class Job:
         return CellRecord.failed(self.cell, self.stage, self.cancelled_type, why, self._ran(), False)
 
 
+@dataclass(frozen=True)
 class Ledger:
-    """The jobs a sweep submitted, one JSON line each (cell, job id, where its files are): a restarted
-    sweep adopts the ones still queued or running, and `llc sweep cancel` finds them."""
+    """The jobs a sweep submitted, one JSON line each (cell, job id, and a `folder`: SLURM's job folder,
+    a Modal call's progress ticket): a restarted sweep adopts the ones still queued or running, and
+    `llc sweep cancel` finds them."""
 
-    def __init__(self, path: Path, backend: str) -> None:
-        self.path = path
-        self.backend = backend
+    path: Path
+    backend: str  # whose jobs it adds and reads; "" reads all
 
     def add(self, jobs: list[Job], folder: str) -> None:
         """Append one entry a job (its files in `folder`); each line is whole once written."""
@@ -300,7 +294,7 @@ class Ledger:
         with self.path.open("a") as handle:
             handle.write("".join(json.dumps(entry) + "\n" for entry in entries))
 
-    def latest(self) -> dict[str, dict[str, str]]:
+    def latest(self) -> Recorded:
         """Each cell's last recorded job (of this ledger's backend, when it has one)."""
         try:
             text = self.path.read_text()

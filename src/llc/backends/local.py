@@ -100,11 +100,8 @@ class LocalJob(Job):
         self._stage = "start"
 
     def _poll(self, timeout: float | None) -> CellRecord | None:
-        worker = self._worker
-        if worker is None:
-            return None
-        message = worker.receive(None if timeout is None else time.monotonic() + timeout)
-        if message is None:
+        until = None if timeout is None else time.monotonic() + timeout
+        if (worker := self._worker) is None or (message := worker.receive(until)) is None:
             return None
         if message is _EOF:
             return CellRecord.crashed(self.cell, self._stage, worker.returncode(), self._ran())

@@ -1,10 +1,8 @@
 """The Modal backend: each cell is one call of the deployed app's function (`llc.modal_app`, the remote side).
 
-A cell is spawned, then polled until its record comes back; the base's start limit
-(`client_hang_timeout_s`) times only the wait for the call to start (no GPU free, an image that never
-boots); once it runs, only the cell's own timeout applies. A finished cell's run directory is copied
-from the runs volume into the local runs directory. Missing credentials and exhausted funds or quota
-end the backend: no further cell is submitted, and every cell gets an error row that says what to do.
+A cell is spawned, then polled until its record comes back, and its run directory is copied from the
+runs volume into the local runs directory. Missing credentials and exhausted funds or quota end the
+backend: no further cell is submitted, and every cell gets an error row that says what to do.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from typing import Any
 import modal
 import modal.exception as modal_errors
 
-from llc.backends.base import Backend, BackendUnavailable, Job
+from llc.backends.base import Backend, BackendUnavailable, Job, Recorded
 from llc.cells.cell import Cell
 from llc.cells.record import CellRecord
 from llc.config import RunConfig
@@ -41,10 +39,8 @@ OUT_OF_FUNDS = (
 )
 # The request and reply of the remote function; bumped when either changes shape.
 PROTOCOL = 2  # 2: the request carries `files`, a module problem's weights
-TRANSIENT = (
-    modal_errors.InternalFailure, modal_errors.ConnectionError, modal_errors.RemoteError,
-    modal_errors.ServiceError, modal_errors.InternalError,
-)  # fmt: skip
+TRANSIENT = (modal_errors.InternalFailure, modal_errors.InternalError, modal_errors.ServiceError)
+TRANSIENT += (modal_errors.ConnectionError, modal_errors.RemoteError)
 
 
 def llc_version() -> str:
@@ -85,6 +81,7 @@ def connect(options: ModalOptions) -> Any:
         function=lambda name: modal.Function.from_name(options.app_name, name, **env),
         volume=lambda name: modal.Volume.from_name(name, **env),
         dict=lambda name: modal.Dict.from_name(name, create_if_missing=True, **env),
+        call=modal.FunctionCall.from_id,
     )
 
 
@@ -100,11 +97,6 @@ def refusal(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, modal_errors.ResourceExhaustedError):
         return "ModalOutOfFunds", OUT_OF_FUNDS
     return None
-
-
-def needs_gpu(cell: Cell) -> bool:
-    """A cell with gpu_mode off or device cpu runs on the CPU function."""
-    return cell.config.get("gpu_mode", "off") != "off" and cell.config.get("device", "auto") != "cpu"
 
 
 class ModalBackend(Backend):
@@ -135,7 +127,9 @@ class ModalBackend(Backend):
             error_type, guidance = self._refused
             job.end(CellRecord.failed(cell, "submit", error_type, f"not submitted: {guidance}", 0.0, False))
             return [job]
-        function = self.client.function("run_cell_gpu" if needs_gpu(cell) else "run_cell_cpu")
+        # A cell with gpu_mode off or device cpu runs on the CPU function.
+        gpu = cell.config.get("gpu_mode", "off") != "off" and cell.config.get("device", "auto") != "cpu"
+        function = self.client.function("run_cell_gpu" if gpu else "run_cell_cpu")
         try:
             request = {"cell": cell.model_dump(mode="json"), "skip": skip, "handshake": self.handshake,
                        "ticket": job.ticket, "files": attachments(cell)}  # fmt: skip
@@ -144,8 +138,27 @@ class ModalBackend(Backend):
             job.end(self.failure(cell, "submit", exc, 0.0))
             return [job]
         job.job_id = str(getattr(job.call, "object_id", "") or "")
-        self._track([job])
+        self._track([job], job.ticket)
         return [job]
+
+    def _adopt(
+        self, recorded: Recorded, cells: list[Cell], runs_dir: Path, timeout_s: float | None
+    ) -> list[Job]:
+        """Calls of an earlier run of the sweep, re-attached by id (`FunctionCall.from_id`), that still
+        run or ended with an ok record; the other cells are spawned again."""
+        jobs: list[Job] = []
+        for cell in [cell for cell in cells if cell.name in recorded]:
+            job = ModalJob(self, cell, runs_dir, timeout_s)
+            job.job_id, job.ticket = recorded[cell.name]["job_id"], recorded[cell.name]["folder"]
+            try:
+                job.call = self.client.call(job.job_id)
+                worth = job.call.get(timeout=0)["record"]["status"] == "ok"
+            except Exception as exc:  # TimeoutError (Python's own): it still runs; else gone or cancelled
+                worth = isinstance(exc, TimeoutError)
+            if worth:
+                jobs.append(job)
+                log.info("cell %s: re-attached to Modal call %s of an earlier run", cell.name, job.job_id)
+        return jobs
 
     def failure(self, cell: Cell, stage: str, exc: BaseException, ran_s: float) -> CellRecord:
         """An error record for a Modal error; credentials or funds stop all further submissions."""

@@ -5,9 +5,7 @@ a job array throttled to `max_parallel` running elements (`%N`), after `sbatch -
 accepted that shape. Each cell's Prefect task then waits on its own array element; a retried cell
 goes out alone. Every job ends in a record within seconds of the event, whatever happens to it: its
 result, or an error record with the SLURM state, the paths of its logs and the tail of its stderr
-when SLURM cancels it, times it out, kills it for memory or loses its node. A cell is Checkpointable:
-at its time limit or on preemption the job is requeued (up to `max_requeues` times) and the
-experiment resumes from its own checkpoint.
+when SLURM cancels it, times it out, kills it for memory or loses its node.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from llc.backends.base import Backend, BackendUnavailable, Job
+from llc.backends.base import Backend, BackendUnavailable, Job, Recorded
 from llc.cells.cell import Cell
 from llc.cells.execute import run_cell
 from llc.cells.record import TRACEBACK_LINES, CellRecord
@@ -95,8 +93,7 @@ class Watcher(SlurmInfoWatcher):
             super().update_if_long_enough(mode)
 
     def update(self) -> None:
-        command = self._make_command()
-        if command is None:
+        if (command := self._make_command()) is None:  # no job left to ask about
             return
         sacct = _output(command)
         found = self.read_info(sacct or "")
@@ -119,8 +116,7 @@ class Watcher(SlurmInfoWatcher):
         """Each job's state now (UNKNOWN while neither sacct nor squeue knows it)."""
         for job_id in job_ids:
             self.register_job(job_id)
-        if job_ids:
-            self.update_if_long_enough("force")
+        self.update_if_long_enough("force")
         return {job_id: self.get_state(job_id, "cache") for job_id in job_ids}
 
 
@@ -253,7 +249,7 @@ class SlurmBackend(Backend):
         return jobs
 
     def _adopt(
-        self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
+        self, recorded: Recorded, cells: list[Cell], runs_dir: Path, timeout_s: float | None
     ) -> list[Job]:
         """Jobs of an earlier run of the sweep that SLURM still queues or runs, or that ended with an ok
         result after the sweep looked for sealed results; submitit re-creates a job from its id."""
@@ -334,9 +330,8 @@ class SlurmJob(Job):
 
     def _ended(self, state: str) -> CellRecord:
         """An ended job's result if it wrote one (submitit gives the filesystem a moment), else an error."""
-        self.submitit._results_timeout_s = (
-            RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
-        )
+        grace = RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
+        self.submitit._results_timeout_s = grace  # how long submitit waits for the result file
         try:
             return self._result(self.submitit._get_outcome_and_result())
         except UncompletedJobError:
