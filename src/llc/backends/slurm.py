@@ -334,7 +334,7 @@ class SlurmJob(Job):
         self.submitit._results_timeout_s = grace  # how long submitit waits for the result file
         try:
             return self._result(self.submitit._get_outcome_and_result())
-        except UncompletedJobError:
+        except (UncompletedJobError, UnicodeDecodeError):  # no result (submitit reads the logs as text)
             return self._slurm_error(state)
 
     def _result(self, outcome: tuple[str, Any] | None = None) -> CellRecord:
