@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 import modal.exception as modal_errors
 from modal.types import FileEntry, FileEntryType
 
-from llc.backends import modal_app
-from llc.backends.modal import ModalOptions, progress_board
+from llc import modal_app
+from llc.backends.modal import progress_board
+from llc.settings import ModalOptions
 
 _MISSING = object()
 
@@ -211,6 +212,9 @@ class StandInModal:
 
     def dict(self, name: str) -> StandInDict:
         return self.dicts.setdefault(name, StandInDict())
+
+    def call(self, call_id: str) -> StandInFunctionCall:
+        return StandInFunctionCall.from_id(call_id)
 
     def cell_spawns(self) -> int:
         return self.functions["run_cell_gpu"].spawns + self.functions["run_cell_cpu"].spawns

@@ -148,11 +148,11 @@ def ended_at(job_id: str) -> datetime:
 
 def wait_for_state(job_id: str, states: set[str], timeout_s: float = 30) -> str:
     """The job's state (sacct, else squeue) once it is one of `states`."""
-    from llc.backends.slurm_states import base_state, query
+    from llc.backends.slurm import Watcher, base_state
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        state = query([job_id])[0].get(job_id, "")
+        state = Watcher(0.1).states([job_id])[job_id]
         if base_state(state) in states:
             return state
         time.sleep(0.2)

@@ -14,15 +14,17 @@ from typing import Any
 import modal.exception as modal_errors
 import pytest
 from modal_standin import StandInModal
-from sweep_probe import PROBE, ProbeConfig
+from sweep_probe import PROBE, ProbeConfig, executions
 
 from llc import interrupt
-from llc.backends import BackendUnavailable, JobState, get_backend, run_on
+from llc.backends import BackendUnavailable, get_backend, run_on
 from llc.backends import modal as modal_backend
-from llc.backends.modal import ModalBackend, ModalOptions
+from llc.backends.base import JobState
+from llc.backends.modal import ModalBackend
 from llc.cells.cell import Cell
 from llc.cells.experiments import run_id
 from llc.rundir import RunDir
+from llc.settings import ModalOptions
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -236,3 +238,27 @@ def test_options_come_from_arguments_and_the_environment(monkeypatch: pytest.Mon
 def test_unknown_backend_options_name_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown Modal option\(s\) \['gpu'\].*client_hang_timeout_s"):
         get_backend("modal", 1, {"gpu": "H100"})
+
+
+def test_a_restarted_sweep_reattaches_to_the_calls_of_a_killed_flow(
+    standin: StandInModal, tmp_path: Path
+) -> None:
+    """The first backend is dropped unclosed, as a SIGKILLed flow leaves it: its calls go on. The second
+    re-attaches to the call that still runs (no second call for it) and spawns the failed cell again."""
+    ledger, runs, markers = tmp_path / "jobs.jsonl", tmp_path / "runs", str(tmp_path / "markers")
+    cells = [
+        probe_cell("runs-on", sleep_s=1.5, markers=markers),
+        probe_cell("failed", fail="valueerror", fail_times=1, markers=markers),
+    ]
+    killed = open_backend(standin, max_parallel=2)
+    killed.submit_all(cells, runs, True, 30, ledger)
+    failed = killed.submit(cells[1], runs, True, 30)
+    killed.submit(cells[0], runs, True, 30)
+    assert failed.wait(timeout=10).status == "error"
+    with open_backend(standin, max_parallel=2) as restarted:
+        restarted.submit_all(cells, runs, True, 30, ledger)
+        records = [run_on(restarted, cell, runs, True, 30) for cell in cells]
+    assert [record.status for record in records] == ["ok", "ok"]
+    assert RunDir(runs, cells[0].run_id).is_complete()
+    assert standin.cell_spawns() == 3  # the cell that ran on was not spawned again
+    assert sorted(executions(Path(markers)).values()) == [1, 2]

@@ -241,7 +241,7 @@ def test_without_sacct_states_come_from_squeue_and_a_cancelled_job_is_still_reco
     markers, (fine, sleeper) = _cells(
         tmp_path, {"name": "fine"}, {"name": "sleeper", "overrides": {"sleep_s": 300}}
     )
-    caplog.set_level(logging.WARNING, logger="llc.backends.slurm_states")
+    caplog.set_level(logging.WARNING, logger="llc.backends.slurm")
     with slurmdbd_stopped(), SlurmBackend(max_parallel=2, poll_s=1) as backend:
         assert subprocess.run(["sacct", "-n", "-X"], capture_output=True).returncode != 0
         jobs = [backend.submit(cell, tmp_path / "runs", True, 120) for cell in (fine, sleeper)]

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from sweep_probe import PROBE
 
-from llc.config import RunConfig, build_config
-from llc.settings import Settings
+from llc.config import ConfigError, RunConfig, build_config
+from llc.settings import ModalOptions, Settings, SlurmOptions
+from llc.sweeps.options import resolve_options
 from llc.sweeps.plan import plan_sweep
 from llc.sweeps.study import StudyError
 
@@ -149,3 +150,31 @@ def test_the_shipped_studies_are_valid() -> None:
     assert {c.sampler for c in quick.cells} == {"sgld", "sghmc", "hmc", "mclmc"}
     assert len({c.problem for c in quick.cells}) >= 3
     assert len(full.cells) > len(quick.cells)
+
+
+def test_every_backend_option_is_documented() -> None:
+    text = (ROOT / "docs" / "backends.md").read_text()
+    missing = [f"`{name}`" for name in SlurmOptions.model_fields if f"`{name}`" not in text]
+    missing += [
+        f"LLC_MODAL_{name.upper()}"
+        for name in ModalOptions.model_fields
+        if f"LLC_MODAL_{name.upper()}" not in text and f"`{name}`" not in text
+    ]
+    assert not missing, f"docs/backends.md does not document: {missing}"
+
+
+def test_a_sweep_option_has_its_settings_checks_in_a_study_and_as_a_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, "execution:\n  retries: 0\n  timeout_s: -1\n")
+    with pytest.raises(StudyError) as info:
+        plan_sweep(path)
+    assert f"{path}:3: execution.timeout_s: Input should be greater than 0" in str(info.value)
+    study = {
+        "experiment": PROBE,
+        "base": {"markers": str(tmp_path)},
+        "execution": {"retries": 0, "timeout_s": 60},
+    }
+    plan = plan_sweep(study)
+    options = resolve_options(Settings(), plan.study.execution, timeout_s=None, max_parallel=3)
+    assert (options.timeout_s, options.retries, options.max_parallel) == (60.0, 0, 3)
+    with pytest.raises(ConfigError, match="max_parallel: Input should be greater than or equal to 1"):
+        resolve_options(Settings(), plan.study.execution, max_parallel=0)

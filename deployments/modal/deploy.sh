@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Deploy the llc Modal app (src/llc/backends/modal_app.py). Flags become LLC_MODAL_* settings, which the
+# Deploy the llc Modal app (src/llc/modal_app.py). Flags become LLC_MODAL_* settings, which the
 # app reads when Modal imports it; other LLC_MODAL_* variables (and .env) apply as well.
 #
 #   deployments/modal/deploy.sh [--gpu-types H100,A100] [--tier debug|standard|fast|h100]
@@ -22,6 +22,6 @@ while [[ $# -gt 0 ]]; do
 done
 
 # Settings are checked here, before Modal is contacted: an unknown GPU type warns, none left is an error.
-"$PYTHON" -c 'from llc.backends.modal import ModalOptions as O; o = O()
+"$PYTHON" -c 'from llc.settings import ModalOptions as O; o = O()
 print(f"deploying {o.app_name}: tier {o.tier}, GPUs {o.gpus()}, time limit {o.function_timeout_s()} s")'
-exec "$PYTHON" -m modal deploy "${modal_args[@]}" -m llc.backends.modal_app
+exec "$PYTHON" -m modal deploy "${modal_args[@]}" -m llc.modal_app

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llc import interrupt
 from llc.config import PRESETS, ConfigError, RunConfig, build_config
-from llc.settings import load_settings, parse_pairs
+from llc.settings import described, load_settings, parse_pairs
 
 app = typer.Typer(
     help="Estimate local learning coefficients and run sweeps of experiments.", no_args_is_help=True
@@ -29,9 +29,7 @@ SetOption = Annotated[
     typer.Option("--set", help="KEY=VALUE config override (VALUE is YAML: --set widths=[4,3,3,4])"),
 ]
 PresetOption = Annotated[str | None, typer.Option(help=f"preset: {' | '.join(PRESETS)}")]
-BackendOption = Annotated[
-    str | None, typer.Option(help="where the work runs: local | slurm | modal (env LLC_BACKEND)")
-]
+BackendOption = Annotated[str | None, typer.Option(help=described("backend"))]
 BackendOptionsOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -41,12 +39,17 @@ BackendOptionsOption = Annotated[
 ]
 
 
-RunsDirOption = Annotated[Path | None, typer.Option(help="where results go (env LLC_RUNS_DIR)")]
+RunsDirOption = Annotated[Path | None, typer.Option(help=described("runs_dir"))]
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """`--set KEY=VALUE` strings to a dict, VALUE parsed as YAML; a malformed pair is a ConfigError."""
     return parse_pairs(pairs, "--set", "chains=16")
+
+
+def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
+    """`--backend-option KEY=VALUE` strings to a dict, VALUE parsed as YAML (`gpus=1`, `setup=[a, b]`)."""
+    return parse_pairs(pairs, "--backend-option", "partition=gpu")
 
 
 def _config(
@@ -135,14 +138,14 @@ def _no_estimate(config: RunConfig, metrics: dict[str, Any]) -> str:
 
 def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pairs: list[str] | None) -> None:
     """`llc run` as one cell on a backend (a SLURM job, a Modal call); exits 1 with its error row."""
-    from llc.backends import BackendUnavailable, get_backend, parse_backend_options, run_on
+    from llc.backends import BackendUnavailable, get_backend, run_on
     from llc.cells.cell import lone_cell
     from llc.rundir import RunDir
 
     settings = load_settings()
     cell = lone_cell(config)
     try:
-        opened = get_backend(backend, 1, parse_backend_options(pairs))
+        opened = get_backend(backend, 1, _backend_options(pairs))
     except (ValueError, BackendUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -213,13 +216,11 @@ def config_show(
     )
 
 
-StudyOption = Annotated[
-    Path | None, typer.Option(help="study YAML (env LLC_STUDY, default studies/quick.yaml)")
-]
+StudyOption = Annotated[Path | None, typer.Option(help=described("study"))]
 SkipOption = Annotated[bool, typer.Option("--skip/--no-skip", help="reuse complete results of cells")]
-MaxParallelOption = Annotated[int | None, typer.Option(help="cells at once (env LLC_MAX_PARALLEL)")]
-TimeoutOption = Annotated[float | None, typer.Option(help="a cell's time limit in s (env LLC_TIMEOUT_S)")]
-RetriesOption = Annotated[int | None, typer.Option(help="retries of retryable failures (env LLC_RETRIES)")]
+MaxParallelOption = Annotated[int | None, typer.Option(help=described("max_parallel"))]
+TimeoutOption = Annotated[float | None, typer.Option(help=described("timeout_s"))]
+RetriesOption = Annotated[int | None, typer.Option(help=described("retries"))]
 
 
 @sweep_app.callback(invoke_without_command=True)
@@ -240,20 +241,16 @@ def sweep_command(
     """  # noqa: E501  (one paragraph: the help text keeps a docstring's line breaks)
     if ctx.invoked_subcommand is not None:
         return
-    from llc.backends import parse_backend_options
     from llc.launch import SweepRequest, run_sweep
 
     try:
-        options = parse_backend_options(backend_option)
+        options = _backend_options(backend_option)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    request = SweepRequest(
-        study=str(study) if study else None, backend=backend, backend_options=options or None,
-        runs_dir=str(runs_dir) if runs_dir else None, skip=skip, max_parallel=max_parallel,
-        timeout_s=timeout_s, retries=retries,
-    )  # fmt: skip
-    raise typer.Exit(run_sweep(request))
+    flags = {"backend": backend, "runs_dir": str(runs_dir) if runs_dir else None,
+             "max_parallel": max_parallel, "timeout_s": timeout_s, "retries": retries}  # fmt: skip
+    raise typer.Exit(run_sweep(SweepRequest(str(study) if study else None, skip, options or None, flags)))
 
 
 @sweep_app.command("status")

@@ -10,6 +10,7 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parent
 # Files that only move or present results: editing them does not change what a run computes.
 _PRESENTATION = {"cli.py", "cli_runs.py", "cli_storage.py", "plots.py", "settings.py", "tracking.py"}
+_PRESENTATION.add("modal_app.py")  # the Modal app only runs cells elsewhere, like the backends
 _PRESENTATION_DIRS = {"backends", "sweeps", "storage"}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llc import interrupt
@@ -23,16 +23,13 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 @dataclass(frozen=True)
 class SweepRequest:
-    """A sweep as asked for on the command line (None: from the study, then the LLC_* settings)."""
+    """A sweep as asked for on the command line: the study, and the settings its flags give (`backend`,
+    `runs_dir`, `max_parallel`, ...; None: from the study's `execution` block, then LLC_*)."""
 
     study: str | None = None
-    backend: str | None = None
-    backend_options: dict[str, Any] | None = None
-    runs_dir: str | None = None
     skip: bool = True
-    max_parallel: int | None = None
-    timeout_s: float | None = None
-    retries: int | None = None
+    backend_options: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def check(request: SweepRequest) -> None:
@@ -43,10 +40,7 @@ def check(request: SweepRequest) -> None:
 
     settings = load_settings()
     plan = plan_sweep(request.study or settings.study)
-    options = resolve_options(
-        settings, plan.study.execution, backend=request.backend, runs_dir=request.runs_dir,
-        max_parallel=request.max_parallel, timeout_s=request.timeout_s, retries=request.retries,
-    )  # fmt: skip
+    options = resolve_options(settings, plan.study.execution, **request.options)
     check_backend(options.backend)
     if options.backend == "local":
         check_devices(str(cell.config.get("device", "auto")) for cell in plan.cells)
@@ -72,9 +66,8 @@ def run_sweep(request: SweepRequest) -> int:
             from llc.sweeps.flow import sweep
 
             state = sweep(
-                study=request.study, backend=request.backend, runs_dir=request.runs_dir, skip=request.skip,
-                max_parallel=request.max_parallel, timeout_s=request.timeout_s, retries=request.retries,
-                backend_options=request.backend_options or None, return_state=True,
+                study=request.study, skip=request.skip, backend_options=request.backend_options or None,
+                return_state=True, **request.options,
             )  # fmt: skip
     except KeyboardInterrupt:  # before the sweep began (or after it ended): nothing to keep
         return _error("interrupted", interrupt.EXIT_INTERRUPTED)

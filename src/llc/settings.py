@@ -1,33 +1,43 @@
-"""Settings from LLC_* environment variables and a .env file; flags and study files override them."""
+"""Settings from LLC_* environment variables and a .env file; flags and study files override them.
+
+Every setting is declared here once: the sweep's (`Settings`), and the SLURM and Modal backends' own
+options (`SlurmOptions`, `ModalOptions`), which `--backend-option`, a study's `execution.backend_options`
+and LLC_SLURM_* / LLC_MODAL_* set.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llc.config import ConfigError
 
 BEST_BY_PATTERN = r"^(min|max):\w+$"
+GPU_TYPES = ("H100", "A100", "A100-80GB", "L40S", "L4", "A10G", "T4")
+
+log = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLC_", env_file=".env", extra="ignore")
 
     runs_dir: Path = Field(Path("runs"), description="where run directories and sweep tables are written")
-    study: Path = Field(Path("studies/quick.yaml"), description="the study a sweep runs when none is given")
-    backend: str = Field("local", description="where cells run: local | slurm | modal")
+    study: Path = Field(Path("studies/quick.yaml"), description="study YAML; default studies/quick.yaml")
+    backend: str = Field("local", pattern=r"^[a-z]+$", description="where cells run: local | slurm | modal")
     max_parallel: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="cells running at once"
     )
     threads_per_cell: int | None = Field(
         None, ge=1, description="CPU threads per cell on the local backend; default: cores / max_parallel"
     )
-    timeout_s: float = Field(3600.0, gt=0, description="a cell still running after this is killed")
+    timeout_s: float = Field(3600.0, gt=0, description="seconds a cell may run before it is stopped")
     retries: int = Field(2, ge=0, description="retries of a cell that failed with a retryable error")
     retry_delay_s: float = Field(2.0, ge=0, description="first retry delay; doubles on each retry")
     retry_jitter: float = Field(0.5, ge=0, description="random spread of retry delays, as a fraction")
@@ -63,8 +73,155 @@ class Settings(BaseSettings):
     )
 
 
+class SlurmOptions(BaseSettings):
+    """How cells are submitted; each option also reads LLC_SLURM_<NAME> (and .env); arguments win."""
+
+    model_config = SettingsConfigDict(env_prefix="LLC_SLURM_", env_file=".env", extra="ignore")
+
+    partition: str | None = Field(None, description="partition (sbatch --partition); default: the cluster's")
+    account: str | None = Field(None, description="account charged (sbatch --account)")
+    qos: str | None = Field(None, description="quality of service (sbatch --qos)")
+    timeout_min: int | None = Field(
+        None, ge=1, description="time limit of one job in minutes; default: the cell timeout plus a minute"
+    )
+    cpus: int = Field(1, ge=1, description="CPUs per cell (sbatch --cpus-per-task)")
+    mem_gb: float | None = Field(None, gt=0, description="memory per cell in GB; default: the cluster's")
+    gpus: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="GPUs per cell; auto: one for a cell whose gpu_mode is vectorized or sequential"
+        " where the partition has GPUs (sinfo), else none",
+    )
+    signal_delay_s: int = Field(
+        90, ge=1, description="seconds before the time limit to checkpoint and requeue (at most half of it)"
+    )
+    max_requeues: int = Field(3, ge=0, description="time limits a cell may hit and be requeued")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before each cell")
+    sbatch: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="further sbatch options, e.g. constraint=a100 (true: a bare flag, e.g. no-requeue)",
+    )
+    python: str | None = Field(None, description="python command on the nodes; default: this interpreter")
+    folder: Path | None = Field(None, description="submitit's logs and pickles; default: RUNS_DIR/.slurm/...")
+    job_name: str = Field("llc", pattern=r"^[\w.-]+$", description="job name prefix; a session id follows")
+    poll_s: float = Field(2.0, gt=0, description="how often sacct (or squeue) is asked about waiting cells")
+    queue_timeout_s: float | None = Field(
+        None, gt=0, description="a cell still queued after this is cancelled; default: wait for the queue"
+    )
+    lost_after_s: float = Field(
+        300.0, gt=0, description="a job neither sacct nor squeue knows for this long is recorded as lost"
+    )
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Resources of one call: GPU types in order of preference, CPU cores, memory, time limit."""
+
+    gpus: tuple[str, ...]
+    cpu: float
+    memory_mb: int
+    timeout_s: int
+
+
+TIERS = {
+    "debug": Tier(("T4", "L4"), cpu=2.0, memory_mb=8192, timeout_s=900),
+    "standard": Tier(("L4", "A10G", "T4"), cpu=4.0, memory_mb=16384, timeout_s=3600),
+    "fast": Tier(("A100", "L40S", "A10G"), cpu=8.0, memory_mb=32768, timeout_s=4 * 3600),
+    "h100": Tier(("H100", "A100-80GB"), cpu=8.0, memory_mb=65536, timeout_s=8 * 3600),
+}
+
+
+class ModalOptions(BaseSettings):
+    """Settings of the app (deploy time) and client; each reads LLC_MODAL_<NAME> and .env, arguments win."""
+
+    model_config = SettingsConfigDict(env_prefix="LLC_MODAL_", env_file=".env", extra="ignore")
+
+    app_name: str = Field("llc-experiments", description="name of the deployed Modal app")
+    environment: str | None = Field(None, description="Modal environment; default: the profile's")
+    tier: Literal["debug", "standard", "fast", "h100"] = Field(
+        "standard", description="resources of a call (deploy time): GPU types, CPU, memory, time limit"
+    )
+    gpu_types: Annotated[list[str] | None, NoDecode] = Field(
+        None, description=f"GPU types in order of preference (deploy time), from {', '.join(GPU_TYPES)}"
+    )
+    timeout_s: int | None = Field(
+        None, ge=10, le=86400, description="a call's hard time limit (deploy time); default: the tier's"
+    )
+    retries: int = Field(1, ge=0, le=10, description="Modal's retries of a crashed call (deploy time)")
+    runs_volume: str = Field("llc-runs", description="volume holding run directories")
+    cache_volume: str = Field("llc-cache", description="volume holding datasets and model files")
+    wandb_secret: str | None = Field(None, description="Modal secret with WANDB_API_KEY (deploy time)")
+    s3_secret: str | None = Field(None, description="Modal secret with AWS credentials (deploy time)")
+    python_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="more local modules in the image (custom experiments, `problem: module` factories)",
+    )
+    poll_s: float = Field(2.0, gt=0, description="how often a waiting cell asks for its result")
+    client_hang_timeout_s: float = Field(
+        900.0, gt=0, description="a call not started after this is cancelled (a running call never is)"
+    )
+    preflight: bool = Field(True, description="ping the app when the backend is opened")
+    preflight_timeout_s: float = Field(180.0, gt=0, description="how long the preflight ping may take")
+
+    @field_validator("gpu_types", "python_sources", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        """`H100,A100` from the environment or a flag, as well as a list."""
+        return (
+            [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        )
+
+    @field_validator("gpu_types")
+    @classmethod
+    def _known_gpus(cls, value: list[str] | None) -> list[str] | None:
+        known = {name.upper(): name for name in GPU_TYPES}
+        for name in (n for n in value or [] if n.upper() not in known):
+            log.warning("unknown Modal GPU type %r dropped; known: %s", name, ", ".join(GPU_TYPES))
+        kept = [known[n.upper()] for n in value or [] if n.upper() in known]
+        if value is not None and not kept:
+            raise ValueError(f"no known GPU type in {value}; choose from {', '.join(GPU_TYPES)}")
+        return None if value is None else list(dict.fromkeys(kept))
+
+    def gpus(self) -> list[str]:
+        return list(self.gpu_types or TIERS[self.tier].gpus)
+
+    def function_timeout_s(self) -> int:
+        return self.timeout_s or TIERS[self.tier].timeout_s
+
+
+# The settings a sweep's flags and its study's `execution` block override (flags first, then the study).
+SWEEP_OPTIONS = (
+    "backend",
+    "max_parallel",
+    "timeout_s",
+    "retries",
+    "retry_delay_s",
+    "retry_jitter",
+    "best_by",
+)
+STUDY_OPTIONS = (*SWEEP_OPTIONS, "wandb_mode")
+
+
 def load_settings() -> Settings:
     return Settings()
+
+
+def overrides(name: str, keys: tuple[str, ...], **more: Any) -> type[BaseModel]:
+    """A model of optional overrides of these settings (a study's `execution` block): each key with the
+    setting's own type, checks and description, None where it is not set."""
+    fields: dict[str, Any] = more
+    for key in keys:
+        info = Settings.model_fields[key]
+        kind = info.annotation | None
+        fields[key] = (
+            Annotated[kind, *info.metadata] if info.metadata else kind,
+            Field(None, description=info.description),
+        )
+    return create_model(name, __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+
+
+def described(key: str) -> str:
+    """A setting's description and its environment variable, as a flag's help."""
+    return f"{Settings.model_fields[key].description} (env LLC_{key.upper()})"
 
 
 def parse_pairs(pairs: list[str] | None, flag: str, example: str) -> dict[str, Any]:

@@ -6,8 +6,9 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from llc.backends.base import Backend, BackendUnavailable, Cancelled, Job, JobState, Ledger, run_on
-from llc.settings import parse_pairs
+from llc.backends.base import Backend, BackendUnavailable, Ledger, run_on
+
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "cancel_recorded", "get_backend", "run_on"]
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
 BACKENDS = {
@@ -15,19 +16,6 @@ BACKENDS = {
     "slurm": "llc.backends.slurm:SlurmBackend",
     "modal": "llc.backends.modal:ModalBackend",
 }
-
-__all__ = [
-    "BACKENDS",
-    "Backend",
-    "BackendUnavailable",
-    "Cancelled",
-    "Job",
-    "JobState",
-    "cancel_recorded",
-    "get_backend",
-    "parse_backend_options",
-    "run_on",
-]
 
 
 def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = None) -> Backend:
@@ -38,26 +26,20 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
     try:
         cls = getattr(importlib.import_module(module), attr)
     except ImportError as exc:
-        missing = exc.name or exc
-        raise ValueError(f"backend {name} needs {missing} (missing): pip install 'llc[{name}]'") from None
+        raise ValueError(
+            f"backend {name} needs {exc.name or exc} (missing): pip install 'llc[{name}]'"
+        ) from None
     try:
         return cls(max_parallel=max_parallel, **(options or {}))
     except TypeError as exc:
         raise ValueError(f"backend {name}: bad backend option ({exc})") from None
 
 
-def parse_backend_options(pairs: list[str] | None) -> dict[str, Any]:
-    """`--backend-option KEY=VALUE` strings to a dict, VALUE parsed as YAML (`gpus=1`, `setup=[a, b]`)."""
-    return parse_pairs(pairs, "--backend-option", "partition=gpu")
-
-
 def cancel_recorded(ledger: Path) -> list[str]:
     """Cancel the jobs a sweep recorded that are still queued or running, from any shell; their ids."""
-    by_backend: dict[str, list[str]] = {}
-    for entry in Ledger(ledger, "").latest().values():
-        by_backend.setdefault(entry["backend"], []).append(entry["job_id"])
+    entries = Ledger(ledger, "").latest().values()
     cancelled = []
-    for name, job_ids in by_backend.items():
+    for name in sorted({entry["backend"] for entry in entries}):
         module = importlib.import_module(BACKENDS[name].partition(":")[0])
-        cancelled += module.cancel_jobs(job_ids)
+        cancelled += module.cancel_jobs([entry["job_id"] for entry in entries if entry["backend"] == name])
     return cancelled

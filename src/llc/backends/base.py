@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
 
 from llc.cells.cell import Cell
 from llc.cells.record import CellRecord
+
+Recorded = dict[str, dict[str, str]]  # a ledger's entries by cell name
 
 
 class BackendUnavailable(RuntimeError):
@@ -41,8 +43,7 @@ class Backend:
     """The lifecycle every backend shares, after submitit's Executor: option checks, `max_parallel`
     slots, jobs started ahead by `submit_all`, the ledger, cancel-all (`llc.interrupt` calls it on
     SIGINT/SIGTERM) and closing. A backend supplies `_start` (submit cells, return their jobs) and,
-    where it has them, `_start_all` (cells submitted before their tasks ask), `_adopt`, `_stop_all`
-    and `_close`."""
+    where it has them, `_start_all` (cells submitted before their tasks ask), `_adopt` and `_stop_all`."""
 
     name: ClassVar[str]
     label: ClassVar[str]  # how messages name it: "SLURM"
@@ -65,20 +66,16 @@ class Backend:
         self._cancelled = ""  # why cancel_all stopped the backend
 
     def submit_all(
-        self,
-        cells: list[Cell],
-        runs_dir: Path,
-        skip: bool,
-        timeout_s: float | None,
-        ledger: Path | None = None,
+        self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None, ledger: Path
     ) -> None:
         """Hand over every cell a sweep must compute before their tasks ask for them; job ids go to the
         `ledger` file, and jobs recorded there that still run are adopted instead of submitted again."""
         if self._closed.is_set():  # stopped already: each task ends its cell as cancelled
             return
-        if ledger is not None:
-            self.ledger = Ledger(ledger, self.name)
-        adopted = self._adopt(self.ledger.latest() if self.ledger else {}, cells, timeout_s)
+        self.ledger = Ledger(ledger, self.name)
+        adopted = self._adopt(self.ledger.latest(), cells, Path(runs_dir), timeout_s)
+        with self._lock:
+            self._active.update(adopted)
         taken = {job.cell.name for job in adopted}
         left = [cell for cell in cells if cell.name not in taken]
         jobs = adopted + self._start_all(left, Path(runs_dir), skip, timeout_s)
@@ -131,23 +128,19 @@ class Backend:
     def close(self) -> None:
         """Cancel what still runs and release the backend's own resources."""
         self.cancel_all(f"the {self.label} backend was closed")
-        self._close()
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _track(self, jobs: list[Job], folder: str = "") -> None:
         """Jobs just submitted: cancelled by `cancel_all`; those with an id go to the ledger."""
         with self._lock:
             self._active.update(jobs)
-        recorded = [(job.cell, job.job_id, folder) for job in jobs if job.job_id]
-        if self.ledger is not None and recorded:
-            self.ledger.add(recorded)
+        if self.ledger is not None:
+            self.ledger.add([job for job in jobs if job.job_id], folder)
         if self._closed.is_set():  # closed while they were submitted: they were not there to cancel
             self.cancel_all(f"the {self.label} backend was closed while the cells were submitted")
 
@@ -159,7 +152,7 @@ class Backend:
         return []
 
     def _adopt(
-        self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
+        self, recorded: Recorded, cells: list[Cell], runs_dir: Path, timeout_s: float | None
     ) -> list[Job]:
         """Jobs of an earlier run of the sweep (`recorded` by cell name) still worth waiting for."""
         return []
@@ -168,24 +161,23 @@ class Backend:
         for job in jobs:
             job._stop()
 
-    def _close(self) -> None:
-        """Release what the backend holds besides its jobs."""
-
 
 class Job:
     """One submitted cell, after submitit's Job: its state and stage, a wait that ends by the cell's
-    timeout (running time only, across requeues), cancel. A backend's job supplies `_poll` (wait a
-    little for news), `_stop` (stop the work) and, where it says more, `_interrupted`."""
+    timeout (running time only, across requeues) or by `start_limit_s` spent waiting to start, cancel.
+    A backend's job supplies `_poll` (wait a little for news), `_stop` (stop the work), `_not_started`
+    (the record of a job stopped at its start limit) and, where it says more, `_interrupted`."""
 
     cancelled_type: ClassVar[str] = "Cancelled"
+    start_limit_s: float | None = None  # how long it may wait to start; None: as long as it takes
 
-    def __init__(self, backend: Backend, cell: Cell, timeout_s: float | None, job_id: str = "") -> None:
+    def __init__(self, backend: Backend, cell: Cell, timeout_s: float | None) -> None:
         self.cell = cell
-        self.job_id = job_id
+        self.job_id = ""  # the backend's own, once it has one
         self.holds_slot = False  # one of the backend's max_parallel slots, until released
         self._backend = backend
         self._timeout_s = timeout_s
-        self._state = JobState.PENDING
+        self.state = JobState.PENDING  # set by the job alone
         self._stage = "queued"
         self._record: CellRecord | None = None
         self._submitted = time.monotonic()
@@ -194,31 +186,25 @@ class Job:
         self._end_lock = threading.Lock()
 
     @property
-    def state(self) -> JobState:
-        return self._state
-
-    @property
     def stage(self) -> str:
         """The last stage the cell reported (lock, erm, sampling, ...), for timeout and crash records."""
         return self._stage
 
     @property
     def live(self) -> bool:
-        return self._state in (JobState.PENDING, JobState.RUNNING)
+        return self.state in (JobState.PENDING, JobState.RUNNING)
 
     def wait(self, timeout: float | None = None) -> CellRecord | None:
         """The record once the cell ends (a timed-out cell: a Timeout record); None if `timeout` passes."""
         until = None if timeout is None else time.monotonic() + timeout
         while self.live:
-            now = time.monotonic()
             due = [t for t in (until, self._deadline()) if t is not None]
-            left = min(due) - now if due else None
-            if until is not None and until <= now:
+            left = min(due) - time.monotonic() if due else None
+            if until is not None and until <= time.monotonic():
                 return None
             record = self._poll(None if left is None else max(0.0, left))
-            if record is None and self._timeout_s and self._ran() >= self._timeout_s:
+            if record is None and (record := self._overdue()) is not None:
                 self._stop()
-                record = CellRecord.timeout(self.cell, self.stage, self._timeout_s)
             if record is not None:
                 self.end(record)
         return self._record
@@ -228,7 +214,7 @@ class Job:
         with self._end_lock:
             if not self.live:
                 return
-            self._state = JobState.CANCELLED
+            self.state = JobState.CANCELLED
         self._stop()
         self._backend.release(self)
 
@@ -237,14 +223,14 @@ class Job:
         with self._end_lock:
             if not self.live:
                 return
-            self._record, self._state = record, JobState.DONE
+            self._record, self.state = record, JobState.DONE
         self._backend.release(self)
 
     def _running(self, since: float) -> None:
         """The work runs (again) from monotonic time `since`: the cell's clock runs."""
         with self._end_lock:
             if self.live:
-                self._state = JobState.RUNNING
+                self.state = JobState.RUNNING
         if self._running_since is None:
             self._running_since = since
 
@@ -252,7 +238,7 @@ class Job:
         """The work waits (again) from `since`, e.g. requeued: queueing time is free."""
         with self._end_lock:
             if self.live:
-                self._state = JobState.PENDING
+                self.state = JobState.PENDING
         if self._running_since is not None:
             self._ran_s += since - self._running_since
             self._running_since = None
@@ -262,9 +248,19 @@ class Job:
         return self._ran_s + running
 
     def _deadline(self) -> float | None:
-        if not self._timeout_s or self._running_since is None:
-            return None
-        return self._running_since + self._timeout_s - self._ran_s
+        """When the cell's timeout (running) or its start limit (waiting) runs out."""
+        if self._running_since is not None:
+            return self._running_since + self._timeout_s - self._ran_s if self._timeout_s else None
+        return self._submitted + self._ran_s + self.start_limit_s if self.start_limit_s else None
+
+    def _overdue(self) -> CellRecord | None:
+        """The record of a job past its deadline (it is then stopped), else None."""
+        if self._timeout_s and self._ran() >= self._timeout_s:
+            return CellRecord.timeout(self.cell, self.stage, self._timeout_s)
+        waited = time.monotonic() - self._submitted - self._ran_s
+        if self._running_since is None and self.start_limit_s and waited >= self.start_limit_s:
+            return self._not_started()
+        return None
 
     def _poll(self, timeout: float | None) -> CellRecord | None:
         """Wait at most `timeout` s (None: until news) for the job to move; its record once it ended."""
@@ -273,37 +269,39 @@ class Job:
     def _stop(self) -> None:
         raise NotImplementedError
 
+    def _not_started(self) -> CellRecord:
+        raise NotImplementedError
+
     def _interrupted(self, why: str) -> CellRecord:
         return CellRecord.failed(self.cell, self.stage, self.cancelled_type, why, self._ran(), False)
 
 
+@dataclass(frozen=True)
 class Ledger:
-    """The jobs a sweep submitted, one JSON line each (cell, job id, where its files are): a restarted
-    sweep adopts the ones still queued or running, and `llc sweep cancel` finds them."""
+    """The jobs a sweep submitted, one JSON line each (cell, job id, and a `folder`: SLURM's job folder,
+    a Modal call's progress ticket): a restarted sweep adopts the ones still queued or running, and
+    `llc sweep cancel` finds them."""
 
-    def __init__(self, path: Path, backend: str) -> None:
-        self.path = path
-        self.backend = backend
+    path: Path
+    backend: str  # whose jobs it adds and reads; "" reads all
 
-    def add(self, jobs: list[tuple[Cell, str, str]]) -> None:
-        """Append (cell, job id, folder) entries; each line is whole once written."""
+    def add(self, jobs: list[Job], folder: str) -> None:
+        """Append one entry a job (its files in `folder`); each line is whole once written."""
+        entries = [
+            {"cell": j.cell.name, "backend": self.backend, "job_id": j.job_id, "folder": folder} for j in jobs
+        ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = "".join(
-            json.dumps({"cell": cell.name, "backend": self.backend, "job_id": job_id, "folder": folder})
-            + "\n"
-            for cell, job_id, folder in jobs
-        )
         with self.path.open("a") as handle:
-            handle.write(lines)
+            handle.write("".join(json.dumps(entry) + "\n" for entry in entries))
 
-    def latest(self) -> dict[str, dict[str, str]]:
-        """Each cell's last recorded job."""
+    def latest(self) -> Recorded:
+        """Each cell's last recorded job (of this ledger's backend, when it has one)."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
             return {}
         entries = [json.loads(line) for line in text.splitlines() if line.endswith("}")]
-        return {entry["cell"]: entry for entry in entries}
+        return {e["cell"]: e for e in entries if e["backend"] == self.backend or not self.backend}
 
 
 def run_on(backend: Backend, cell: Cell, runs_dir: Path, skip: bool, timeout_s: float | None) -> CellRecord:

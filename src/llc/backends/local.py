@@ -40,7 +40,6 @@ class LocalBackend(Backend):
         super().__init__(max_parallel, threads, **options)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
-        self._pool_lock = threading.Lock()
 
     def _start(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
         (cell,) = cells
@@ -58,36 +57,40 @@ class LocalBackend(Backend):
 
     def give_back(self, worker: _Worker) -> None:
         """A worker that finished its cell goes back to the pool."""
-        with self._pool_lock:
+        with self._lock:
             self._idle.append(worker)
 
     def discard(self, worker: _Worker) -> None:
         """A worker that was killed or died is dropped (and killed, to be sure)."""
         worker.kill()
-        with self._pool_lock:
+        with self._lock:
             self._all.discard(worker)
 
-    def _close(self) -> None:
-        with self._pool_lock:
+    def close(self) -> None:
+        """Cancel what still runs, then stop the idle workers."""
+        super().close()
+        with self._lock:
             workers, self._idle, self._all = list(self._all), [], set()
         for worker in workers:
             worker.stop()
 
     def _take(self) -> _Worker:
-        with self._pool_lock:
+        with self._lock:
             while self._idle:
                 worker = self._idle.pop()
-                if worker.alive():
+                if worker.proc.poll() is None:  # alive
                     return worker
                 self._all.discard(worker)
         worker = _Worker(self.threads_per_cell or 1)
-        with self._pool_lock:
+        with self._lock:
             self._all.add(worker)
         return worker
 
 
 class LocalJob(Job):
     """A cell running in one worker; `wait` reads its stage reports and its record."""
+
+    start_limit_s = START_LIMIT_S
 
     def __init__(self, backend: LocalBackend, worker: _Worker, cell: Cell, timeout_s: float | None) -> None:
         super().__init__(backend, cell, timeout_s)
@@ -97,18 +100,8 @@ class LocalJob(Job):
         self._stage = "start"
 
     def _poll(self, timeout: float | None) -> CellRecord | None:
-        worker = self._worker
-        if worker is None:
-            return None
-        start_by = None if self._running_since is not None else self._submitted + START_LIMIT_S
-        asked = None if timeout is None else time.monotonic() + timeout
-        due = [t for t in (start_by, asked) if t is not None]
-        message = worker.receive(min(due) if due else None)
-        if message is None and start_by is not None and time.monotonic() >= start_by:
-            self._stop()
-            why = f"its worker process did not begin the cell within {START_LIMIT_S:g} s; it was killed"
-            return CellRecord.failed(self.cell, "start", "WorkerStart", why, START_LIMIT_S, True)
-        if message is None:
+        until = None if timeout is None else time.monotonic() + timeout
+        if (worker := self._worker) is None or (message := worker.receive(until)) is None:
             return None
         if message is _EOF:
             return CellRecord.crashed(self.cell, self._stage, worker.returncode(), self._ran())
@@ -124,13 +117,15 @@ class LocalJob(Job):
         if worker is not None:
             self._local.discard(worker)
 
+    def _not_started(self) -> CellRecord:
+        why = f"its worker process did not begin the cell within {START_LIMIT_S:g} s; it was killed"
+        return CellRecord.failed(self.cell, "start", "WorkerStart", why, START_LIMIT_S, True)
+
     def end(self, record: CellRecord) -> None:
         super().end(record)
-        worker, self._worker = self._worker, None
-        if worker is not None and self._reported:
-            self._local.give_back(worker)
-        elif worker is not None:
-            self._local.discard(worker)
+        if (worker := self._worker) is not None:  # it can take another cell once it sent the record
+            self._worker = None
+            (self._local.give_back if self._reported else self._local.discard)(worker)
 
 
 class _Worker:
@@ -144,17 +139,9 @@ class _Worker:
             "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads),
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llc.backends.local"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
+        argv, pipe = [sys.executable, "-m", "llc.backends.local"], subprocess.PIPE
+        self.proc = subprocess.Popen(argv, stdin=pipe, stdout=pipe, env=env, start_new_session=True)
         self._buffer = b""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def returncode(self) -> int | None:
         try:
@@ -214,12 +201,8 @@ def serve() -> None:
 
     for line in sys.stdin:
         request = json.loads(line)
-        record = run_cell(
-            Cell.model_validate(request["cell"]),
-            Path(request["runs_dir"]),
-            request["skip"],
-            lambda stage: send({"stage": stage}),
-        )
+        cell, runs_dir = Cell.model_validate(request["cell"]), Path(request["runs_dir"])
+        record = run_cell(cell, runs_dir, request["skip"], lambda stage: send({"stage": stage}))
         send({"record": record.model_dump(mode="json")})
 
 

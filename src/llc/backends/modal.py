@@ -1,39 +1,36 @@
-"""The Modal backend: each cell is one call of the deployed app's function (see `modal_app`).
+"""The Modal backend: each cell is one call of the deployed app's function (`llc.modal_app`, the remote side).
 
-A cell is spawned, then polled until its record comes back. A watchdog times only the wait for the call
-to start (no GPU free, an image that never boots); once it runs, only the cell's own timeout applies.
-A finished cell's run directory is copied from the runs volume into the local runs directory. Missing
-credentials and exhausted funds or quota end the backend: no further cell is submitted, and every cell
-gets an error row that says what to do.
+A cell is spawned, then polled until its record comes back, and its run directory is copied from the
+runs volume into the local runs directory. Missing credentials and exhausted funds or quota end the
+backend: no further cell is submitted, and every cell gets an error row that says what to do.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from types import SimpleNamespace
+from typing import Any
 
 import modal
 import modal.exception as modal_errors
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llc.backends.base import Backend, BackendUnavailable, Job
+from llc.backends.base import Backend, BackendUnavailable, Job, Recorded
 from llc.cells.cell import Cell
 from llc.cells.record import CellRecord
 from llc.config import RunConfig
+from llc.settings import ModalOptions
 
 log = logging.getLogger(__name__)
 
-GPU_TYPES = ("H100", "A100", "A100-80GB", "L40S", "L4", "A10G", "T4")
 DEPLOY_COMMAND = "deployments/modal/deploy.sh"
 NO_TOKEN = "no Modal credentials: run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
 OUT_OF_FUNDS = (
@@ -42,87 +39,8 @@ OUT_OF_FUNDS = (
 )
 # The request and reply of the remote function; bumped when either changes shape.
 PROTOCOL = 2  # 2: the request carries `files`, a module problem's weights
-
-
-@dataclass(frozen=True)
-class Tier:
-    """Resources of one call: GPU types in order of preference, CPU cores, memory, time limit."""
-
-    gpus: tuple[str, ...]
-    cpu: float
-    memory_mb: int
-    timeout_s: int
-
-
-TIERS = {
-    "debug": Tier(("T4", "L4"), cpu=2.0, memory_mb=8192, timeout_s=900),
-    "standard": Tier(("L4", "A10G", "T4"), cpu=4.0, memory_mb=16384, timeout_s=3600),
-    "fast": Tier(("A100", "L40S", "A10G"), cpu=8.0, memory_mb=32768, timeout_s=4 * 3600),
-    "h100": Tier(("H100", "A100-80GB"), cpu=8.0, memory_mb=65536, timeout_s=8 * 3600),
-}
-
-
-class ModalOptions(BaseSettings):
-    """Settings of the app (deploy time) and client; each reads LLC_MODAL_<NAME> and .env, arguments win."""
-
-    model_config = SettingsConfigDict(env_prefix="LLC_MODAL_", env_file=".env", extra="ignore")
-
-    app_name: str = Field("llc-experiments", description="name of the deployed Modal app")
-    environment: str | None = Field(None, description="Modal environment; default: the profile's")
-    tier: Literal["debug", "standard", "fast", "h100"] = Field(
-        "standard", description="resources of a call (deploy time): GPU types, CPU, memory, time limit"
-    )
-    gpu_types: Annotated[list[str] | None, NoDecode] = Field(
-        None, description=f"GPU types in order of preference (deploy time), from {', '.join(GPU_TYPES)}"
-    )
-    timeout_s: int | None = Field(
-        None, ge=10, le=86400, description="a call's hard time limit (deploy time); default: the tier's"
-    )
-    retries: int = Field(1, ge=0, le=10, description="Modal's retries of a crashed call (deploy time)")
-    runs_volume: str = Field("llc-runs", description="volume holding run directories")
-    cache_volume: str = Field("llc-cache", description="volume holding datasets and model files")
-    wandb_secret: str | None = Field(None, description="Modal secret with WANDB_API_KEY (deploy time)")
-    s3_secret: str | None = Field(None, description="Modal secret with AWS credentials (deploy time)")
-    python_sources: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="more local modules in the image (custom experiments, `problem: module` factories)",
-    )
-    poll_s: float = Field(2.0, gt=0, description="how often a waiting cell asks for its result")
-    client_hang_timeout_s: float = Field(
-        900.0, gt=0, description="a call not started after this is cancelled (a running call never is)"
-    )
-    preflight: bool = Field(True, description="ping the app when the backend is opened")
-    preflight_timeout_s: float = Field(180.0, gt=0, description="how long the preflight ping may take")
-
-    @field_validator("gpu_types", "python_sources", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        """`H100,A100` from the environment or a flag, as well as a list."""
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("gpu_types")
-    @classmethod
-    def _known_gpus(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        known = {name.upper(): name for name in GPU_TYPES}
-        kept = []
-        for name in value:
-            if name.upper() in known:
-                kept.append(known[name.upper()])
-            else:
-                log.warning("unknown Modal GPU type %r dropped; known: %s", name, ", ".join(GPU_TYPES))
-        if not kept:
-            raise ValueError(f"no known GPU type in {value}; choose from {', '.join(GPU_TYPES)}")
-        return list(dict.fromkeys(kept))
-
-    def gpus(self) -> list[str]:
-        return list(self.gpu_types or TIERS[self.tier].gpus)
-
-    def function_timeout_s(self) -> int:
-        return self.timeout_s or TIERS[self.tier].timeout_s
+TRANSIENT = (modal_errors.InternalFailure, modal_errors.InternalError, modal_errors.ServiceError)
+TRANSIENT += (modal_errors.ConnectionError, modal_errors.RemoteError)
 
 
 def llc_version() -> str:
@@ -136,11 +54,8 @@ def llc_version() -> str:
 def handshake() -> dict[str, Any]:
     """What client and worker must agree on: llc's version, the config schemas and the request protocol."""
     schemas = json.dumps([Cell.model_json_schema(), RunConfig.model_json_schema()], sort_keys=True)
-    return {
-        "llc": llc_version(),
-        "schema": hashlib.sha256(schemas.encode()).hexdigest()[:12],
-        "protocol": PROTOCOL,
-    }
+    digest = hashlib.sha256(schemas.encode()).hexdigest()[:12]
+    return {"llc": llc_version(), "schema": digest, "protocol": PROTOCOL}
 
 
 def mismatch(client: dict[str, Any], worker: dict[str, Any]) -> str | None:
@@ -148,52 +63,26 @@ def mismatch(client: dict[str, Any], worker: dict[str, Any]) -> str | None:
     keys = ("llc", "schema", "protocol")
     if all(client.get(key) == worker.get(key) for key in keys):
         return None
-
-    def show(side: dict[str, Any]) -> str:
-        return " ".join(f"{key}={side.get(key)}" for key in keys)
-
-    return f"the deployed app runs {show(worker)}, this client {show(client)}: redeploy: `{DEPLOY_COMMAND}`"
+    client_s, worker_s = (" ".join(f"{key}={side.get(key)}" for key in keys) for side in (client, worker))
+    return f"the deployed app runs {worker_s}, this client {client_s}: redeploy: `{DEPLOY_COMMAND}`"
 
 
 def attachments(cell: Cell) -> dict[str, str]:
     """Files of the client's disk that the cell reads, base64-encoded for the request: a module
     problem's weights (the container sees neither that path nor the client's filesystem)."""
     weights = cell.config.get("weights") if cell.config.get("problem") == "module" else None
-    if not weights:
-        return {}
-    return {"weights": base64.b64encode(Path(weights).read_bytes()).decode("ascii")}
+    return {"weights": base64.b64encode(Path(weights).read_bytes()).decode("ascii")} if weights else {}
 
 
-class ModalClient(Protocol):
-    """What the backend uses of Modal; tests pass an in-process stand-in."""
-
-    def function(self, name: str) -> Any: ...  # a modal.Function
-
-    def volume(self, name: str) -> Any: ...  # a modal.Volume
-
-    def dict(self, name: str) -> Any: ...  # a modal.Dict
-
-
-class LiveModal:
-    """Modal's own objects of the deployed app, looked up by name."""
-
-    def __init__(self, options: ModalOptions) -> None:
-        self.options = options
-
-    def function(self, name: str) -> Any:
-        env = self.options.environment
-        return modal.Function.from_name(self.options.app_name, name, environment_name=env)
-
-    def volume(self, name: str) -> Any:
-        return modal.Volume.from_name(name, environment_name=self.options.environment)
-
-    def dict(self, name: str) -> Any:
-        return modal.Dict.from_name(name, environment_name=self.options.environment, create_if_missing=True)
-
-
-def connect(options: ModalOptions) -> ModalClient:
-    """The Modal client the backend and `llc runs` use (replaced in tests)."""
-    return LiveModal(options)
+def connect(options: ModalOptions) -> Any:
+    """Modal's own objects of the deployed app, looked up by name (tests pass an in-process stand-in)."""
+    env = {"environment_name": options.environment}
+    return SimpleNamespace(
+        function=lambda name: modal.Function.from_name(options.app_name, name, **env),
+        volume=lambda name: modal.Volume.from_name(name, **env),
+        dict=lambda name: modal.Dict.from_name(name, create_if_missing=True, **env),
+        call=modal.FunctionCall.from_id,
+    )
 
 
 def progress_board(app_name: str) -> str:
@@ -218,13 +107,9 @@ class ModalBackend(Backend):
     options_model = ModalOptions
 
     def __init__(
-        self,
-        max_parallel: int,
-        threads_per_cell: int | None = None,  # a call gets its tier's cores
-        client: ModalClient | None = None,
-        **options: Any,
+        self, max_parallel: int, threads_per_cell: int | None = None, client: Any = None, **options: Any
     ) -> None:
-        super().__init__(max_parallel, threads_per_cell, **options)
+        super().__init__(max_parallel, threads_per_cell, **options)  # a call gets its tier's cores
         self.options: ModalOptions
         self.client = client or connect(self.options)
         self.handshake = handshake()
@@ -242,7 +127,9 @@ class ModalBackend(Backend):
             error_type, guidance = self._refused
             job.end(CellRecord.failed(cell, "submit", error_type, f"not submitted: {guidance}", 0.0, False))
             return [job]
-        function = self.client.function("run_cell_gpu" if needs_gpu(cell) else "run_cell_cpu")
+        # A cell with gpu_mode off or device cpu runs on the CPU function.
+        gpu = cell.config.get("gpu_mode", "off") != "off" and cell.config.get("device", "auto") != "cpu"
+        function = self.client.function("run_cell_gpu" if gpu else "run_cell_cpu")
         try:
             request = {"cell": cell.model_dump(mode="json"), "skip": skip, "handshake": self.handshake,
                        "ticket": job.ticket, "files": attachments(cell)}  # fmt: skip
@@ -251,73 +138,74 @@ class ModalBackend(Backend):
             job.end(self.failure(cell, "submit", exc, 0.0))
             return [job]
         job.job_id = str(getattr(job.call, "object_id", "") or "")
-        self._track([job])
+        self._track([job], job.ticket)
         return [job]
+
+    def _adopt(
+        self, recorded: Recorded, cells: list[Cell], runs_dir: Path, timeout_s: float | None
+    ) -> list[Job]:
+        """Calls of an earlier run of the sweep, re-attached by id (`FunctionCall.from_id`), that still
+        run or ended with an ok record; the other cells are spawned again."""
+        jobs: list[Job] = []
+        for cell in [cell for cell in cells if cell.name in recorded]:
+            job = ModalJob(self, cell, runs_dir, timeout_s)
+            job.job_id, job.ticket = recorded[cell.name]["job_id"], recorded[cell.name]["folder"]
+            try:
+                job.call = self.client.call(job.job_id)
+                worth = job.call.get(timeout=0)["record"]["status"] == "ok"
+            except Exception as exc:  # TimeoutError (Python's own): it still runs; else gone or cancelled
+                worth = isinstance(exc, TimeoutError)
+            if worth:
+                jobs.append(job)
+                log.info("cell %s: re-attached to Modal call %s of an earlier run", cell.name, job.job_id)
+        return jobs
 
     def failure(self, cell: Cell, stage: str, exc: BaseException, ran_s: float) -> CellRecord:
         """An error record for a Modal error; credentials or funds stop all further submissions."""
         if refused := refusal(exc):
-            self.refuse(*refused)
+            with self._lock:
+                if self._refused is None:
+                    log.error("Modal backend stops submitting: %s", refused[1])
+                    self._refused = refused
             return CellRecord.failed(cell, stage, refused[0], f"{refused[1]} ({exc})", ran_s, retryable=False)
         if isinstance(exc, modal_errors.FunctionTimeoutError):
             limit = self.options.function_timeout_s()
             message = f"the Modal function's time limit ({limit} s, LLC_MODAL_TIMEOUT_S) stopped it"
             return CellRecord.failed(cell, stage, "Timeout", message, ran_s, retryable=False)
-        transient = (modal_errors.InternalFailure, modal_errors.ConnectionError, modal_errors.RemoteError,
-                     modal_errors.ServiceError, modal_errors.InternalError)  # fmt: skip
-        error_type = "Modal" + type(exc).__name__.removesuffix("Error")
-        return CellRecord.failed(
-            cell, stage, error_type, str(exc) or repr(exc), ran_s, retryable=isinstance(exc, transient)
-        )
-
-    def refuse(self, error_type: str, guidance: str) -> None:
-        with self._lock:
-            if self._refused is None:
-                log.error("Modal backend stops submitting: %s", guidance)
-                self._refused = (error_type, guidance)
+        error_type, retryable = "Modal" + type(exc).__name__.removesuffix("Error"), isinstance(exc, TRANSIENT)
+        return CellRecord.failed(cell, stage, error_type, str(exc) or repr(exc), ran_s, retryable)
 
     def _preflight(self) -> None:
         """Ping the deployed app before any cell is submitted; BackendUnavailable says what to do."""
-        app = self.options.app_name
+        app, limit = self.options.app_name, self.options.preflight_timeout_s
         try:
-            reply = self.client.function("ping").spawn().get(timeout=self.options.preflight_timeout_s)
+            reply = self.client.function("ping").spawn().get(timeout=limit)
         except modal_errors.NotFoundError as exc:
-            raise BackendUnavailable(
-                f"Modal preflight failed: the app {app!r} is not deployed ({exc}); deploy it with "
-                f"`{DEPLOY_COMMAND}` (docs/backends.md, Modal)"
-            ) from None
+            why = f"the app {app!r} is not deployed ({exc}); deploy it: `{DEPLOY_COMMAND}` (docs/backends.md)"
         except TimeoutError:
-            raise BackendUnavailable(
-                f"Modal preflight failed: the app {app!r} did not answer a ping within "
-                f"{self.options.preflight_timeout_s:g} s; see its logs with `modal app logs {app}`"
-            ) from None
+            why = f"the app {app!r} did not answer a ping within {limit:g} s; logs: `modal app logs {app}`"
         except Exception as exc:
-            why = refusal(exc)
-            detail = why[1] if why else f"{type(exc).__name__}: {exc}"
-            raise BackendUnavailable(f"Modal preflight failed: {detail}") from None
-        if why := mismatch(self.handshake, reply):
+            why = refused[1] if (refused := refusal(exc)) else f"{type(exc).__name__}: {exc}"
+        else:
+            why = mismatch(self.handshake, reply)
+        if why:
             raise BackendUnavailable(f"Modal preflight failed: {why}")
-        wanted = self.options.gpu_types
-        if wanted and reply.get("gpu_types") != wanted:
+        if (wanted := self.options.gpu_types) and reply.get("gpu_types") != wanted:
             log.warning(
                 "the deployed app uses GPUs %s, not %s: redeploy with `%s --gpu-types %s` to change them",
                 reply["gpu_types"], wanted, DEPLOY_COMMAND, ",".join(wanted),
             )  # fmt: skip
 
 
-def needs_gpu(cell: Cell) -> bool:
-    """A cell with gpu_mode off or device cpu runs on the CPU function."""
-    return cell.config.get("gpu_mode", "off") != "off" and cell.config.get("device", "auto") != "cpu"
-
-
 class ModalJob(Job):
-    """One cell's call; `wait` polls it, runs the start watchdog and the cell's timeout, and fetches
-    the run directory from the volume when it ends."""
+    """One cell's call; `wait` polls it and its stage on the progress board, and fetches the run
+    directory from the volume when it ends."""
 
     cancelled_type = "ModalCancelled"
 
     def __init__(self, backend: ModalBackend, cell: Cell, runs_dir: Path, timeout_s: float | None) -> None:
         super().__init__(backend, cell, timeout_s)
+        self.start_limit_s = backend.options.client_hang_timeout_s
         self.call: Any = None  # the modal.FunctionCall, once spawned
         self.ticket = uuid.uuid4().hex
         self._modal = backend
@@ -328,7 +216,8 @@ class ModalJob(Job):
         try:
             reply = self.call.get(timeout=poll_s if timeout is None else min(poll_s, timeout))
         except TimeoutError:  # Python's own: no result yet (Modal's timeouts are other classes)
-            return self._check()
+            self._progress()
+            return None
         except (Exception, modal_errors.InputCancellation) as exc:
             if not self.live:
                 return None
@@ -340,37 +229,32 @@ class ModalJob(Job):
         super().end(record)
         self._forget_progress()
 
-    def _check(self) -> CellRecord | None:
-        """Notice the start and the stage; an error record when the call must be stopped."""
+    def _progress(self) -> None:
+        """The stage the call reported; the first report starts the cell's clock."""
         try:
             progress = self._modal.progress.get(self.ticket)
         except Exception as exc:  # a failed look-up is no reason to stop a call
             log.debug("progress of %s unknown: %s", self.cell.name, exc)
-            progress = None
-        now = time.monotonic()
+            return
         if progress:
             self._stage = progress.get("stage", self._stage)
-            self._running(now)
-        hang_s = self._modal.options.client_hang_timeout_s
-        if self._running_since is None and now - self._submitted >= hang_s:
-            self._stop()
-            message = (
-                f"call {self.call.object_id} did not start within {hang_s:g} s "
-                "(LLC_MODAL_CLIENT_HANG_TIMEOUT_S): no GPU of the deployed types was free, "
-                "or its container failed to boot "
-                f"(`modal app logs {self._modal.options.app_name}`); it was cancelled"
-            )
-            return CellRecord.failed(self.cell, "queued", "ModalNotStarted", message, 0.0, retryable=True)
-        return None
+            self._running(time.monotonic())
+
+    def _not_started(self) -> CellRecord:
+        message = (
+            f"call {self.call.object_id} did not start within {self.start_limit_s:g} s "
+            "(LLC_MODAL_CLIENT_HANG_TIMEOUT_S): no GPU of the deployed types was free, or its container "
+            f"failed to boot (`modal app logs {self._modal.options.app_name}`); it was cancelled"
+        )
+        return CellRecord.failed(self.cell, "queued", "ModalNotStarted", message, 0.0, retryable=True)
 
     def _finish(self, reply: dict[str, Any]) -> CellRecord:
         """The worker's record, with its run directory copied from the volume to the local runs directory."""
-        from llc.backends.modal_volume import pull_run
+        from llc.storage.modal_volume import pull_run
 
         record = CellRecord.model_validate(reply["record"])
         if not record.run_dir:
             return record
-        local = self._runs_dir / self.cell.run_id
         try:
             pull_run(self._modal.runs_volume, self.cell.run_id, self._runs_dir)
         except Exception as exc:
@@ -379,37 +263,32 @@ class ModalJob(Job):
                 f"{self._modal.options.runs_volume!r} ({type(exc).__name__}: {exc}); it stays there: "
                 f"`llc pull-runs {self.cell.run_id}`"
             )
-            return CellRecord.failed(
-                self.cell, "fetch", "ModalFetchFailed", message, record.duration_s, retryable=True
-            )
-        return record.model_copy(update={"run_dir": str(local)})
+            return CellRecord.failed(self.cell, "fetch", "ModalFetchFailed", message, record.duration_s, True)
+        return record.model_copy(update={"run_dir": str(self._runs_dir / self.cell.run_id)})
 
     def _stop(self) -> None:
-        if self.call is None:
-            return
-        try:
-            self.call.cancel(terminate_containers=True)
-        except Exception as exc:
-            log.error("cancelling Modal call %s failed: %s", getattr(self.call, "object_id", "?"), exc)
-        self._forget_progress()
+        if self.call is not None:
+            cancel_call(self.call)
+            self._forget_progress()
 
     def _forget_progress(self) -> None:
-        if self.call is None:
-            return
-        try:
-            self._modal.progress.pop(self.ticket, None)
-        except Exception as exc:
-            log.debug("progress of %s not removed: %s", self.cell.name, exc)
+        if self.call is not None:
+            with contextlib.suppress(Exception):  # a stale entry on the board is harmless
+                self._modal.progress.pop(self.ticket, None)
+
+
+def cancel_call(call: Any) -> bool:
+    """Cancel a call (or the call of an id) and its containers; False, logged, when that failed."""
+    try:
+        (modal.FunctionCall.from_id(call) if isinstance(call, str) else call).cancel(
+            terminate_containers=True
+        )
+    except Exception as exc:
+        log.error("cancelling Modal call %s failed: %s", getattr(call, "object_id", call), exc)
+        return False
+    return True
 
 
 def cancel_jobs(call_ids: list[str]) -> list[str]:
     """Cancel recorded calls from any shell (`llc sweep cancel`); the ids Modal accepted."""
-    cancelled = []
-    for call_id in call_ids:
-        try:
-            modal.FunctionCall.from_id(call_id).cancel(terminate_containers=True)
-        except Exception as exc:
-            log.error("cancelling Modal call %s failed: %s", call_id, exc)
-        else:
-            cancelled.append(call_id)
-    return cancelled
+    return [call_id for call_id in call_ids if cancel_call(call_id)]

@@ -3,16 +3,13 @@
 A sweep hands over every cell it must compute at once (`submit_all`): one sbatch per resource shape,
 a job array throttled to `max_parallel` running elements (`%N`), after `sbatch --test-only` has
 accepted that shape. Each cell's Prefect task then waits on its own array element; a retried cell
-goes out alone. Every job ends in a record within seconds of
-the event, whatever happens to it: its result, or an error record with the SLURM state, the paths
-of its logs and the tail of its stderr when SLURM cancels it, times it out, kills it for memory or
-loses its node. A cell is Checkpointable: at its time limit or on preemption the job is requeued (up
-to `max_requeues` times) and the experiment resumes from its own checkpoint.
+goes out alone. Every job ends in a record within seconds of the event, whatever happens to it: its
+result, or an error record with the SLURM state, the paths of its logs and the tail of its stderr
+when SLURM cancels it, times it out, kills it for memory or loses its node.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -20,100 +17,55 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from llc.backends.base import Backend, BackendUnavailable, Job, JobState
-from llc.backends.slurm_states import PENDING, RUNNING, StateTracker, base_state, command, is_final, query
+from llc.backends.base import Backend, BackendUnavailable, Job, Recorded
 from llc.cells.cell import Cell
 from llc.cells.execute import run_cell
 from llc.cells.record import TRACEBACK_LINES, CellRecord
+from llc.settings import SlurmOptions
 
-
-@contextlib.contextmanager
-def _submitit_logging_off() -> Iterator[None]:
-    """submitit configures logging when imported (`logging.config.dictConfig`), which closes every
-    handler already installed, Prefect's too, and deadlocks on Prefect's log worker inside a flow run.
-    Its jobs, which inherit the environment, still log as usual."""
-    before = os.environ.get("SUBMITIT_LOG_LEVEL")
-    os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SUBMITIT_LOG_LEVEL"]
-        else:
-            os.environ["SUBMITIT_LOG_LEVEL"] = before
-
-
-with _submitit_logging_off():
+# submitit configures logging when imported (`logging.config.dictConfig`), which closes every handler
+# already installed, Prefect's too, and deadlocks on Prefect's log worker inside a flow run. Its jobs,
+# which inherit the environment, still log as usual.
+_level = os.environ.get("SUBMITIT_LOG_LEVEL")
+os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+try:
     import submitit
-    from submitit.core import utils as submitit_utils
+    from submitit.core.utils import UncompletedJobError, pickle_load
     from submitit.helpers import Checkpointable
-    from submitit.slurm.slurm import _make_sbatch_string
+    from submitit.slurm.slurm import SlurmInfoWatcher, _make_sbatch_string
+finally:
+    if _level is None:
+        del os.environ["SUBMITIT_LOG_LEVEL"]
+    else:
+        os.environ["SUBMITIT_LOG_LEVEL"] = _level
 
 log = logging.getLogger(__name__)
 
 CHECK_S = 0.5  # how often a waiting cell looks for its result file between state polls
 RESULT_GRACE_S = 15.0  # a COMPLETED job's result may take this long to show on a shared filesystem
 FAILED_GRACE_S = 2.0  # the same for a job that ended otherwise (its result, if any, was written first)
+# Waiting to run: queued, requeued, or held until someone releases it.
+PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"})
+RUNNING = frozenset(
+    {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED"}
+)
+# A preempted job, or one whose node was lost, is requeued a moment later when the cluster requeues
+# such jobs (the default); it counts as ended only once it has stayed in that state this long.
+SETTLING = frozenset({"PREEMPTED", "NODE_FAIL"})
+SETTLE_S = 10.0
 # What sbatch says when it refuses a job shape, and the option that changes it.
 REFUSALS = (
-    ("gres", ("gpus",)),
-    ("partition", ("partition",)),
-    ("account", ("account",)),
-    ("qos", ("qos",)),
-    ("time limit", ("timeout_min",)),
-    ("memory", ("mem_gb",)),
+    ("gres", ("gpus",)), ("partition", ("partition",)), ("account", ("account",)), ("qos", ("qos",)),
+    ("time limit", ("timeout_min",)), ("memory", ("mem_gb",)),
     ("node configuration", ("cpus", "mem_gb", "gpus")),
-)
+)  # fmt: skip
 MEMORY_KILL_MARKS = ("exceeded memory limit", "exceeded job memory limit", "oom-kill", "oom_kill")
-
-
-class SlurmOptions(BaseSettings):
-    """How cells are submitted; each option also reads LLC_SLURM_<NAME> (and .env); arguments win."""
-
-    model_config = SettingsConfigDict(env_prefix="LLC_SLURM_", env_file=".env", extra="ignore")
-
-    partition: str | None = Field(None, description="partition (sbatch --partition); default: the cluster's")
-    account: str | None = Field(None, description="account charged (sbatch --account)")
-    qos: str | None = Field(None, description="quality of service (sbatch --qos)")
-    timeout_min: int | None = Field(
-        None, ge=1, description="time limit of one job in minutes; default: the cell timeout plus a minute"
-    )
-    cpus: int = Field(1, ge=1, description="CPUs per cell (sbatch --cpus-per-task)")
-    mem_gb: float | None = Field(None, gt=0, description="memory per cell in GB; default: the cluster's")
-    gpus: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto",
-        description="GPUs per cell; auto: one for a cell whose gpu_mode is vectorized or sequential"
-        " where the partition has GPUs (sinfo), else none",
-    )
-    signal_delay_s: int = Field(
-        90, ge=1, description="seconds before the time limit to checkpoint and requeue (at most half of it)"
-    )
-    max_requeues: int = Field(3, ge=0, description="time limits a cell may hit and be requeued")
-    setup: list[str] = Field(default_factory=list, description="shell lines run before each cell")
-    sbatch: dict[str, str | int | bool] = Field(
-        default_factory=dict,
-        description="further sbatch options, e.g. constraint=a100 (true: a bare flag, e.g. no-requeue)",
-    )
-    python: str | None = Field(None, description="python command on the nodes; default: this interpreter")
-    folder: Path | None = Field(None, description="submitit's logs and pickles; default: RUNS_DIR/.slurm/...")
-    job_name: str = Field("llc", pattern=r"^[\w.-]+$", description="job name prefix; a session id follows")
-    poll_s: float = Field(2.0, gt=0, description="how often sacct (or squeue) is asked about running cells")
-    queue_timeout_s: float | None = Field(
-        None, gt=0, description="a cell still queued after this is cancelled; default: wait for the queue"
-    )
-    lost_after_s: float = Field(
-        300.0, gt=0, description="a job neither sacct nor squeue knows for this long is recorded as lost"
-    )
 
 
 class SlurmSubmitError(RuntimeError):
@@ -123,6 +75,49 @@ class SlurmSubmitError(RuntimeError):
         super().__init__(message)
         transient = ("timed out", "unable to contact", "temporarily unavailable", "connection refused")
         self.retryable = any(mark in message.lower() for mark in transient)
+
+
+class Watcher(SlurmInfoWatcher):
+    """submitit's sacct watcher, safe to share between threads, that also asks squeue about the jobs
+    sacct does not report (accounting down or lagging): submitit alone keeps those UNKNOWN, and a job
+    that ends without a result (cancelled, killed) would be waited on forever. squeue knows jobs for
+    MinJobAge after they end."""
+
+    def __init__(self, poll_s: float) -> None:
+        super().__init__(delay_s=poll_s)  # type: ignore[arg-type]
+        self._lock = threading.RLock()  # `update` reads states through `get_info`, which comes back here
+        self._sacct_failing = False
+
+    def update_if_long_enough(self, mode: str) -> None:
+        with self._lock:  # one sacct call per poll, however many cells wait
+            super().update_if_long_enough(mode)
+
+    def update(self) -> None:
+        if (command := self._make_command()) is None:  # no job left to ask about
+            return
+        sacct = _output(command)
+        found = self.read_info(sacct or "")
+        unknown = sorted({job.split("_")[0] for job in self._registered - self._finished if job not in found})
+        if unknown:
+            squeue = _output(["squeue", "--array", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(unknown)])
+            found = {**self.read_info("JobID|State\n" + (squeue or "")), **found}
+        if (sacct is None) != self._sacct_failing:
+            self._sacct_failing = sacct is None
+            log.warning("sacct %s", "fails: states come from squeue" if sacct is None else "answers again")
+        self._info_dict.update(found)
+        self._last_status_check = time.time()
+        self._finished |= {job for job in self._registered - self._finished if self.is_done(job, "cache")}
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        """Ended for good: a requeued, held, preempted or node-failed job may run again."""
+        return base_state(self.get_state(job_id, mode)) not in PENDING | RUNNING | SETTLING | {"UNKNOWN"}
+
+    def states(self, job_ids: list[str]) -> dict[str, str]:
+        """Each job's state now (UNKNOWN while neither sacct nor squeue knows it)."""
+        for job_id in job_ids:
+            self.register_job(job_id)
+        self.update_if_long_enough("force")
+        return {job_id: self.get_state(job_id, "cache") for job_id in job_ids}
 
 
 class SlurmBackend(Backend):
@@ -137,11 +132,7 @@ class SlurmBackend(Backend):
         self.options: SlurmOptions
         self.session = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.job_name = f"{self.options.job_name}-{self.session[-6:]}"
-        self.states = StateTracker(self.options.poll_s)
-
-    def release(self, job: Job) -> None:
-        super().release(job)
-        self.states.forget(job.job_id)
+        self.watcher = Watcher(self.options.poll_s)
 
     def _start_all(self, cells: list[Cell], runs_dir: Path, skip: bool, timeout_s: float | None) -> list[Job]:
         """One job array per resource shape, each shape checked with `sbatch --test-only` first."""
@@ -160,9 +151,6 @@ class SlurmBackend(Backend):
 
     def _stop_all(self, jobs: list[Job]) -> None:
         scancel([job.job_id for job in jobs])  # one scancel for all
-
-    def _close(self) -> None:
-        self.states.close()
 
     def _folder(self, runs_dir: Path) -> Path:
         return (self.options.folder or Path(runs_dir) / ".slurm") / self.session
@@ -198,7 +186,7 @@ class SlurmBackend(Backend):
     @functools.cached_property
     def _partition_has_gpus(self) -> bool:
         """Whether the partition (default: the cluster's default one) has nodes with GPUs (sinfo GRES)."""
-        table = command(["sinfo", "--noheader", "--format=%P|%G"], 30.0)
+        table = _output(["sinfo", "--noheader", "--format=%P|%G"])
         if table is None:
             log.warning("sinfo failed: cells ask for no GPU (set the SLURM option gpus to ask for some)")
             return False
@@ -213,15 +201,12 @@ class SlurmBackend(Backend):
     def _check_shape(self, folder: Path, parameters: dict[str, Any], count: int) -> None:
         """`sbatch --test-only` on the job shape; a refusal is BackendUnavailable naming the option."""
         script = _make_sbatch_string(command="true", folder=folder, map_count=count, **parameters)
-        with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="llc-shape-") as handle:
-            handle.write(script)
-            handle.flush()
-            try:
-                done = subprocess.run(
-                    ["sbatch", "--test-only", handle.name], capture_output=True, text=True, timeout=60
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise BackendUnavailable(f"sbatch --test-only could not run: {exc}") from None
+        try:  # sbatch reads the script from its input
+            done = subprocess.run(
+                ["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BackendUnavailable(f"sbatch --test-only could not run: {exc}") from None
         if done.returncode == 0:
             return
         error = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
@@ -242,12 +227,12 @@ class SlurmBackend(Backend):
         """One sbatch for cells of one shape (a job array if several); SlurmSubmitError when refused."""
         parameters = self._parameters(cells[0], timeout_s)
         import_path = [os.path.abspath(p) for p in sys.path if p]
+        calls = [CellCall(cell, Path(runs_dir), skip, import_path) for cell in cells]
         try:
             executor = submitit.SlurmExecutor(
                 self._folder(runs_dir), max_num_timeout=self.options.max_requeues, python=self.options.python
             )
             executor.update_parameters(**parameters)
-            calls = [CellCall(cell, Path(runs_dir), skip, import_path) for cell in cells]
             submitted = executor.submit_array(calls)
         except Exception as exc:
             hint = ""
@@ -260,43 +245,43 @@ class SlurmBackend(Backend):
         jobs: list[Job] = [
             SlurmJob(self, job, cell, timeout_s) for job, cell in zip(submitted, cells, strict=True)
         ]
-        self.states.watch([job.job_id for job in jobs])
         self._track(jobs, str(self._folder(runs_dir)))
         return jobs
 
     def _adopt(
-        self, recorded: dict[str, dict[str, str]], cells: list[Cell], timeout_s: float | None
+        self, recorded: Recorded, cells: list[Cell], runs_dir: Path, timeout_s: float | None
     ) -> list[Job]:
         """Jobs of an earlier run of the sweep that SLURM still queues or runs, or that ended with an ok
-        result after the sweep looked for sealed results."""
-        entries = {cell.name: recorded[cell.name] for cell in cells if cell.name in recorded}
-        states = query([entry["job_id"] for entry in entries.values()])[0] if entries else {}
+        result after the sweep looked for sealed results; submitit re-creates a job from its id."""
+        ids = [recorded[cell.name]["job_id"] for cell in cells if cell.name in recorded]
+        states = self.watcher.states(ids)
         jobs: list[Job] = []
         for cell in cells:
-            if (entry := entries.get(cell.name)) is None:
+            if (entry := recorded.get(cell.name)) is None:
                 continue
-            state = states.get(entry["job_id"], "")
+            state = states[entry["job_id"]]
             job = SlurmJob(self, submitit.SlurmJob(Path(entry["folder"]), entry["job_id"]), cell, timeout_s)
-            if base_state(state) not in PENDING | RUNNING and not job.left_ok():
-                continue
-            jobs.append(job)
-            log.info("cell %s: adopted SLURM job %s (%s) of an earlier run", cell.name, job.job_id, state)
-        self.states.watch([job.job_id for job in jobs])
-        with self._lock:
-            self._active.update(jobs)
+            left_ok = job.paths.result_pickle.exists() and job._result().status == "ok"
+            if base_state(state) in PENDING | RUNNING or left_ok:
+                jobs.append(job)
+                log.info("cell %s: adopted SLURM job %s (%s) of an earlier run", cell.name, job.job_id, state)
         return jobs
 
 
 class SlurmJob(Job):
-    """One cell's SLURM job (an array element); `wait` returns its record, never waiting forever."""
+    """One cell's SLURM job (an array element), wrapping submitit's job (its state from the backend's
+    watcher, its paths and result); `wait` returns its record, never waiting forever."""
 
     def __init__(
-        self, backend: SlurmBackend, job: submitit.Job[Any], cell: Cell, timeout_s: float | None
+        self, backend: SlurmBackend, job: submitit.SlurmJob[Any], cell: Cell, timeout_s: float | None
     ) -> None:
-        super().__init__(backend, cell, timeout_s, job.job_id)
-        self.paths = job.paths
+        super().__init__(backend, cell, timeout_s)
+        job.watcher = backend.watcher
+        backend.watcher.register_job(job.job_id)
+        self.job_id, self.submitit, self.paths = job.job_id, job, job.paths
+        self.start_limit_s = backend.options.queue_timeout_s
         self._slurm = backend
-        self._last_known = time.monotonic()
+        self._seen = ("UNKNOWN", time.monotonic())  # the last state and when it was first seen
 
     @property
     def stage(self) -> str:
@@ -306,17 +291,10 @@ class SlurmJob(Job):
         except OSError:
             return "queued" if self._running_since is None and not self._ran_s else "start"
 
-    def left_ok(self) -> bool:
-        """Whether the job has ended with an ok record."""
-        if not self.paths.result_pickle.exists():
-            return False
-        outcome, value = submitit_utils.pickle_load(self.paths.result_pickle)
-        return outcome == "success" and isinstance(value, CellRecord) and value.status == "ok"
-
     def _poll(self, timeout: float | None) -> CellRecord | None:
         record = self._check()
         if record is None:
-            self._slurm.states.wait_for_update(CHECK_S if timeout is None else min(CHECK_S, timeout))
+            time.sleep(CHECK_S if timeout is None else min(CHECK_S, timeout))
         return record
 
     def _stop(self) -> None:
@@ -325,50 +303,43 @@ class SlurmJob(Job):
     def _interrupted(self, why: str) -> CellRecord:
         return self._stopped_record("SlurmCancelled", f"was cancelled: {why}", retryable=False)
 
+    def _not_started(self) -> CellRecord:
+        why = f"still queued after {self.start_limit_s:g} s; it was cancelled"
+        return self._stopped_record("SlurmQueueTimeout", why, retryable=False)
+
     def _check(self) -> CellRecord | None:
-        """The record if the job has ended (or must be stopped), else None; updates state and clocks."""
+        """The record if the job has ended (or was lost), else None; updates state and clocks."""
         if self.paths.result_pickle.exists():
             return self._result()
-        now = time.monotonic()
-        known = self._slurm.states.state(self.job_id)
-        if known is not None:
-            self._last_known = now
-            state, since = known
-            if base_state(state) in RUNNING:
-                self._running(since)
-            elif base_state(state) in PENDING:
-                self._queued(since)
-            if is_final(state, since):
-                return self._ended(state)
-        elif now - self._last_known > self._slurm.options.lost_after_s:
-            return self._stopped(
-                "SlurmJobLost",
-                f"neither sacct nor squeue has known it for {now - self._last_known:.0f} s",
-                True,
-            )
-        queue_timeout = self._slurm.options.queue_timeout_s
-        if (
-            queue_timeout
-            and self._state is JobState.PENDING
-            and now - self._submitted - self._ran() >= queue_timeout
-        ):
-            return self._stopped("SlurmQueueTimeout", f"still queued after {queue_timeout:g} s", False)
-        return None
+        state, now = self.submitit.state, time.monotonic()
+        if state == "UNKNOWN":
+            if (unknown_s := now - self._seen[1]) <= self._slurm.options.lost_after_s:
+                return None
+            self._stop()
+            why = f"neither sacct nor squeue has known it for {unknown_s:.0f} s; it was cancelled"
+            return self._stopped_record("SlurmJobLost", why, True)
+        if state != self._seen[0]:
+            self._seen = (state, now)
+        kind, since = base_state(state), self._seen[1]
+        if kind in RUNNING:
+            self._running(since)
+        elif kind in PENDING:
+            self._queued(since)
+        settled = kind in SETTLING and now - since >= SETTLE_S
+        return self._ended(state) if settled or self._slurm.watcher.is_done(self.job_id, "cache") else None
 
     def _ended(self, state: str) -> CellRecord:
-        """An ended job's result if it wrote one (the filesystem gets a moment to show it), else an error."""
+        """An ended job's result if it wrote one (submitit gives the filesystem a moment), else an error."""
         grace = RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            _refresh_directory(self.paths.folder)
-            if self.paths.result_pickle.exists():
-                return self._result()
-            time.sleep(0.2)
-        return self._slurm_error(state)
+        self.submitit._results_timeout_s = grace  # how long submitit waits for the result file
+        try:
+            return self._result(self.submitit._get_outcome_and_result())
+        except (UncompletedJobError, UnicodeDecodeError):  # no result (submitit reads the logs as text)
+            return self._slurm_error(state)
 
-    def _result(self) -> CellRecord:
-        outcome, value = submitit_utils.pickle_load(self.paths.result_pickle)
-        if outcome == "success" and isinstance(value, CellRecord):
+    def _result(self, outcome: tuple[str, Any] | None = None) -> CellRecord:
+        kind, value = outcome or pickle_load(self.paths.result_pickle)
+        if kind == "success" and isinstance(value, CellRecord):
             if value.error_type == "UncompletedJobError":  # submitit gave up requeueing at the time limit
                 return self._slurm_error("TIMEOUT", detail=f"signalled at its time limit; {value.error}")
             return value
@@ -381,31 +352,27 @@ class SlurmJob(Job):
 
     def _slurm_error(self, state: str, detail: str = "") -> CellRecord:
         """An error record naming the SLURM state, the log paths and the stderr tail."""
-        tail = _tail(self.paths.stderr)
-        kind = base_state(state)
-        if kind != "OUT_OF_MEMORY" and any(mark in tail.lower() for mark in MEMORY_KILL_MARKS):
+        kind, tail = base_state(state), self._tail().lower()
+        if kind != "OUT_OF_MEMORY" and any(mark in tail for mark in MEMORY_KILL_MARKS):
             kind, detail = "OUT_OF_MEMORY", detail or "killed for exceeding its memory limit; raise mem_gb"
         # Machine trouble is worth another try; a cancellation, time limit or memory limit is not.
         retryable = kind in ("FAILED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED")
-        message = (
-            f"SLURM job {self.job_id} ended {state}{f' ({detail})' if detail else ''} at stage {self.stage}; "
-            f"stdout: {self.paths.stdout}; stderr: {self.paths.stderr}"
-        )
-        error_type = "Slurm" + "".join(word.capitalize() for word in kind.split("_"))
-        return CellRecord.failed(
-            self.cell, self.stage, error_type, message, self._ran(), retryable, traceback=tail
-        )
-
-    def _stopped(self, error_type: str, why: str, retryable: bool) -> CellRecord:
-        self._stop()
-        return self._stopped_record(error_type, f"{why}; it was cancelled", retryable)
+        why = f"ended {state}{f' ({detail})' if detail else ''} at stage {self.stage}"
+        return self._stopped_record("Slurm" + kind.title().replace("_", ""), why, retryable)
 
     def _stopped_record(self, error_type: str, why: str, retryable: bool) -> CellRecord:
-        message = f"SLURM job {self.job_id} {why}; stdout: {self.paths.stdout}; stderr: {self.paths.stderr}"
-        tail = _tail(self.paths.stderr)
+        why = f"SLURM job {self.job_id} {why}; stdout: {self.paths.stdout}; stderr: {self.paths.stderr}"
         return CellRecord.failed(
-            self.cell, self.stage, error_type, message, self._ran(), retryable, traceback=tail
+            self.cell, self.stage, error_type, why, self._ran(), retryable, traceback=self._tail()
         )
+
+    def _tail(self) -> str:
+        """The end of the job's stderr: the traceback, or slurmstepd's word on why it was stopped."""
+        try:
+            text = self.paths.stderr.read_bytes()[-65536:].decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-TRACEBACK_LINES:])
 
 
 class CellCall(Checkpointable):
@@ -419,47 +386,36 @@ class CellCall(Checkpointable):
         # The submitting process's import path, so experiments found there import here too.
         sys.path.extend(p for p in self.import_path if p not in sys.path and os.path.isdir(p))
         stage_file = Path(os.environ["SUBMITIT_FOLDER"]) / f"{submitit.JobEnvironment().job_id}.stage"
-        return run_cell(self.cell, self.runs_dir, self.skip, lambda stage: _write(stage_file, stage))
+        return run_cell(self.cell, self.runs_dir, self.skip, stage_file.write_text)
+
+
+def base_state(state: str) -> str:
+    """`CANCELLED by 0` -> `CANCELLED`."""
+    return state.split(" ", 1)[0].rstrip("+")
 
 
 def cancel_jobs(job_ids: list[str]) -> list[str]:
     """scancel the jobs SLURM still queues or runs (from any shell); their ids."""
-    states = query(job_ids)[0]
-    live = [job_id for job_id in job_ids if base_state(states.get(job_id, "")) in PENDING | RUNNING]
+    states = Watcher(1.0).states(job_ids)
+    live = [job for job, state in states.items() if base_state(state) in PENDING | RUNNING]
     scancel(live)
     return live
 
 
 def scancel(job_ids: list[str]) -> None:
     """Cancel jobs (array elements `123_4` or whole jobs); errors are logged, never raised."""
-    if not job_ids:
-        return
+    if job_ids:
+        _output(["scancel", *job_ids], level=logging.ERROR)
+
+
+def _output(argv: list[str], level: int = logging.DEBUG) -> str | None:
+    """The command's output, or None when it fails, is missing or does not answer in 30 s."""
     try:
-        done = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.error("scancel %s failed: %s", " ".join(job_ids), exc)
-        return
+        log.log(level, "%s failed: %s", argv[0], exc)
+        return None
     if done.returncode != 0:
-        log.error("scancel %s: %s", " ".join(job_ids), done.stderr.strip())
-
-
-def _tail(path: Path, lines: int = TRACEBACK_LINES) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _refresh_directory(folder: Path) -> None:
-    """Touching a directory's mode drops a network filesystem's cached view of it (as submitit does)."""
-    with contextlib.suppress(OSError):
-        folder.chmod(folder.stat().st_mode)
+        log.log(level, "%s exited %d: %s", argv[0], done.returncode, done.stderr.strip())
+        return None
+    return done.stdout

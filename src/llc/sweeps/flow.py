@@ -29,12 +29,12 @@ from llc.cells.execute import cached_record
 from llc.cells.record import CellFailed, CellRecord, is_retryable
 from llc.config import ConfigError
 from llc.rundir import RunDir, atomic_write
-from llc.settings import load_settings
+from llc.settings import Settings, load_settings
 from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
 from llc.sweeps import artifacts
 from llc.sweeps.figures import llc_figures
-from llc.sweeps.options import SweepOptions, resolve_options
+from llc.sweeps.options import resolve_options
 from llc.sweeps.plan import Plan, plan_sweep
 from llc.sweeps.results import JOBS_FILE, error_rows, result_rows, sweep_dir, write_results
 from llc.sweeps.summary import summarize, to_markdown
@@ -149,7 +149,7 @@ def sweep(
 
 def _run_cells(
     plan: Plan,
-    options: SweepOptions,
+    options: Settings,
     skip: bool,
     backend: Backend,
     out: Path,
@@ -241,7 +241,7 @@ def _figures(rows: list[dict[str, Any]], out: Path, logger: Any) -> dict[str, Pa
 
 def _finish(
     plan: Plan,
-    options: SweepOptions,
+    options: Settings,
     records: dict[str, CellRecord],
     out: Path,
     logger: Any,

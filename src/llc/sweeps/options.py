@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-from llc.settings import Settings
-from llc.sweeps.study import Execution
+from pydantic import BaseModel, ValidationError
+
+from llc.config import ConfigError
+from llc.settings import STUDY_OPTIONS, Settings
 
 
-@dataclass(frozen=True)
-class SweepOptions:
-    backend: str
-    runs_dir: Path
-    max_parallel: int
-    timeout_s: float
-    retries: int
-    retry_delay_s: float
-    retry_jitter: float
-    best_by: str
-    progress_every_s: float
-    threads_per_cell: int | None
-    wandb_mode: str
-
-
-def resolve_options(settings: Settings, execution: Execution, **flags: Any) -> SweepOptions:
-    """Each option from the first source that sets it: a flag (not None), the study, the settings."""
-    values: dict[str, Any] = {}
-    for option in fields(SweepOptions):
-        candidates = (
-            flags.get(option.name),
-            getattr(execution, option.name, None),
-            getattr(settings, option.name),
-        )
-        values[option.name] = next((v for v in candidates if v is not None), None)
-    values["runs_dir"] = Path(values["runs_dir"]).resolve()  # absolute paths in tables and links
-    return SweepOptions(**values)
+def resolve_options(settings: Settings, execution: BaseModel, **flags: Any) -> Settings:
+    """The settings with the study's keys, then the flags (those not None), applied and checked by the
+    model that declares them; a bad value is a ConfigError naming the option."""
+    given = {key: value for key, value in execution if key in STUDY_OPTIONS and value is not None}
+    given |= {key: value for key, value in flags.items() if value is not None}
+    try:
+        options = Settings.model_validate({**settings.model_dump(), **given})
+    except ValidationError as exc:
+        raise ConfigError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from None
+    # Absolute paths in tables and links.
+    return options.model_copy(update={"runs_dir": options.runs_dir.resolve()})

@@ -10,14 +10,14 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llc.cells.experiments import LLC_EXPERIMENT
 from llc.config import ConfigError
-from llc.settings import BEST_BY_PATTERN
+from llc.settings import STUDY_OPTIONS, overrides
 
 Loc = tuple[str | int, ...]
 
@@ -35,24 +35,16 @@ class Entry(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-class Execution(BaseModel):
-    """How the sweep runs; each key overrides the LLC_* setting of the same name, flags override these."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backend: str | None = Field(None, pattern=r"^[a-z]+$", description="local | slurm | modal")
-    backend_options: dict[str, Any] = Field(
-        default_factory=dict, description="the backend's own options, e.g. partition or gpu_types"
-    )
-    max_parallel: int | None = Field(None, ge=1)
-    timeout_s: float | None = Field(None, gt=0)
-    retries: int | None = Field(None, ge=0)
-    retry_delay_s: float | None = Field(None, ge=0)
-    retry_jitter: float | None = Field(None, ge=0)
-    best_by: str | None = Field(None, pattern=BEST_BY_PATTERN)
-    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
-        None, description="W&B tracking of each computed cell"
-    )
+# How the sweep runs: each key overrides the LLC_* setting of the same name (its type, checks and
+# description come from llc.settings), and a sweep's flags override these.
+Execution = overrides(
+    "Execution",
+    STUDY_OPTIONS,
+    backend_options=(
+        dict[str, Any],
+        Field(default_factory=dict, description="the backend's own options, e.g. partition or gpu_types"),
+    ),
+)
 
 
 class Study(BaseModel):

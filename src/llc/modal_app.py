@@ -19,10 +19,11 @@ from typing import Any
 
 import modal
 
-from llc.backends.modal import TIERS, ModalOptions, handshake, llc_version, mismatch, progress_board
+from llc.backends.modal import handshake, llc_version, mismatch, progress_board
 from llc.cells.cell import Cell
 from llc.cells.execute import cached_record, run_cell
 from llc.cells.record import CellRecord
+from llc.settings import TIERS, ModalOptions
 
 RUNS_MOUNT = Path("/runs")
 CACHE_MOUNT = Path("/cache")
