@@ -79,6 +79,69 @@ def test_generic_loss_and_gradient_equal_the_hand_written_mlps(per_chain, monkey
     torch.testing.assert_close((s_loss, s_grad), (g_loss, g_grad))
 
 
+def token_layers() -> list[torch.nn.Module]:
+    nn = torch.nn
+    return [nn.Embedding(7, 4), nn.Flatten(), nn.LayerNorm(12), nn.Linear(12, 5), nn.GELU(), nn.Dropout(0.2),
+            nn.Linear(5, 2, bias=False), nn.Tanh()]  # fmt: skip
+
+
+COMMON_LAYERS = {
+    "mlp": (
+        lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)),
+        lambda gen, lead: torch.randn(*lead, 6, generator=gen, dtype=torch.float64),
+        lambda gen, lead: torch.randint(0, 3, lead, generator=gen),
+        per_example_cross_entropy,
+    ),
+    "tokens": (
+        lambda: torch.nn.Sequential(*token_layers()),
+        lambda gen, lead: torch.randint(0, 7, (*lead, 3), generator=gen),
+        lambda gen, lead: torch.randn(*lead, 2, generator=gen, dtype=torch.float64),
+        per_example_mse,
+    ),
+}
+
+
+@pytest.mark.parametrize("per_chain", [True, False])
+@pytest.mark.parametrize("case", COMMON_LAYERS)
+def test_common_layers_skip_torch_func_and_give_its_losses_and_gradients(case, per_chain, monkeypatch):
+    monkeypatch.setattr("llc.module_model.CHUNK", 7)
+    build, inputs, targets, loss = COMMON_LAYERS[case]
+    torch.manual_seed(0)
+    module = build().double()
+    stacked = ModuleModel(module, loss, example_dims=1)
+    through_vmap = ModuleModel(module, loss, example_dims=1)
+    through_vmap.stacked = None
+    assert stacked.stacked is not None
+    gen = torch.Generator().manual_seed(1)
+    w = stacked.flat_parameters() + 0.1 * torch.randn(3, stacked.n_params, generator=gen, dtype=torch.float64)
+    lead = (3, 9) if per_chain else (20,)
+    x, y = inputs(gen, lead), targets(gen, lead)
+
+    loss_value, grad = stacked.loss_and_grad(w, x, y)
+    torch.testing.assert_close((loss_value, grad), through_vmap.loss_and_grad(w, x, y))
+    torch.testing.assert_close(stacked.batch_loss(w, x, y), through_vmap.batch_loss(w, x, y))
+    assert grad.abs().min(dim=0).values.count_nonzero() > 0.9 * grad.shape[1]  # every layer's gradient
+
+
+class Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+        self.layers.append(self.layers[0])  # the same Linear twice: one parameter, read twice
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)),  # a layer not in the list
+        torch.nn.Sequential(torch.nn.Embedding(5, 3, padding_idx=0)),  # an option it does not handle
+        Tied().layers,
+    ],
+)
+def test_other_modules_run_through_torch_func(module):
+    assert ModuleModel(module, per_example_mse, example_dims=1).stacked is None
+
+
 def test_cross_entropy_is_torchs_and_sums_over_positions():
     gen = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 4, 5, generator=gen), torch.randint(0, 5, (6, 4), generator=gen)

@@ -3,7 +3,9 @@
 The module's parameters become one flat tensor of shape [chains, d] (the state every kernel uses),
 cut into per-parameter views inside the function that `vmap` batches over chains, so the gradient
 comes back flat too. Buffers stay fixed and the module is evaluated in eval mode. This is the
-general counterpart of network.MLP, which stays the fast path for the built-in problems.
+general counterpart of network.MLP, which stays the fast path for the built-in problems. A module
+built only from common layers (stacked_layers.py) skips torch.func: its layers take each chain's
+weights as rows of the views, in batched matrix products.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from llc.config import ConfigError
+from llc.stacked_layers import Forward, stacked_forward
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-example losses
 # Full-data passes (hmc, mclmc, evaluation) run over at most this many points at once, so memory stays
@@ -55,6 +58,7 @@ class ModuleModel:
     shapes: list[torch.Size] = field(init=False)
     sizes: list[int] = field(init=False)
     buffers: dict[str, torch.Tensor] = field(init=False, repr=False)
+    stacked: Forward | None = field(init=False, repr=False)  # the forward without torch.func, if any
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -68,6 +72,11 @@ class ModuleModel:
         self._fresh_threads()
         self._per_chain_loss = vmap(self._chain_loss, in_dims=(0, 0, 0))
         self._shared_loss = vmap(self._chain_loss, in_dims=(0, None, None))
+        stacked = stacked_forward(self.module)
+        self.stacked = None if stacked is None else stacked[0]
+        # Built-in losses treat examples one by one, so chains fold into their batch; a loss given as
+        # a callable may not, and runs once per chain under vmap.
+        self._example_loss = self.loss_fn if self.loss_fn in LOSSES.values() else vmap(self.loss_fn)
 
     @property
     def n_params(self) -> int:
@@ -125,8 +134,20 @@ class ModuleModel:
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
-        loss = self._per_chain_loss if self._per_chain(x) else self._shared_loss
-        return loss(self._views(params), x, y)
+        return self._views_loss(self._views(params), x, y)
+
+    def _views_loss(self, views: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`_loss` of per-parameter views [chains, ...]."""
+        if self.stacked is None:
+            return (self._per_chain_loss if self._per_chain(x) else self._shared_loss)(views, x, y)
+        chains = next(iter(views.values())).shape[0]
+        if not self._per_chain(x):
+            x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
+        output = self.stacked(views, x)
+        if self._example_loss is self.loss_fn:
+            folded = self.loss_fn(output.flatten(0, 1), y.flatten(0, 1))
+            return folded.view(chains, -1).mean(dim=1)
+        return self._example_loss(output, y).mean(dim=1)
 
     def _per_chain(self, x: torch.Tensor) -> bool:
         return x.dim() == self.example_dims + 2
@@ -159,9 +180,8 @@ class ModuleModel:
         views = {
             name: view.requires_grad_(True) for name, view in self._views(params.detach().clone()).items()
         }
-        per_chain = self._per_chain(x)
         with torch.enable_grad():
-            loss = (self._per_chain_loss if per_chain else self._shared_loss)(views, x, y)
+            loss = self._views_loss(views, x, y)
             grads = torch.autograd.grad(loss.sum(), list(views.values()))
         chains = params.shape[0]
         return loss.detach(), torch.cat([g.reshape(chains, -1) for g in grads], dim=1)
