@@ -142,6 +142,67 @@ def test_other_modules_run_through_torch_func(module):
     assert ModuleModel(module, per_example_mse, example_dims=1).stacked is None
 
 
+class LastPosition(torch.nn.Module):
+    """Embeddings, causal attention in plain ops and an MLP on every position; logits of the last."""
+
+    def __init__(self, vocab: int = 5, length: int = 4, width: int = 6) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.position = torch.nn.Parameter(0.1 * torch.randn(length, width))
+        self.norm = torch.nn.LayerNorm(width)
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 8), torch.nn.GELU(), torch.nn.Linear(8, width))
+        self.head = torch.nn.Linear(width, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens) + self.position
+        batch, length, width = h.shape
+        q, k, v = self.qkv(self.norm(h)).view(batch, length, 3, 2, -1).permute(2, 0, 3, 1, 4)
+        future = torch.ones(length, length, dtype=torch.bool).triu(1)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(future, -math.inf)
+        h = h + self.out((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width))
+        h = h + self.mlp(self.norm(h))
+        return self.head(h[:, -1])
+
+
+@pytest.mark.parametrize("per_chain", [True, False])
+def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_same_gradients(per_chain):
+    from llc.module_graph import export_forward
+
+    torch.manual_seed(0)
+    module = LastPosition().double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 5, (3, 9, 4) if per_chain else (20, 4), generator=gen)
+    y = torch.randint(0, 5, x.shape[:-1], generator=gen)
+    exported = export_forward(module, x[0] if per_chain else x)
+    assert exported is not None and exported[1] >= 10  # the MLP, attention and out-projection narrowed
+
+    graph = ModuleModel(module, per_example_cross_entropy, example_dims=1)
+    functional = ModuleModel(module, per_example_cross_entropy, example_dims=1, exported=False)
+    assert graph.stacked is None
+    w = graph.flat_parameters() + 0.1 * torch.randn(3, graph.n_params, generator=gen, dtype=torch.float64)
+    loss, grad = graph.loss_and_grad(w, x, y)
+    torch.testing.assert_close((loss, grad), functional.loss_and_grad(w, x, y))
+    torch.testing.assert_close(graph.batch_loss(w, x, y), functional.batch_loss(w, x, y))
+    assert grad.count_nonzero() > 0.9 * grad.numel()
+    assert any(v is not None for v in graph._graphs.values())
+
+
+class DataDependent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) if x.sum() > 0 else -self.linear(x)
+
+
+def test_a_forward_torch_export_cannot_trace_keeps_functional_call():
+    from llc.module_graph import export_forward
+
+    assert export_forward(DataDependent(), torch.ones(4, 3)) is None
+
+
 def test_cross_entropy_is_torchs_and_sums_over_positions():
     gen = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 4, 5, generator=gen), torch.randint(0, 5, (6, 4), generator=gen)

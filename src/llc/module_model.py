@@ -20,6 +20,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from llc.config import ConfigError
+from llc.module_graph import GraphForward, export_forward
 from llc.stacked_layers import Forward, stacked_forward
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-example losses
@@ -53,6 +54,7 @@ class ModuleModel:
     loss_fn: LossFn
     example_dims: int  # dimensions of one input example: x [n, ...] has example_dims + 1
     vectorized: bool = True
+    exported: bool = True  # run the forward as an exported graph that computes only what it reads
     auto_compile: ClassVar[bool] = False  # compile=auto leaves torch.func steps eager (samplers/driver.py)
     names: list[str] = field(init=False)
     shapes: list[torch.Size] = field(init=False)
@@ -104,6 +106,8 @@ class ModuleModel:
         self._threads = threading.local()
         self._template = copy.deepcopy(self.module)
         self._copying = threading.Lock()
+        # The vmapped losses of the exported forward per input shape, dtype and device (None: not exportable)
+        self._graphs: dict[tuple, tuple[Callable, Callable] | None] = {}
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of flat parameters [..., d] (cut outside vmap: cheaper than inside)."""
@@ -136,10 +140,33 @@ class ModuleModel:
         """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
         return self._views_loss(self._views(params), x, y)
 
-    def _views_loss(self, views: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """`_loss` of per-parameter views [chains, ...]."""
+    def _graph_losses(self, example: torch.Tensor) -> tuple[Callable, Callable] | None:
+        """The per-chain and shared vmapped losses of the forward exported for inputs like `example` (one
+        chain's batch), exported on first use from a copy nobody evaluates; None if it cannot be."""
+        key = (tuple(example.shape), example.dtype, example.device)
+        if key not in self._graphs:
+            with self._copying:
+                if key not in self._graphs:
+                    exported = export_forward(copy.deepcopy(self._template), example)
+                    self._graphs[key] = None if exported is None else self._vmapped(exported[0])
+        return self._graphs[key]
+
+    def _vmapped(self, forward: GraphForward) -> tuple[Callable, Callable]:
+        def chain_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(forward(params, self.buffers, x), y).mean()
+
+        return vmap(chain_loss, in_dims=(0, 0, 0)), vmap(chain_loss, in_dims=(0, None, None))
+
+    def _views_loss(
+        self, views: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, graph: bool = True
+    ) -> torch.Tensor:
+        """`_loss` of per-parameter views [chains, ...]; `graph` false: never the exported forward."""
         if self.stacked is None:
-            return (self._per_chain_loss if self._per_chain(x) else self._shared_loss)(views, x, y)
+            per_chain = self._per_chain(x)
+            losses = (self._per_chain_loss, self._shared_loss)
+            if graph and self.exported:
+                losses = self._graph_losses(x[0] if per_chain else x) or losses
+            return losses[0 if per_chain else 1](views, x, y)
         chains = next(iter(views.values())).shape[0]
         if not self._per_chain(x):
             x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
@@ -171,7 +198,7 @@ class ModuleModel:
         return value, grad
 
     def _loss_and_grad(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, graph: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The per-parameter views are the leaves autograd differentiates: the flat gradient is then
         # one cat of their gradients (through the slicing, each would be a zero-filled [chains, d]).
@@ -181,7 +208,7 @@ class ModuleModel:
             name: view.requires_grad_(True) for name, view in self._views(params.detach().clone()).items()
         }
         with torch.enable_grad():
-            loss = self._views_loss(views, x, y)
+            loss = self._views_loss(views, x, y, graph)
             grads = torch.autograd.grad(loss.sum(), list(views.values()))
         chains = params.shape[0]
         return loss.detach(), torch.cat([g.reshape(chains, -1) for g in grads], dim=1)
@@ -234,8 +261,8 @@ class ModuleModel:
             return
         w = self.flat_parameters().unsqueeze(0).expand(2, -1).clone()
         xs, ys = x[:2].unsqueeze(0).expand(2, *x[:2].shape), y[:2].unsqueeze(0).expand(2, *y[:2].shape)
-        try:
-            self.loss_and_grad(w, xs, ys)
+        try:  # through functional_call: a forward that torch.export cannot take may still batch
+            self._loss_and_grad(w, xs, ys, graph=False)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConfigError(
