@@ -175,7 +175,7 @@ def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_
     x = torch.randint(0, 5, (3, 9, 4) if per_chain else (20, 4), generator=gen)
     y = torch.randint(0, 5, x.shape[:-1], generator=gen)
     exported = export_forward(module, x[0] if per_chain else x)
-    assert exported is not None and exported[1] >= 10  # the MLP, attention and out-projection narrowed
+    assert exported is not None and exported.pushed >= 10  # the MLP, attention and out-projection narrowed
 
     graph = ModuleModel(module, per_example_cross_entropy, example_dims=1)
     functional = ModuleModel(module, per_example_cross_entropy, example_dims=1, exported=False)
@@ -186,6 +186,30 @@ def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_
     torch.testing.assert_close(graph.batch_loss(w, x, y), functional.batch_loss(w, x, y))
     assert grad.count_nonzero() > 0.9 * grad.numel()
     assert any(v is not None for v in graph._graphs.values())
+    assert any(v is not None for v in graph._chain_graphs.values())  # all chains without vmap
+
+
+class Cumulative(torch.nn.Module):
+    """An operation chain_graph.py has no rule for (cumsum): the exported graph runs under vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).cumsum(dim=-1)
+
+
+def test_an_operation_without_a_chain_rule_runs_the_exported_graph_under_vmap():
+    torch.manual_seed(0)
+    module = Cumulative().double()
+    x, y = torch.randn(3, 5, 3, dtype=torch.float64), torch.randn(3, 5, 2, dtype=torch.float64)
+    graph = ModuleModel(module, per_example_mse, example_dims=1)
+    w = graph.flat_parameters() + 0.1 * torch.randn(3, graph.n_params, dtype=torch.float64)
+    result = graph.loss_and_grad(w, x, y)
+    assert list(graph._chain_graphs.values()) == [None] and None not in graph._graphs.values()
+    functional = ModuleModel(module, per_example_mse, example_dims=1, exported=False)
+    torch.testing.assert_close(result, functional.loss_and_grad(w, x, y))
 
 
 class DataDependent(torch.nn.Module):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from torch import fx
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
+SMALL = 1024  # largest matrix (elements) that small_products_as_sums multiplies element by element
 # (params by name, buffers by name, x) -> the module's output; a pure function, safe under vmap and threads
 GraphForward = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], Any]
 
@@ -40,9 +42,16 @@ POINTWISE = {
 }  # fmt: skip
 
 
-def export_forward(module: torch.nn.Module, x: torch.Tensor) -> tuple[GraphForward, int] | None:
-    """The module's forward on inputs shaped as x (one chain's batch) as a narrowed graph, and how many
-    selections it pushed; None if torch.export cannot trace it or the graph disagrees with the module."""
+@dataclass(frozen=True)
+class Exported:
+    program: torch.export.ExportedProgram  # its graph_module narrowed
+    forward: GraphForward  # one chain's forward, through that graph
+    pushed: int  # selections pushed towards the inputs
+
+
+def export_forward(module: torch.nn.Module, x: torch.Tensor) -> Exported | None:
+    """The module's forward on inputs shaped as x (one chain's batch) as a narrowed graph; None if
+    torch.export cannot trace it or the graph disagrees with the module."""
     try:
         program = torch.export.export(module, (x,), strict=False)
         graph = program.graph_module
@@ -51,37 +60,94 @@ def export_forward(module: torch.nn.Module, x: torch.Tensor) -> tuple[GraphForwa
         with torch.no_grad():
             params = {k: p.detach() for k, p in module.named_parameters()}
             buffers = {k: b.detach() for k, b in module.named_buffers()}
-            expected, got = module(x), forward(params, buffers, x)
-        torch.testing.assert_close(got, expected)
+            expected = module(x)
+            _ShapeRecorder(graph).run(*graph_inputs(program, params, buffers, x))
+            small_products_as_sums(graph)
+            got = _ShapeRecorder(graph).run(*graph_inputs(program, params, buffers, x))
+        torch.testing.assert_close(got[0] if len(got) == 1 else got, expected)
     except Exception as exc:  # any model torch.export cannot take keeps functional_call
         log.debug("the module's forward was not exported (%s: %s)", type(exc).__name__, exc)
         return None
-    return forward, pushed
+    return Exported(program, forward, pushed)
 
 
 def _as_function(program: torch.export.ExportedProgram) -> GraphForward:
-    from torch.export.graph_signature import InputKind
-
-    specs = program.graph_signature.input_specs
-    constants = dict(program.constants)
     graph = program.graph_module
     single = len(program.graph_signature.output_specs) == 1
 
     def forward(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
-        args = []
-        for spec in specs:
-            if spec.kind == InputKind.PARAMETER:
-                args.append(params[spec.target])
-            elif spec.kind == InputKind.BUFFER:
-                args.append(buffers[spec.target])
-            elif spec.kind == InputKind.USER_INPUT:
-                args.append(x)
-            else:
-                args.append(constants[spec.target])
-        out = graph(*args)
+        out = graph(*graph_inputs(program, params, buffers, x))
         return out[0] if single else out
 
     return forward
+
+
+def graph_inputs(
+    program: torch.export.ExportedProgram,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    x: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The exported graph's inputs, in its order: parameters, buffers, the data, lifted constants."""
+    from torch.export.graph_signature import InputKind
+
+    args = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind == InputKind.PARAMETER:
+            args.append(params[spec.target])
+        elif spec.kind == InputKind.BUFFER:
+            args.append(buffers[spec.target])
+        elif spec.kind == InputKind.USER_INPUT:
+            args.append(x)
+        else:
+            args.append(program.constants[spec.target])
+    return args
+
+
+def small_products_as_sums(graph_module: fx.GraphModule) -> int:
+    """Batched matmuls of one row (or one column) by a small matrix, as a narrowed attention makes
+    them (a single query against a few keys), rewritten as a broadcast product and a sum: the same
+    arithmetic without a matrix-product call per batch element, which costs more than the product."""
+    graph, rewritten = graph_module.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.matmul.default:
+            continue
+        a, b = (_shape(arg) for arg in node.args)
+        if a is None or b is None or min(len(a), len(b)) < 3:
+            continue
+        (m, k), n = a[-2:], b[-1]
+        with graph.inserting_before(node):
+            if m == 1 and k * n <= SMALL:  # [.., 1, k] @ [.., k, n]: sum over k of a^T * b
+                column = graph.call_function(aten.transpose.int, (node.args[0], -1, -2))
+                product = graph.call_function(aten.mul.Tensor, (column, node.args[1]))
+                total = graph.call_function(aten.sum.dim_IntList, (product, [-2], True))
+            elif n == 1 and m * k <= SMALL:  # [.., m, k] @ [.., k, 1]: sum over k of a * b^T
+                row = graph.call_function(aten.transpose.int, (node.args[1], -1, -2))
+                product = graph.call_function(aten.mul.Tensor, (node.args[0], row))
+                total = graph.call_function(aten.sum.dim_IntList, (product, [-1], True))
+            else:
+                continue
+        node.replace_all_uses_with(total)
+        graph.erase_node(node)
+        rewritten += 1
+    graph.lint()
+    graph_module.recompile()
+    return rewritten
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph, leaving the shape of each node that the narrowing made (as a meta tensor) where
+    export leaves it for the others, node.meta["val"]; chain_graph.py reads them. Every tensor's device
+    goes to node.meta["device"]."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta.setdefault("val", torch.empty(result.shape, dtype=result.dtype, device="meta"))
+            n.meta["device"] = result.device
+        elif isinstance(result, list | tuple) and all(isinstance(r, torch.Tensor) for r in result):
+            n.meta.setdefault("val", [torch.empty(r.shape, dtype=r.dtype, device="meta") for r in result])
+        return result
 
 
 # ---- pushing selections towards the inputs ----------------------------------------------------------

@@ -11,6 +11,7 @@ weights as rows of the views, in batched matrix products.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,10 +20,12 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, vmap
 
+from llc.chain_graph import ChainForward, batch_over_chains
 from llc.config import ConfigError
-from llc.module_graph import GraphForward, export_forward
+from llc.module_graph import Exported, GraphForward, export_forward
 from llc.stacked_layers import Forward, stacked_forward
 
+log = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-example losses
 # Full-data passes (hmc, mclmc, evaluation) run over at most this many points at once, so memory stays
 # chains × CHUNK × activations however large the data set.
@@ -106,8 +109,10 @@ class ModuleModel:
         self._threads = threading.local()
         self._template = copy.deepcopy(self.module)
         self._copying = threading.Lock()
-        # The vmapped losses of the exported forward per input shape, dtype and device (None: not exportable)
-        self._graphs: dict[tuple, tuple[Callable, Callable] | None] = {}
+        # The exported forward per input shape, dtype and device (None: not exportable), and that
+        # rewritten per number of chains (None: not rewritable)
+        self._graphs: dict[tuple, Exported | None] = {}
+        self._chain_graphs: dict[tuple, ChainForward | None] = {}
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of flat parameters [..., d] (cut outside vmap: cheaper than inside)."""
@@ -140,41 +145,82 @@ class ModuleModel:
         """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
         return self._views_loss(self._views(params), x, y)
 
-    def _graph_losses(self, example: torch.Tensor) -> tuple[Callable, Callable] | None:
-        """The per-chain and shared vmapped losses of the forward exported for inputs like `example` (one
-        chain's batch), exported on first use from a copy nobody evaluates; None if it cannot be."""
+    def _exported(self, example: torch.Tensor) -> Exported | None:
+        """The forward exported for inputs like `example` (one chain's batch), on first use, from a copy
+        that nobody evaluates; None if it cannot be."""
         key = (tuple(example.shape), example.dtype, example.device)
         if key not in self._graphs:
             with self._copying:
                 if key not in self._graphs:
-                    exported = export_forward(copy.deepcopy(self._template), example)
-                    self._graphs[key] = None if exported is None else self._vmapped(exported[0])
+                    self._graphs[key] = export_forward(copy.deepcopy(self._template), example)
         return self._graphs[key]
 
-    def _vmapped(self, forward: GraphForward) -> tuple[Callable, Callable]:
-        def chain_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return self.loss_fn(forward(params, self.buffers, x), y).mean()
+    def _chained(self, exported: Exported, views: dict[str, torch.Tensor], x: torch.Tensor) -> Forward | None:
+        """The exported forward rewritten for this many chains (chain_graph.py), checked once against it
+        under vmap; None where it cannot be rewritten."""
+        chains = x.shape[0]
+        key = (id(exported), chains)
+        if key not in self._chain_graphs:
+            with self._copying:
+                if key not in self._chain_graphs:
+                    self._chain_graphs[key] = self._checked(
+                        exported, batch_over_chains(exported.program, chains), views, x
+                    )
+        forward = self._chain_graphs[key]
+        return None if forward is None else lambda params, h: forward(params, self.buffers, h)
 
-        return vmap(chain_loss, in_dims=(0, 0, 0)), vmap(chain_loss, in_dims=(0, None, None))
+    def _checked(
+        self,
+        exported: Exported,
+        chained: ChainForward | None,
+        views: dict[str, torch.Tensor],
+        x: torch.Tensor,
+    ) -> ChainForward | None:
+        if chained is None:
+            return None
+        with torch.no_grad():
+            params = {k: v.detach() for k, v in views.items()}
+            reference = vmap(exported.forward, in_dims=(0, None, 0))(params, self.buffers, x)
+            try:
+                torch.testing.assert_close(chained(params, self.buffers, x), reference)
+            except AssertionError:
+                log.warning("the chain-batched graph of the model disagrees with vmap; using vmap")
+                return None
+        return chained
 
     def _views_loss(
         self, views: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, graph: bool = True
     ) -> torch.Tensor:
-        """`_loss` of per-parameter views [chains, ...]; `graph` false: never the exported forward."""
-        if self.stacked is None:
-            per_chain = self._per_chain(x)
-            losses = (self._per_chain_loss, self._shared_loss)
-            if graph and self.exported:
-                losses = self._graph_losses(x[0] if per_chain else x) or losses
-            return losses[0 if per_chain else 1](views, x, y)
+        """`_loss` of per-parameter views [chains, ...]; `graph` false: through functional_call only.
+
+        The fastest way that applies: a stack of common layers (stacked_layers.py); the exported,
+        narrowed graph rewritten for all chains (chain_graph.py), or under vmap; functional_call under vmap.
+        """
         chains = next(iter(views.values())).shape[0]
-        if not self._per_chain(x):
+        per_chain = self._per_chain(x)
+        forward = self.stacked
+        if forward is None:
+            exported = self._exported(x[0] if per_chain else x) if graph and self.exported else None
+            if exported is None:
+                return (self._per_chain_loss if per_chain else self._shared_loss)(views, x, y)
+            if not per_chain:
+                x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
+            forward = self._chained(exported, views, x)
+            if forward is None:
+                return self._vmapped(exported.forward)(views, x, y)
+        elif not per_chain:
             x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
-        output = self.stacked(views, x)
+        output = forward(views, x)
         if self._example_loss is self.loss_fn:
             folded = self.loss_fn(output.flatten(0, 1), y.flatten(0, 1))
             return folded.view(chains, -1).mean(dim=1)
         return self._example_loss(output, y).mean(dim=1)
+
+    def _vmapped(self, forward: GraphForward) -> Callable:
+        def chain_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(forward(params, self.buffers, x), y).mean()
+
+        return vmap(chain_loss)
 
     def _per_chain(self, x: torch.Tensor) -> bool:
         return x.dim() == self.example_dims + 2
