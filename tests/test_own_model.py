@@ -145,8 +145,11 @@ def test_other_modules_run_through_torch_func(module):
 class LastPosition(torch.nn.Module):
     """Embeddings, causal attention in plain ops and an MLP on every position; logits of the last."""
 
-    def __init__(self, vocab: int = 5, length: int = 4, width: int = 6) -> None:
+    def __init__(self, vocab: int = 5, length: int = 4, width: int = 6, split: bool = False) -> None:
         super().__init__()
+        self.split = (
+            split  # q, k, v by split of the projection (nanoGPT), or unbind of it viewed and permuted
+        )
         self.embed = torch.nn.Embedding(vocab, width)
         self.position = torch.nn.Parameter(0.1 * torch.randn(length, width))
         self.norm = torch.nn.LayerNorm(width)
@@ -157,7 +160,12 @@ class LastPosition(torch.nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.embed(tokens) + self.position
         batch, length, width = h.shape
-        q, k, v = self.qkv(self.norm(h)).view(batch, length, 3, 2, -1).permute(2, 0, 3, 1, 4)
+        if self.split:
+            q, k, v = (
+                t.view(batch, length, 2, -1).transpose(1, 2) for t in self.qkv(self.norm(h)).split(width, 2)
+            )
+        else:
+            q, k, v = self.qkv(self.norm(h)).view(batch, length, 3, 2, -1).permute(2, 0, 3, 1, 4)
         future = torch.ones(length, length, dtype=torch.bool).triu(1)
         scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(future, -math.inf)
         h = h + self.out((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width))
@@ -165,17 +173,19 @@ class LastPosition(torch.nn.Module):
         return self.head(h[:, -1])
 
 
-@pytest.mark.parametrize("per_chain", [True, False])
-def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_same_gradients(per_chain):
+@pytest.mark.parametrize(("per_chain", "split"), [(True, False), (False, False), (True, True)])
+def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_same_gradients(
+    per_chain, split
+):
     from llc.module_graph import export_forward
 
     torch.manual_seed(0)
-    module = LastPosition().double()
+    module = LastPosition(split=split).double()
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, 5, (3, 9, 4) if per_chain else (20, 4), generator=gen)
     y = torch.randint(0, 5, x.shape[:-1], generator=gen)
     exported = export_forward(module, x[0] if per_chain else x)
-    assert exported is not None and exported.pushed >= 10  # the MLP, attention and out-projection narrowed
+    assert exported is not None and exported.pushed >= 14  # the MLP, attention, out-projection, queries
 
     graph = ModuleModel(module, per_example_cross_entropy, example_dims=1)
     functional = ModuleModel(module, per_example_cross_entropy, example_dims=1, exported=False)

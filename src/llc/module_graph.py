@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,15 +56,19 @@ def export_forward(module: torch.nn.Module, x: torch.Tensor) -> Exported | None:
     try:
         program = torch.export.export(module, (x,), strict=False)
         graph = program.graph_module
-        pushed = narrow_to_what_is_read(graph)
         forward = _as_function(program)
         with torch.no_grad():
             params = {k: p.detach() for k, p in module.named_parameters()}
             buffers = {k: b.detach() for k, b in module.named_buffers()}
+            inputs = graph_inputs(program, params, buffers, x)
             expected = module(x)
-            _ShapeRecorder(graph).run(*graph_inputs(program, params, buffers, x))
+            # Each pass reads the shapes of the nodes the one before made.
+            split_fused_projections(graph)
+            _ShapeRecorder(graph).run(*inputs)
+            pushed = narrow_to_what_is_read(graph)
+            _ShapeRecorder(graph).run(*inputs)
             small_products_as_sums(graph)
-            got = _ShapeRecorder(graph).run(*graph_inputs(program, params, buffers, x))
+            got = _ShapeRecorder(graph).run(*inputs)
         torch.testing.assert_close(got[0] if len(got) == 1 else got, expected)
     except Exception as exc:  # any model torch.export cannot take keeps functional_call
         log.debug("the module's forward was not exported (%s: %s)", type(exc).__name__, exc)
@@ -102,6 +107,73 @@ def graph_inputs(
         else:
             args.append(program.constants[spec.target])
     return args
+
+
+def split_fused_projections(graph_module: fx.GraphModule) -> int:
+    """A linear layer whose output is only cut into parts along its features (q, k and v of a fused
+    attention projection: `split` of the output, or `unbind` of it viewed as [..., 3, heads, width] and
+    permuted) becomes one linear layer per part, on the matching rows of the weight: the same
+    arithmetic, but each part can then be narrowed alone (the queries of one position) and none is
+    copied out of a permuted whole. Returns the layers split."""
+    graph, split = graph_module.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.linear.default or len(node.users) != 1:
+            continue
+        out = _shape(node)
+        parts = _parts(node, out) if out is not None else None
+        if parts is None:
+            continue
+        x, weight, bias = (*node.args, None)[:3]
+        for getitem, (start, stop), finish in parts:
+            with graph.inserting_before(getitem):
+                rows = graph.call_function(aten.slice.Tensor, (weight, 0, start, stop))
+                cut = None if bias is None else graph.call_function(aten.slice.Tensor, (bias, 0, start, stop))
+                result = finish(graph.call_function(aten.linear.default, (x, rows, cut)))
+            getitem.replace_all_uses_with(result)
+        split += 1
+    graph.eliminate_dead_code()
+    graph.lint()
+    graph_module.recompile()
+    return split
+
+
+def _parts(linear: fx.Node, out: torch.Size) -> list[tuple[fx.Node, tuple[int, int], Callable]] | None:
+    """For a linear layer's output cut into parts: each part's getitem node, its rows of the weight, and
+    how to make the part from its own linear layer's output; None for any other use of the output."""
+    graph, (user,) = linear.graph, list(linear.users)
+    features, last = out[-1], len(out) - 1
+    if user.target is aten.split.Tensor:
+        getitems = list(user.users)
+        if (*user.args, 0)[2] % len(out) != last or not all(g.target is operator.getitem for g in getitems):
+            return None
+        size = user.args[1]
+        return [(g, (g.args[1] * size, min(features, (g.args[1] + 1) * size)), lambda p: p) for g in getitems]
+    # linear -> view [..., a, *rest] -> (permute) -> unbind along the dimension of a
+    if user.target not in (aten.view.default, aten.reshape.default) or len(user.users) != 1:
+        return None
+    shape = list(_shape(user) or [])
+    if shape[:last] != list(out[:last]) or len(shape) <= last + 1:
+        return None
+    rest = shape[last + 1 :]
+    (after,) = list(user.users)
+    dims = list(range(len(shape)))
+    unbind = after
+    if after.target is aten.permute.default and len(after.users) == 1:
+        dims = [d % len(shape) for d in after.args[1]]
+        (unbind,) = list(after.users)
+    if unbind.target is not aten.unbind.int:
+        return None
+    dim = (*unbind.args, 0)[1] % len(shape)
+    if dims[dim] != last or not all(g.target is operator.getitem for g in unbind.users):
+        return None
+    kept = [d - (d > last) for d in dims if d != last]  # the permutation without the unbound dimension
+    width = math.prod(rest)
+
+    def finish(part: fx.Node) -> fx.Node:
+        viewed = graph.call_function(aten.reshape.default, (part, [*out[:last], *rest]))
+        return graph.call_function(aten.permute.default, (viewed, kept))
+
+    return [(g, (g.args[1] * width, (g.args[1] + 1) * width), finish) for g in unbind.users]
 
 
 def small_products_as_sums(graph_module: fx.GraphModule) -> int:

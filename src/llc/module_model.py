@@ -246,8 +246,8 @@ class ModuleModel:
     def _loss_and_grad(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, graph: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The per-parameter views are the leaves autograd differentiates: the flat gradient is then
-        # one cat of their gradients (through the slicing, each would be a zero-filled [chains, d]).
+        # The per-parameter views are the leaves autograd differentiates: their gradients are then
+        # copied into the flat one (through the slicing, each would be a zero-filled [chains, d]).
         # They view a copy: `params` is often a block of the sampler's state, whose other blocks
         # another thread updates in place meanwhile (samplers/blocks.py).
         views = {
@@ -256,8 +256,10 @@ class ModuleModel:
         with torch.enable_grad():
             loss = self._views_loss(views, x, y, graph)
             grads = torch.autograd.grad(loss.sum(), list(views.values()))
-        chains = params.shape[0]
-        return loss.detach(), torch.cat([g.reshape(chains, -1) for g in grads], dim=1)
+        flat = torch.empty_like(params)
+        for piece, g in zip(self._views(flat).values(), grads, strict=True):
+            piece.copy_(g)  # one pass, also for a gradient autograd left transposed
+        return loss.detach(), flat
 
     def loss_and_grad_pieces(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
