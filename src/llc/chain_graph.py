@@ -28,7 +28,12 @@ SHIFTED = {  # operations whose arguments at these positions are dimensions of t
     aten.softmax.int: (1,), aten._softmax.default: (1,), aten.log_softmax.int: (1,),
     aten._log_softmax.default: (1,), aten.narrow.default: (1,), aten.select.int: (1,),
     aten.slice.Tensor: (1,), aten.squeeze.dim: (1,), aten.unbind.int: (1,), aten.transpose.int: (1, 2),
+    aten.split_with_sizes.default: (2,), aten.split.Tensor: (2,),
 }  # fmt: skip
+
+
+# Where the dimension argument of an operation goes when it is left at its default, 0.
+DIMENSION_AT = {aten.unbind.int: 1, aten.slice.Tensor: 1, aten.split.Tensor: 2}
 
 
 class Unsupported(Exception):
@@ -110,7 +115,7 @@ def _rule(
         return call(aten.reshape.default, (new[a], [chains, *[1] * (rank - own), *_shape(a)]))
 
     args, kwargs = list(node.args), dict(node.kwargs)
-    if target in (aten.unbind.int, aten.slice.Tensor) and len(args) == 1:
+    if len(args) == DIMENSION_AT.get(target, -1):
         args.append(0)  # the default dimension, which the chains' dimension moves
     if target in POINTWISE:
         rank = _rank(node)

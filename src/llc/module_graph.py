@@ -124,10 +124,18 @@ def split_fused_projections(graph_module: fx.GraphModule) -> int:
         if parts is None:
             continue
         x, weight, bias = (*node.args, None)[:3]
-        for getitem, (start, stop), finish in parts:
+        sizes, uses, finish = parts
+        # One split of the weight (and bias), whose gradient is one concatenation, not a zero-filled
+        # whole per part.
+        with graph.inserting_before(node):
+            weights, biases = (
+                None if p is None else graph.call_function(aten.split_with_sizes.default, (p, sizes, 0))
+                for p in (weight, bias)
+            )
+        for getitem, index in uses:
             with graph.inserting_before(getitem):
-                rows = graph.call_function(aten.slice.Tensor, (weight, 0, start, stop))
-                cut = None if bias is None else graph.call_function(aten.slice.Tensor, (bias, 0, start, stop))
+                rows = graph.call_function(operator.getitem, (weights, index))
+                cut = None if biases is None else graph.call_function(operator.getitem, (biases, index))
                 result = finish(graph.call_function(aten.linear.default, (x, rows, cut)))
             getitem.replace_all_uses_with(result)
         split += 1
@@ -137,9 +145,10 @@ def split_fused_projections(graph_module: fx.GraphModule) -> int:
     return split
 
 
-def _parts(linear: fx.Node, out: torch.Size) -> list[tuple[fx.Node, tuple[int, int], Callable]] | None:
-    """For a linear layer's output cut into parts: each part's getitem node, its rows of the weight, and
-    how to make the part from its own linear layer's output; None for any other use of the output."""
+def _parts(linear: fx.Node, out: torch.Size) -> tuple[list[int], list[tuple[fx.Node, int]], Callable] | None:
+    """For a linear layer's output cut into parts along its features: the parts' sizes, the getitem
+    node of each part used with its index, and how to make a part from its own linear layer's output;
+    None for any other use of the output."""
     graph, (user,) = linear.graph, list(linear.users)
     features, last = out[-1], len(out) - 1
     if user.target is aten.split.Tensor:
@@ -147,7 +156,8 @@ def _parts(linear: fx.Node, out: torch.Size) -> list[tuple[fx.Node, tuple[int, i
         if (*user.args, 0)[2] % len(out) != last or not all(g.target is operator.getitem for g in getitems):
             return None
         size = user.args[1]
-        return [(g, (g.args[1] * size, min(features, (g.args[1] + 1) * size)), lambda p: p) for g in getitems]
+        sizes = [min(size, features - start) for start in range(0, features, size)]
+        return sizes, [(g, g.args[1]) for g in getitems], lambda part: part
     # linear -> view [..., a, *rest] -> (permute) -> unbind along the dimension of a
     if user.target not in (aten.view.default, aten.reshape.default) or len(user.users) != 1:
         return None
@@ -167,13 +177,12 @@ def _parts(linear: fx.Node, out: torch.Size) -> list[tuple[fx.Node, tuple[int, i
     if dims[dim] != last or not all(g.target is operator.getitem for g in unbind.users):
         return None
     kept = [d - (d > last) for d in dims if d != last]  # the permutation without the unbound dimension
-    width = math.prod(rest)
 
     def finish(part: fx.Node) -> fx.Node:
         viewed = graph.call_function(aten.reshape.default, (part, [*out[:last], *rest]))
         return graph.call_function(aten.permute.default, (viewed, kept))
 
-    return [(g, (g.args[1] * width, (g.args[1] + 1) * width), finish) for g in unbind.users]
+    return [math.prod(rest)] * shape[last], [(g, g.args[1]) for g in unbind.users], finish
 
 
 def small_products_as_sums(graph_module: fx.GraphModule) -> int:
@@ -189,7 +198,13 @@ def small_products_as_sums(graph_module: fx.GraphModule) -> int:
             continue
         (m, k), n = a[-2:], b[-1]
         with graph.inserting_before(node):
-            if m == 1 and k * n <= SMALL:  # [.., 1, k] @ [.., k, n]: sum over k of a^T * b
+            keys = _transposed(node.args[1])
+            if m == 1 and k * n <= SMALL and keys is not None:
+                # [.., 1, k] @ [.., n, k]^T (a query against keys): sum over k of a * keys, row by row
+                product = graph.call_function(aten.mul.Tensor, (node.args[0], keys))
+                rows = graph.call_function(aten.sum.dim_IntList, (product, [-1]))
+                total = graph.call_function(aten.unsqueeze.default, (rows, -2))
+            elif m == 1 and k * n <= SMALL:  # [.., 1, k] @ [.., k, n]: sum over k of a^T * b
                 column = graph.call_function(aten.transpose.int, (node.args[0], -1, -2))
                 product = graph.call_function(aten.mul.Tensor, (column, node.args[1]))
                 total = graph.call_function(aten.sum.dim_IntList, (product, [-2], True))
@@ -202,9 +217,20 @@ def small_products_as_sums(graph_module: fx.GraphModule) -> int:
         node.replace_all_uses_with(total)
         graph.erase_node(node)
         rewritten += 1
+    graph.eliminate_dead_code()
     graph.lint()
     graph_module.recompile()
     return rewritten
+
+
+def _transposed(node: Any) -> fx.Node | None:
+    """X where `node` is X with its last two dimensions swapped (k.transpose(-1, -2)), else None."""
+    if not isinstance(node, fx.Node) or node.target is not aten.transpose.int:
+        return None
+    shape = _shape(node.args[0])
+    if shape is None or {d % len(shape) for d in node.args[1:3]} != {len(shape) - 1, len(shape) - 2}:
+        return None
+    return node.args[0]
 
 
 class _ShapeRecorder(fx.Interpreter):
