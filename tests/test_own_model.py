@@ -79,6 +79,164 @@ def test_generic_loss_and_gradient_equal_the_hand_written_mlps(per_chain, monkey
     torch.testing.assert_close((s_loss, s_grad), (g_loss, g_grad))
 
 
+def token_layers() -> list[torch.nn.Module]:
+    nn = torch.nn
+    return [nn.Embedding(7, 4), nn.Flatten(), nn.LayerNorm(12), nn.Linear(12, 5), nn.GELU(), nn.Dropout(0.2),
+            nn.Linear(5, 2, bias=False), nn.Tanh()]  # fmt: skip
+
+
+COMMON_LAYERS = {
+    "mlp": (
+        lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)),
+        lambda gen, lead: torch.randn(*lead, 6, generator=gen, dtype=torch.float64),
+        lambda gen, lead: torch.randint(0, 3, lead, generator=gen),
+        per_example_cross_entropy,
+    ),
+    "tokens": (
+        lambda: torch.nn.Sequential(*token_layers()),
+        lambda gen, lead: torch.randint(0, 7, (*lead, 3), generator=gen),
+        lambda gen, lead: torch.randn(*lead, 2, generator=gen, dtype=torch.float64),
+        per_example_mse,
+    ),
+}
+
+
+@pytest.mark.parametrize("per_chain", [True, False])
+@pytest.mark.parametrize("case", COMMON_LAYERS)
+def test_common_layers_skip_torch_func_and_give_its_losses_and_gradients(case, per_chain, monkeypatch):
+    monkeypatch.setattr("llc.module_model.CHUNK", 7)
+    build, inputs, targets, loss = COMMON_LAYERS[case]
+    torch.manual_seed(0)
+    module = build().double()
+    stacked = ModuleModel(module, loss, example_dims=1)
+    through_vmap = ModuleModel(module, loss, example_dims=1)
+    through_vmap.stacked = None
+    assert stacked.stacked is not None
+    gen = torch.Generator().manual_seed(1)
+    w = stacked.flat_parameters() + 0.1 * torch.randn(3, stacked.n_params, generator=gen, dtype=torch.float64)
+    lead = (3, 9) if per_chain else (20,)
+    x, y = inputs(gen, lead), targets(gen, lead)
+
+    loss_value, grad = stacked.loss_and_grad(w, x, y)
+    torch.testing.assert_close((loss_value, grad), through_vmap.loss_and_grad(w, x, y))
+    torch.testing.assert_close(stacked.batch_loss(w, x, y), through_vmap.batch_loss(w, x, y))
+    assert grad.abs().min(dim=0).values.count_nonzero() > 0.9 * grad.shape[1]  # every layer's gradient
+
+
+class Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+        self.layers.append(self.layers[0])  # the same Linear twice: one parameter, read twice
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)),  # a layer not in the list
+        torch.nn.Sequential(torch.nn.Embedding(5, 3, padding_idx=0)),  # an option it does not handle
+        Tied().layers,
+    ],
+)
+def test_other_modules_run_through_torch_func(module):
+    assert ModuleModel(module, per_example_mse, example_dims=1).stacked is None
+
+
+class LastPosition(torch.nn.Module):
+    """Embeddings, causal attention in plain ops and an MLP on every position; logits of the last."""
+
+    def __init__(self, vocab: int = 5, length: int = 4, width: int = 6, split: bool = False) -> None:
+        super().__init__()
+        self.split = (
+            split  # q, k, v by split of the projection (nanoGPT), or unbind of it viewed and permuted
+        )
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.position = torch.nn.Parameter(0.1 * torch.randn(length, width))
+        self.norm = torch.nn.LayerNorm(width)
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 8), torch.nn.GELU(), torch.nn.Linear(8, width))
+        self.head = torch.nn.Linear(width, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens) + self.position
+        batch, length, width = h.shape
+        if self.split:
+            q, k, v = (
+                t.view(batch, length, 2, -1).transpose(1, 2) for t in self.qkv(self.norm(h)).split(width, 2)
+            )
+        else:
+            q, k, v = self.qkv(self.norm(h)).view(batch, length, 3, 2, -1).permute(2, 0, 3, 1, 4)
+        future = torch.ones(length, length, dtype=torch.bool).triu(1)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(future, -math.inf)
+        h = h + self.out((scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(batch, length, width))
+        h = h + self.mlp(self.norm(h))
+        return self.head(h[:, -1])
+
+
+@pytest.mark.parametrize(("per_chain", "split"), [(True, False), (False, False), (True, True)])
+def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_same_gradients(
+    per_chain, split
+):
+    from llc.module_graph import export_forward
+
+    torch.manual_seed(0)
+    module = LastPosition(split=split).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 5, (3, 9, 4) if per_chain else (20, 4), generator=gen)
+    y = torch.randint(0, 5, x.shape[:-1], generator=gen)
+    exported = export_forward(module, x[0] if per_chain else x)
+    assert exported is not None and exported.pushed >= 14  # the MLP, attention, out-projection, queries
+
+    graph = ModuleModel(module, per_example_cross_entropy, example_dims=1)
+    functional = ModuleModel(module, per_example_cross_entropy, example_dims=1, exported=False)
+    assert graph.stacked is None
+    w = graph.flat_parameters() + 0.1 * torch.randn(3, graph.n_params, generator=gen, dtype=torch.float64)
+    loss, grad = graph.loss_and_grad(w, x, y)
+    torch.testing.assert_close((loss, grad), functional.loss_and_grad(w, x, y))
+    torch.testing.assert_close(graph.batch_loss(w, x, y), functional.batch_loss(w, x, y))
+    assert grad.count_nonzero() > 0.9 * grad.numel()
+    assert any(v is not None for v in graph._graphs.values())
+    assert any(v is not None for v in graph._chain_graphs.values())  # all chains without vmap
+
+
+class Cumulative(torch.nn.Module):
+    """An operation chain_graph.py has no rule for (cumsum): the exported graph runs under vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).cumsum(dim=-1)
+
+
+def test_an_operation_without_a_chain_rule_runs_the_exported_graph_under_vmap():
+    torch.manual_seed(0)
+    module = Cumulative().double()
+    x, y = torch.randn(3, 5, 3, dtype=torch.float64), torch.randn(3, 5, 2, dtype=torch.float64)
+    graph = ModuleModel(module, per_example_mse, example_dims=1)
+    w = graph.flat_parameters() + 0.1 * torch.randn(3, graph.n_params, dtype=torch.float64)
+    result = graph.loss_and_grad(w, x, y)
+    assert list(graph._chain_graphs.values()) == [None] and None not in graph._graphs.values()
+    functional = ModuleModel(module, per_example_mse, example_dims=1, exported=False)
+    torch.testing.assert_close(result, functional.loss_and_grad(w, x, y))
+
+
+class DataDependent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) if x.sum() > 0 else -self.linear(x)
+
+
+def test_a_forward_torch_export_cannot_trace_keeps_functional_call():
+    from llc.module_graph import export_forward
+
+    assert export_forward(DataDependent(), torch.ones(4, 3)) is None
+
+
 def test_cross_entropy_is_torchs_and_sums_over_positions():
     gen = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 4, 5, generator=gen), torch.randint(0, 5, (6, 4), generator=gen)

@@ -3,12 +3,15 @@
 The module's parameters become one flat tensor of shape [chains, d] (the state every kernel uses),
 cut into per-parameter views inside the function that `vmap` batches over chains, so the gradient
 comes back flat too. Buffers stay fixed and the module is evaluated in eval mode. This is the
-general counterpart of network.MLP, which stays the fast path for the built-in problems.
+general counterpart of network.MLP, which stays the fast path for the built-in problems. A module
+built only from common layers (stacked_layers.py) skips torch.func: its layers take each chain's
+weights as rows of the views, in batched matrix products.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +20,12 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, vmap
 
+from llc.chain_graph import ChainForward, batch_over_chains
 from llc.config import ConfigError
+from llc.module_graph import Exported, GraphForward, export_forward
+from llc.stacked_layers import Forward, stacked_forward
 
+log = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-example losses
 # Full-data passes (hmc, mclmc, evaluation) run over at most this many points at once, so memory stays
 # chains × CHUNK × activations however large the data set.
@@ -50,11 +57,13 @@ class ModuleModel:
     loss_fn: LossFn
     example_dims: int  # dimensions of one input example: x [n, ...] has example_dims + 1
     vectorized: bool = True
+    exported: bool = True  # run the forward as an exported graph that computes only what it reads
     auto_compile: ClassVar[bool] = False  # compile=auto leaves torch.func steps eager (samplers/driver.py)
     names: list[str] = field(init=False)
     shapes: list[torch.Size] = field(init=False)
     sizes: list[int] = field(init=False)
     buffers: dict[str, torch.Tensor] = field(init=False, repr=False)
+    stacked: Forward | None = field(init=False, repr=False)  # the forward without torch.func, if any
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -68,6 +77,11 @@ class ModuleModel:
         self._fresh_threads()
         self._per_chain_loss = vmap(self._chain_loss, in_dims=(0, 0, 0))
         self._shared_loss = vmap(self._chain_loss, in_dims=(0, None, None))
+        stacked = stacked_forward(self.module)
+        self.stacked = None if stacked is None else stacked[0]
+        # Built-in losses treat examples one by one, so chains fold into their batch; a loss given as
+        # a callable may not, and runs once per chain under vmap.
+        self._example_loss = self.loss_fn if self.loss_fn in LOSSES.values() else vmap(self.loss_fn)
 
     @property
     def n_params(self) -> int:
@@ -95,6 +109,10 @@ class ModuleModel:
         self._threads = threading.local()
         self._template = copy.deepcopy(self.module)
         self._copying = threading.Lock()
+        # The exported forward per input shape, dtype and device (None: not exportable), and that
+        # rewritten per number of chains (None: not rewritable)
+        self._graphs: dict[tuple, Exported | None] = {}
+        self._chain_graphs: dict[tuple, ChainForward | None] = {}
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of flat parameters [..., d] (cut outside vmap: cheaper than inside)."""
@@ -125,8 +143,84 @@ class ModuleModel:
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
-        loss = self._per_chain_loss if self._per_chain(x) else self._shared_loss
-        return loss(self._views(params), x, y)
+        return self._views_loss(self._views(params), x, y)
+
+    def _exported(self, example: torch.Tensor) -> Exported | None:
+        """The forward exported for inputs like `example` (one chain's batch), on first use, from a copy
+        that nobody evaluates; None if it cannot be."""
+        key = (tuple(example.shape), example.dtype, example.device)
+        if key not in self._graphs:
+            with self._copying:
+                if key not in self._graphs:
+                    self._graphs[key] = export_forward(copy.deepcopy(self._template), example)
+        return self._graphs[key]
+
+    def _chained(self, exported: Exported, views: dict[str, torch.Tensor], x: torch.Tensor) -> Forward | None:
+        """The exported forward rewritten for this many chains (chain_graph.py), checked once against it
+        under vmap; None where it cannot be rewritten."""
+        chains = x.shape[0]
+        key = (id(exported), chains)
+        if key not in self._chain_graphs:
+            with self._copying:
+                if key not in self._chain_graphs:
+                    self._chain_graphs[key] = self._checked(
+                        exported, batch_over_chains(exported.program, chains), views, x
+                    )
+        forward = self._chain_graphs[key]
+        return None if forward is None else lambda params, h: forward(params, self.buffers, h)
+
+    def _checked(
+        self,
+        exported: Exported,
+        chained: ChainForward | None,
+        views: dict[str, torch.Tensor],
+        x: torch.Tensor,
+    ) -> ChainForward | None:
+        if chained is None:
+            return None
+        with torch.no_grad():
+            params = {k: v.detach() for k, v in views.items()}
+            reference = vmap(exported.forward, in_dims=(0, None, 0))(params, self.buffers, x)
+            try:
+                torch.testing.assert_close(chained(params, self.buffers, x), reference)
+            except AssertionError:
+                log.warning("the chain-batched graph of the model disagrees with vmap; using vmap")
+                return None
+        return chained
+
+    def _views_loss(
+        self, views: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, graph: bool = True
+    ) -> torch.Tensor:
+        """`_loss` of per-parameter views [chains, ...]; `graph` false: through functional_call only.
+
+        The fastest way that applies: a stack of common layers (stacked_layers.py); the exported,
+        narrowed graph rewritten for all chains (chain_graph.py), or under vmap; functional_call under vmap.
+        """
+        chains = next(iter(views.values())).shape[0]
+        per_chain = self._per_chain(x)
+        forward = self.stacked
+        if forward is None:
+            exported = self._exported(x[0] if per_chain else x) if graph and self.exported else None
+            if exported is None:
+                return (self._per_chain_loss if per_chain else self._shared_loss)(views, x, y)
+            if not per_chain:
+                x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
+            forward = self._chained(exported, views, x)
+            if forward is None:
+                return self._vmapped(exported.forward)(views, x, y)
+        elif not per_chain:
+            x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
+        output = forward(views, x)
+        if self._example_loss is self.loss_fn:
+            folded = self.loss_fn(output.flatten(0, 1), y.flatten(0, 1))
+            return folded.view(chains, -1).mean(dim=1)
+        return self._example_loss(output, y).mean(dim=1)
+
+    def _vmapped(self, forward: GraphForward) -> Callable:
+        def chain_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(forward(params, self.buffers, x), y).mean()
+
+        return vmap(chain_loss)
 
     def _per_chain(self, x: torch.Tensor) -> bool:
         return x.dim() == self.example_dims + 2
@@ -150,21 +244,22 @@ class ModuleModel:
         return value, grad
 
     def _loss_and_grad(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, graph: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The per-parameter views are the leaves autograd differentiates: the flat gradient is then
-        # one cat of their gradients (through the slicing, each would be a zero-filled [chains, d]).
+        # The per-parameter views are the leaves autograd differentiates: their gradients are then
+        # copied into the flat one (through the slicing, each would be a zero-filled [chains, d]).
         # They view a copy: `params` is often a block of the sampler's state, whose other blocks
         # another thread updates in place meanwhile (samplers/blocks.py).
         views = {
             name: view.requires_grad_(True) for name, view in self._views(params.detach().clone()).items()
         }
-        per_chain = self._per_chain(x)
         with torch.enable_grad():
-            loss = (self._per_chain_loss if per_chain else self._shared_loss)(views, x, y)
+            loss = self._views_loss(views, x, y, graph)
             grads = torch.autograd.grad(loss.sum(), list(views.values()))
-        chains = params.shape[0]
-        return loss.detach(), torch.cat([g.reshape(chains, -1) for g in grads], dim=1)
+        flat = torch.empty_like(params)
+        for piece, g in zip(self._views(flat).values(), grads, strict=True):
+            piece.copy_(g)  # one pass, also for a gradient autograd left transposed
+        return loss.detach(), flat
 
     def loss_and_grad_pieces(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -214,8 +309,8 @@ class ModuleModel:
             return
         w = self.flat_parameters().unsqueeze(0).expand(2, -1).clone()
         xs, ys = x[:2].unsqueeze(0).expand(2, *x[:2].shape), y[:2].unsqueeze(0).expand(2, *y[:2].shape)
-        try:
-            self.loss_and_grad(w, xs, ys)
+        try:  # through functional_call: a forward that torch.export cannot take may still batch
+            self._loss_and_grad(w, xs, ys, graph=False)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConfigError(
