@@ -139,10 +139,15 @@ def split_fused_projections(graph_module: fx.GraphModule) -> int:
                 result = finish(graph.call_function(aten.linear.default, (x, rows, cut)))
             getitem.replace_all_uses_with(result)
         split += 1
-    graph.eliminate_dead_code()
-    graph.lint()
-    graph_module.recompile()
+    _recompile(graph_module)
     return split
+
+
+def _recompile(graph_module: fx.GraphModule) -> None:
+    """Drop what a rewrite left unused, check the graph, and regenerate the module's code."""
+    graph_module.graph.eliminate_dead_code()
+    graph_module.graph.lint()
+    graph_module.recompile()
 
 
 def _parts(linear: fx.Node, out: torch.Size) -> tuple[list[int], list[tuple[fx.Node, int]], Callable] | None:
@@ -217,9 +222,7 @@ def small_products_as_sums(graph_module: fx.GraphModule) -> int:
         node.replace_all_uses_with(total)
         graph.erase_node(node)
         rewritten += 1
-    graph.eliminate_dead_code()
-    graph.lint()
-    graph_module.recompile()
+    _recompile(graph_module)
     return rewritten
 
 
@@ -276,9 +279,7 @@ def narrow_to_what_is_read(graph_module: fx.GraphModule) -> int:
         graph.erase_node(source)
         todo.extend(new_narrows)
         pushed += 1
-    graph.eliminate_dead_code()
-    graph.lint()
-    graph_module.recompile()
+    _recompile(graph_module)
     return pushed
 
 
