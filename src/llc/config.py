@@ -40,6 +40,10 @@ NOT_IN_IDS = (*EXECUTION_ONLY, "weights")
 DEFAULT_STEP_SIZE = {"sgld": 1e-4, "sghmc": 1e-5, "hmc": 1e-3, "mclmc": 1e-2}
 
 
+# SGHMC's friction when none is given (friction=auto starts from it).
+DEFAULT_FRICTION = 0.1
+
+
 # The problems whose λ is known estimate it by default: localization weak against nβ (γ ≪ 2·nβ, the
 # squared loss's curvature; gamma 100 read 10-35% low on them), and, for sgld and sghmc with a warm-up,
 # step_size=auto, since a fixed step right for one network's curvature diverges on another's.
@@ -124,7 +128,11 @@ class RunConfig(BaseModel):
     gamma: float = Field(100.0, ge=0, description="localization strength")
     nbeta: float | None = Field(None, gt=0, description="n*beta; defaults to n / log n")
     precond: Literal["none", "rmsprop", "adam"] = Field("none", description="sgld preconditioner")
-    friction: float = Field(0.1, gt=0, lt=1, description="sghmc momentum friction alpha")
+    friction: Annotated[float, Field(gt=0, lt=1)] | Literal["auto"] = Field(
+        DEFAULT_FRICTION,
+        description="sghmc momentum friction alpha; auto (with step_size=auto, its default there): set in "
+        "warm-up from the minibatch noise (docs/samplers.md)",
+    )
     n_leapfrog: int = Field(10, ge=1, description="hmc leapfrog steps per proposal")
     target_accept: float = Field(0.8, gt=0, lt=1, description="hmc acceptance targeted in warm-up")
     projections: int = Field(3, ge=0, description="random projections of w kept in the trace")
@@ -142,17 +150,11 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _known_lambda_defaults(cls, data: Any) -> Any:
-        """Defaults that let the known-λ problems estimate λ (KNOWN_LAMBDA_DEFAULTS); given keys win."""
-        if not isinstance(data, dict) or data.get("problem") not in KNOWN_LAMBDA_PROBLEMS:
+    def _defaults(cls, data: Any) -> Any:
+        """Defaults that depend on other keys; given keys win."""
+        if not isinstance(data, dict):
             return data
-        data = {"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data}
-        searchable = data.get("sampler", "sgld") in ("sgld", "sghmc")
-        warmup = data.get("warmup", 0)
-        long_enough = isinstance(warmup, int) and warmup >= AUTO_MIN_WARMUP
-        if searchable and long_enough and data.get("compile") is not True:
-            data.setdefault("step_size", "auto")
-        return data
+        return _auto_friction(_known_lambda_defaults(data))
 
     @field_validator("widths", "teacher_widths")
     @classmethod
@@ -213,6 +215,11 @@ class RunConfig(BaseModel):
                 raise ValueError(f"step_size=auto searches during warm-up: set warmup >= {AUTO_MIN_WARMUP}")
             if self.compile is True:
                 raise ValueError("step_size=auto runs eager: set compile=auto or false")
+        if self.friction == "auto" and not (self.sampler == "sghmc" and self.step_size_auto):
+            raise ValueError(
+                "friction=auto is set alongside step_size=auto, for sghmc: set step_size=auto, or give a "
+                f"friction in (0, 1) such as {DEFAULT_FRICTION}"
+            )
         if self.precond != "none" and self.sampler != "sgld":
             raise ValueError(f"precond applies to sgld only; set precond=none for sampler {self.sampler}")
         return self
@@ -249,6 +256,11 @@ class RunConfig(BaseModel):
         return self.step_size == "auto"
 
     @property
+    def resolved_friction(self) -> float:
+        """The friction, or where friction=auto starts."""
+        return self.friction if isinstance(self.friction, float) else DEFAULT_FRICTION
+
+    @property
     def resolved_step_size(self) -> float:
         """The step size, or where step_size=auto starts its search."""
         return self.step_size if isinstance(self.step_size, float) else DEFAULT_STEP_SIZE[self.sampler]
@@ -270,6 +282,26 @@ class RunConfig(BaseModel):
     def run_id(self) -> str:
         data = {k: v for k, v in self.normalized().items() if k not in NOT_IN_IDS}
         return _digest(data, code_fingerprint() + self.module_fingerprint)
+
+
+def _known_lambda_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Defaults that let the known-λ problems estimate λ (KNOWN_LAMBDA_DEFAULTS)."""
+    if data.get("problem") not in KNOWN_LAMBDA_PROBLEMS:
+        return data
+    data = {"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data}
+    searchable = data.get("sampler", "sgld") in ("sgld", "sghmc")
+    warmup = data.get("warmup", 0)
+    long_enough = isinstance(warmup, int) and warmup >= AUTO_MIN_WARMUP
+    if searchable and long_enough and data.get("compile") is not True:
+        data.setdefault("step_size", "auto")
+    return data
+
+
+def _auto_friction(data: dict[str, Any]) -> dict[str, Any]:
+    """SGHMC with step_size=auto sets its friction too (friction=auto)."""
+    if data.get("sampler") == "sghmc" and data.get("step_size") == "auto":
+        return {"friction": "auto", **data}
+    return data
 
 
 def _check_module_keys(config: RunConfig, in_memory: bool) -> None:

@@ -226,6 +226,8 @@ def build_metrics(
     if trace.step_size_auto:  # step_size=auto: the step chosen (the median of a sequential run's chains)
         metrics["step_size_auto"] = float(np.median(trace.step_size_auto))
         metrics["step_size_curvatures"] = trace.curvatures
+    if trace.friction_auto:  # friction=auto (sghmc): the friction chosen
+        metrics["friction_auto"] = float(np.median(trace.friction_auto))
     if trace.mala_acceptance is not None:
         metrics["mala_acceptance_mean"] = float(np.nanmean(trace.mala_acceptance))
     if trace.eval_loss is not None:

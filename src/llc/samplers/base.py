@@ -74,11 +74,22 @@ class TunableState(Protocol):
     step_size: float  # the kernel's own step parameter (SGLD's ε, SGHMC's η)
 
 
+class FrictionState(TunableState, Protocol):
+    """The state of a kernel whose friction `friction=auto` sets in warm-up (SGHMC)."""
+
+    friction: float
+
+
 class StepTunable(Protocol):
     """A minibatch kernel whose step `step_size=auto` sets in warm-up (samplers/step_search.py)."""
 
-    def langevin_proposal(self, state: TunableState) -> tuple[float, torch.Tensor | None]:
-        """The full-batch Langevin proposal a step amounts to: its step and diagonal preconditioner."""
+    def stable_step(self, state: TunableState) -> tuple[float, torch.Tensor | None]:
+        """The step ε whose product with a curvature h sets the step's bias (about ε·h/4) and stability
+        (up to ε·h = 2), and the diagonal metric G that h is measured in (None: the identity)."""
+        ...
+
+    def set_step(self, state: TunableState, step: float) -> None:
+        """Make the kernel's step `step`."""
         ...
 
     def restart(self, state: TunableState, rows: torch.Tensor) -> None:

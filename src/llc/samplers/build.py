@@ -19,7 +19,7 @@ def build_kernel(config: RunConfig, posterior: LocalizedPosterior) -> Kernel[Any
     if config.sampler == "sgld":
         return SGLD(posterior, step, config.precond, compile)
     if config.sampler == "sghmc":
-        return SGHMC(posterior, step, config.friction, compile)
+        return SGHMC(posterior, step, config.resolved_friction, compile)
     if config.sampler == "hmc":
         return HMC(posterior, step, config.n_leapfrog, config.target_accept)
     return MCLMC(posterior, step, config.warmup)

@@ -25,7 +25,7 @@ from llc.posterior import LocalizedPosterior
 from llc.samplers.base import Kernel
 from llc.samplers.build import build_kernel, fuses
 from llc.samplers.checkpoint import Checkpointing, Run, Saver
-from llc.samplers.step_search import CurvatureStep, round_length, search_round
+from llc.samplers.step_search import FRICTION_SAFETY, CurvatureStep, round_length, search_round
 from llc.samplers.trace import DrawRecorder, Records, Trace, concat, projection_directions
 from llc.threads import cpu_threads, threads_for
 
@@ -173,7 +173,14 @@ def _start(
     records = Records.empty(config, chains, n_evals, posterior.w_star)
     # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
     eval_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1)
-    return Run(0, state, records, eval_gen, CurvatureStep() if config.step_size_auto else None)
+    search = None
+    if config.step_size_auto:
+        search = (
+            CurvatureStep(FRICTION_SAFETY, tunes_friction=True)
+            if config.friction == "auto"
+            else CurvatureStep()
+        )
+    return Run(0, state, records, eval_gen, search)
 
 
 def _warm_up(ctx: _Context, run: Run) -> None:
@@ -264,6 +271,7 @@ def _trace(ctx: _Context, run: Run, loss0: float) -> Trace:
         compiled=ctx.kernel.fused or bool(config.compile and not fuses(config)),
         step_size_auto=[run.state.step_size] if search is not None else [],
         curvatures=search.curvatures if search is not None else [],
+        friction_auto=[run.state.friction] if search is not None and search.tunes_friction else [],
         t_sampling_s=run.sampling_s,
         t_warmup_s=run.warmup_s,
     )

@@ -75,6 +75,14 @@ class SGLD(BlockedChains):
         scale = state.square_avg / (1 - RMSPROP_DECAY ** max(state.t, 1))
         return state.step_size, 1.0 / (scale.sqrt() + PRECOND_EPS)
 
+    def stable_step(self, state: SGLDState) -> tuple[float, torch.Tensor | None]:
+        """The step whose product with a curvature (in the preconditioner's metric) sets the step's bias
+        and stability: ε, and that metric."""
+        return self.langevin_proposal(state)
+
+    def set_step(self, state: SGLDState, step: float) -> None:
+        state.step_size = step
+
     def restart(self, state: SGLDState, rows: torch.Tensor) -> None:
         """Put the chains at `rows` back at w*, their preconditioner statistics with them."""
         state.w[rows] = self.posterior.w_star

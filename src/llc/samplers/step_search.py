@@ -7,18 +7,28 @@ measures h_max, the top eigenvalue of the Hessian of U (preconditioned as the ke
 chains' positions by power iteration on finite-difference Hessian-vector products of the full-batch
 gradient, before warm-up and at the end of each of its ROUNDS rounds, and sets the kernel's
 Langevin step to ε = SAFETY / h_max. The recorded steps use SAFETY over the largest h_max of the
-later half of warm-up (the chains' positions by then). SGHMC's Langevin step is 2η/α (sghmc.py).
+later half of warm-up (the chains' positions by then). The step is the kernel's `stable_step`: SGLD's
+ε, SGHMC's η (whose product with h sets SGHMC's bias in the same way, whatever its friction).
+
+friction=auto (SGHMC, with step_size=auto) sets the friction α from the heating the stochastic gradient
+causes. On a direction where the minibatch gradient has noise variance V, SGHMC samples a variance
+1 + η·V/(2α) times too large, so the LLC reads η·tr(V)/(4α) too high, tr(V) being the minibatch
+gradient's total noise variance E‖∇U_B − ∇U‖². Each check after the first measures tr(V) and the LLC
+at the chains' positions (one fresh minibatch per chain), and α is set so that this heating is HEAT
+of the LLC: the lowest friction, and so the fastest mixing along soft directions, that the minibatch
+noise allows. The recorded steps use the mean of the later half's measurements.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
 from llc.posterior import LocalizedPosterior
-from llc.samplers.base import StepTunable, TunableState
+from llc.samplers.base import FrictionState, StepTunable, TunableState
 
 # ε·h_max: a variance bias of about 5% along the stiffest direction (less in the others), a tenth of the
 # stability limit. Measured on the built-in linear networks: SGLD within 5% of λ (docs/samplers.md).
@@ -27,6 +37,15 @@ ROUNDS = 10  # rounds of warm-up; a curvature check ends each but the last
 FIRST_ITERATIONS = 20  # power iterations before warm-up, from a random direction
 ITERATIONS = 3  # power iterations per round, from the last round's direction
 FD_STEP = 1e-3  # length of the finite-difference step along the (unit) direction
+# friction=auto: the minibatch noise may raise the LLC by this fraction; the friction stays within
+# FRICTION_RANGE (below it, the chains' energy takes over 100 steps to settle). Measured on deep linear
+# networks: lower friction reads high, higher reads low (docs/validation.md).
+HEAT = 0.03
+FRICTION_RANGE = (0.01, 0.5)
+# With friction=auto, SGHMC's η·h_max: half SAFETY. The friction follows η (α ∝ η at a given heating),
+# and how far the chains move depends on η/α only, so a smaller η costs no mixing and halves the step's
+# bias, which adds to the heating's (docs/samplers.md).
+FRICTION_SAFETY = SAFETY / 2
 
 
 @dataclass
@@ -36,6 +55,10 @@ class CurvatureStep:
     safety: float = SAFETY
     curvatures: list[float] = field(default_factory=list)  # h_max (the largest over the chains) per check
     direction: torch.Tensor | None = None  # [chains, d], unit rows
+    tunes_friction: bool = False  # friction=auto
+    # friction=auto: per check after the first, tr(V) / (4·HEAT·LLC): the friction per unit of η
+    heat_rates: list[float] = field(default_factory=list)
+    loss0: float | None = None  # the full-data loss at w*
 
     def update(self, h_max: float) -> float | None:
         """Record a check's h_max; returns the Langevin step for the next round (None: keep the step, when
@@ -50,6 +73,15 @@ class CurvatureStep:
         """The Langevin step to sample with: SAFETY over the largest h_max of the later half of checks."""
         later = self.curvatures[len(self.curvatures) // 2 :]
         return self.safety / max(later) if later else None
+
+    def friction(self, step: float, last_only: bool) -> float | None:
+        """friction=auto: the friction that keeps the heating at HEAT for SGHMC's step η, from the last
+        measurement or (for the recorded steps) the mean of the later half's; None before any."""
+        rates = self.heat_rates[-1:] if last_only else self.heat_rates[len(self.heat_rates) // 2 :]
+        if not rates:
+            return None
+        low, high = FRICTION_RANGE
+        return min(max(step * sum(rates) / len(rates), low), high)
 
 
 def top_curvature(
@@ -104,17 +136,50 @@ def search_round(
         lost = ~torch.isfinite(position).all(dim=1)
         if lost.any():
             kernel.restart(state, lost.nonzero().squeeze(1))
-        eps, scale = kernel.langevin_proposal(state)
+        _, scale = kernel.stable_step(state)
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
         finite = h[torch.isfinite(h)]
-        set_langevin_step(state, eps, search.update(float(finite.max()) if finite.numel() else math.nan))
+        set_step(kernel, state, search.update(float(finite.max()) if finite.numel() else math.nan))
+        if search.tunes_friction and t > 0:  # at t = 0 every chain is still at w*
+            rate = heat_rate(search, posterior, state.w, gen)
+            if math.isfinite(rate):
+                search.heat_rates.append(rate)
+            set_friction(state, search.friction(state.step_size, last_only=True))
     if t == warmup:
-        eps, _ = kernel.langevin_proposal(state)
-        set_langevin_step(state, eps, search.final)
+        set_step(kernel, state, search.final)
+        if search.tunes_friction:
+            set_friction(state, search.friction(state.step_size, last_only=False))
 
 
-def set_langevin_step(state: TunableState, current: float, wanted: float | None) -> None:
-    """Scale the kernel's step size so that its Langevin step (langevin_proposal) becomes `wanted`."""
+def set_step(kernel: StepTunable, state: TunableState, wanted: float | None) -> None:
+    """Give the kernel the step `wanted` (as a rescaling of its current one, which it equals)."""
     if wanted is not None:
-        state.step_size = state.step_size * wanted / current
+        current, _ = kernel.stable_step(state)
+        kernel.set_step(state, state.step_size * wanted / current)
+
+
+def set_friction(state: TunableState, friction: float | None) -> None:
+    if friction is not None:
+        cast(FrictionState, state).friction = friction
+
+
+def heat_rate(
+    search: CurvatureStep, posterior: LocalizedPosterior, w: torch.Tensor, gen: torch.Generator
+) -> float:
+    """tr(V) / (4·HEAT·LLC) at the chains' positions w (friction=auto): the minibatch gradient's noise
+    variance from one fresh minibatch per chain against the full-data gradient, and the LLC from the
+    full-data loss, both averaged over the chains that are finite. nan where there is nothing to measure."""
+    if search.loss0 is None:
+        search.loss0 = float(posterior.full_loss(posterior.w_star.unsqueeze(0))[0])
+    loss, full = posterior.loss_and_grad(w)
+    noise = torch.zeros_like(loss)  # a step on all n points has no minibatch noise
+    if posterior.batch_size is not None and posterior.batch_size < posterior.n:
+        idx = torch.randint(posterior.n, (w.shape[0], posterior.batch_size), generator=gen, device=w.device)
+        _, minibatch = posterior.loss_and_grad(w, posterior.gather(idx))
+        noise = (minibatch - full).square().sum(dim=1)
+    llc = posterior.nbeta * (loss - search.loss0)
+    ok = torch.isfinite(noise) & torch.isfinite(llc)
+    if not ok.any():
+        return math.nan
+    return float(noise[ok].mean()) / (4 * HEAT * max(float(llc[ok].mean()), 1.0))

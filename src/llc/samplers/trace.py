@@ -30,6 +30,7 @@ class Trace:
     compiled: bool = False  # whether the step was compiled (compile=true, or auto deciding so)
     step_size_auto: list[float] = field(default_factory=list)  # step_size=auto: the step chosen, per search
     curvatures: list[float] = field(default_factory=list)  # step_size=auto: h_max at each check
+    friction_auto: list[float] = field(default_factory=list)  # friction=auto: the friction chosen, per search
 
 
 @dataclass
@@ -145,4 +146,5 @@ def concat(traces: list[Trace]) -> Trace:
         compiled=first.compiled,
         step_size_auto=[step for t in traces for step in t.step_size_auto],
         curvatures=[h for t in traces for h in t.curvatures],
+        friction_auto=[f for t in traces for f in t.friction_auto],
     )
