@@ -129,10 +129,14 @@ def test_the_friction_holds_the_minibatch_heating_at_its_share_of_the_llc():
     expected = float(torch.stack(noise).mean()) / (4 * HEAT * llc)
     rates = [heat_rate(CurvatureStep(), posterior, w, gen) for _ in range(200)]
     assert sum(rates) / len(rates) == pytest.approx(expected, rel=0.1)
-    search = CurvatureStep(heat_rates=[1e3, 2e3, 4e3])
+    search = CurvatureStep(tunes_friction=True, heat_rates=[1e3, 2e3, 4e3])
     assert search.friction(1e-5, last_only=True) == pytest.approx(0.04)
     assert search.friction(1e-5, last_only=False) == pytest.approx(0.03)  # later half: 2e3 and 4e3
     assert search.friction(1e-9, last_only=True) == FRICTION_RANGE[0]
+    # Noise that would need more friction than the range allows takes a smaller step instead.
+    assert search.cooled(1e-5, last_only=True) == 1e-5
+    assert search.cooled(1e-3, last_only=True) == pytest.approx(FRICTION_RANGE[1] / 4e3)
+    assert search.friction(search.cooled(1e-3, last_only=True), last_only=True) == pytest.approx(0.5)
     full_batch = LocalizedPosterior(problem.model, problem.x, problem.y, w_star, posterior.nbeta, 1.0)
     assert heat_rate(CurvatureStep(), full_batch, w, gen) == 0.0
 

@@ -228,6 +228,8 @@ def build_metrics(
         metrics["step_size_curvatures"] = trace.curvatures
     if trace.friction_auto:  # friction=auto (sghmc): the friction chosen
         metrics["friction_auto"] = float(np.median(trace.friction_auto))
+    if trace.minibatch_heating:  # sgld/sghmc: how much the minibatch noise raises the LLC at the end
+        metrics["minibatch_heating"] = float(np.mean(trace.minibatch_heating))
     if trace.mala_acceptance is not None:
         metrics["mala_acceptance_mean"] = float(np.nanmean(trace.mala_acceptance))
     if trace.eval_loss is not None:

@@ -22,6 +22,10 @@ HMC_SHORTFALL = 0.3
 MCLMC_ENERGY_CEILING = 5e-3
 # An ERM point whose loss is above the best by this fraction of the LLC biases the estimate by as much.
 ERM_GAP_FRACTION = 0.05
+# SGLD and SGHMC read high by the heating of their minibatch noise (samplers/step_search.py): friction=auto
+# holds it at 3% in warm-up; chains that end where it is over 10% of the LLC have drifted somewhere
+# stiffer (measured: a deep linear network read 23% high with 30% heating at the end).
+HEATING_CEILING = 0.1
 # The squared loss on unit-variance inputs has curvature about 2·nβ per direction of the posterior, and
 # localization γ shrinks the estimate by about γ/(2·nβ): at γ ≤ 0.1·nβ by 5% or less, and the run
 # estimates λ, not the localized LLC (γ = 100 at n = 5000 is 0.17·nβ, and read 10-35% low).
@@ -96,6 +100,16 @@ def assess(metrics: dict[str, Any], chains: int, sampler: str, target_accept: fl
             )
         )
     llc = metrics.get("llc_mean")
+    heating = metrics.get("minibatch_heating")
+    if heating is not None and llc is not None and llc > 0 and heating > HEATING_CEILING * llc:
+        fix = "raise friction or batch_size" if sampler == "sghmc" else "lower step_size or raise batch_size"
+        flags.append(
+            Flag(
+                "minibatch_noise_heats",
+                f"the minibatch gradient's noise raises the LLC by about {heating:.3g} ({heating / llc:.0%} "
+                f"of it) where the chains ended: {fix}",
+            )
+        )
     if llc is not None and llc < 0:
         flags.append(
             Flag(

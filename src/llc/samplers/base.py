@@ -92,6 +92,13 @@ class StepTunable(Protocol):
         """Make the kernel's step `step`."""
         ...
 
+    def heating_per_noise(self, state: TunableState) -> float | None:
+        """How much the LLC reads high per unit of tr(V), the minibatch gradient's total noise variance
+        (step_search.minibatch_heating); None where it has no closed form."""
+        ...
+
+    def position(self, state: TunableState) -> torch.Tensor: ...
+
     def restart(self, state: TunableState, rows: torch.Tensor) -> None:
         """Put the chains at `rows` back at w*, their auxiliary state reset."""
         ...

@@ -25,7 +25,13 @@ from llc.posterior import LocalizedPosterior
 from llc.samplers.base import Kernel
 from llc.samplers.build import build_kernel, fuses
 from llc.samplers.checkpoint import Checkpointing, Run, Saver
-from llc.samplers.step_search import FRICTION_SAFETY, CurvatureStep, round_length, search_round
+from llc.samplers.step_search import (
+    FRICTION_SAFETY,
+    CurvatureStep,
+    minibatch_heating,
+    round_length,
+    search_round,
+)
 from llc.samplers.trace import DrawRecorder, Records, Trace, concat, projection_directions
 from llc.threads import cpu_threads, threads_for
 
@@ -272,9 +278,19 @@ def _trace(ctx: _Context, run: Run, loss0: float) -> Trace:
         step_size_auto=[run.state.step_size] if search is not None else [],
         curvatures=search.curvatures if search is not None else [],
         friction_auto=[run.state.friction] if search is not None and search.tunes_friction else [],
+        minibatch_heating=_heating(ctx, run),
         t_sampling_s=run.sampling_s,
         t_warmup_s=run.warmup_s,
     )
+
+
+def _heating(ctx: _Context, run: Run) -> list[float]:
+    """SGLD and SGHMC: how much the minibatch noise raises the LLC where the chains ended (from the
+    evaluation's own random stream, so the chains are unchanged)."""
+    if not ctx.kernel.minibatch:
+        return []
+    heating = minibatch_heating(ctx.kernel, run.state, ctx.posterior, run.eval_gen)  # type: ignore[arg-type]
+    return [] if heating is None else [heating]
 
 
 def _synchronize(device: torch.device) -> None:

@@ -74,6 +74,11 @@ class SGHMC(BlockedChains):
         state.v.mul_(math.sqrt(step / state.step_size))
         state.step_size = step
 
+    def heating_per_noise(self, state: SGHMCState) -> float:
+        """The noise adds η²·V to the velocity's variance against the 2·α·η injected: a variance
+        1 + η·V/(2α) too wide, so the LLC reads η·tr(V)/(4α) high."""
+        return state.step_size / (4 * state.friction)
+
     def restart(self, state: SGHMCState, rows: torch.Tensor) -> None:
         """Put the chains at `rows` back at w*, at rest."""
         state.w[rows] = self.posterior.w_star

@@ -83,6 +83,12 @@ class SGLD(BlockedChains):
     def set_step(self, state: SGLDState, step: float) -> None:
         state.step_size = step
 
+    def heating_per_noise(self, state: SGLDState) -> float | None:
+        """On a direction where the minibatch gradient has noise variance V, a step of ε adds (ε/2)²·V to
+        the ε injected: a variance 1 + ε·V/4 too wide, so the LLC reads ε·tr(V)/8 high. With a
+        preconditioner the noise is seen through G: no closed form here."""
+        return state.step_size / 8 if self.precond == "none" else None
+
     def restart(self, state: SGLDState, rows: torch.Tensor) -> None:
         """Put the chains at `rows` back at w*, their preconditioner statistics with them."""
         state.w[rows] = self.posterior.w_star

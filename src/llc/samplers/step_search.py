@@ -16,7 +16,8 @@ causes. On a direction where the minibatch gradient has noise variance V, SGHMC 
 gradient's total noise variance E‖∇U_B − ∇U‖². Each check after the first measures tr(V) and the LLC
 at the chains' positions (one fresh minibatch per chain), and α is set so that this heating is HEAT
 of the LLC: the lowest friction, and so the fastest mixing along soft directions, that the minibatch
-noise allows. The recorded steps use the mean of the later half's measurements.
+noise allows; where that would take a friction above FRICTION_RANGE, η is lowered instead. The
+recorded steps use the mean of the later half's measurements.
 """
 
 from __future__ import annotations
@@ -74,14 +75,27 @@ class CurvatureStep:
         later = self.curvatures[len(self.curvatures) // 2 :]
         return self.safety / max(later) if later else None
 
-    def friction(self, step: float, last_only: bool) -> float | None:
-        """friction=auto: the friction that keeps the heating at HEAT for SGHMC's step η, from the last
-        measurement or (for the recorded steps) the mean of the later half's; None before any."""
+    def _rate(self, last_only: bool) -> float | None:
+        """friction=auto's friction per unit of η, from the last measurement or (for the recorded steps)
+        the mean of the later half's; None before any."""
         rates = self.heat_rates[-1:] if last_only else self.heat_rates[len(self.heat_rates) // 2 :]
-        if not rates:
+        return sum(rates) / len(rates) if rates else None
+
+    def friction(self, step: float, last_only: bool) -> float | None:
+        """friction=auto: the friction that keeps the heating at HEAT for SGHMC's step η (None: keep)."""
+        rate = self._rate(last_only) if self.tunes_friction else None
+        if rate is None:
             return None
         low, high = FRICTION_RANGE
-        return min(max(step * sum(rates) / len(rates), low), high)
+        return min(max(step * rate, low), high)
+
+    def cooled(self, step: float | None, last_only: bool) -> float | None:
+        """friction=auto: `step`, or the smaller η at which the highest friction keeps the heating at
+        HEAT when the minibatch noise needs more friction than that."""
+        rate = self._rate(last_only) if self.tunes_friction else None
+        if step is None or rate is None or step * rate <= FRICTION_RANGE[1]:
+            return step
+        return FRICTION_RANGE[1] / rate
 
 
 def top_curvature(
@@ -140,16 +154,16 @@ def search_round(
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
         finite = h[torch.isfinite(h)]
-        set_step(kernel, state, search.update(float(finite.max()) if finite.numel() else math.nan))
+        step = search.update(float(finite.max()) if finite.numel() else math.nan)
         if search.tunes_friction and t > 0:  # at t = 0 every chain is still at w*
             rate = heat_rate(search, posterior, state.w, gen)
             if math.isfinite(rate):
                 search.heat_rates.append(rate)
-            set_friction(state, search.friction(state.step_size, last_only=True))
+        set_step(kernel, state, search.cooled(step, last_only=True))
+        set_friction(state, search.friction(state.step_size, last_only=True))
     if t == warmup:
-        set_step(kernel, state, search.final)
-        if search.tunes_friction:
-            set_friction(state, search.friction(state.step_size, last_only=False))
+        set_step(kernel, state, search.cooled(search.final, last_only=False))
+        set_friction(state, search.friction(state.step_size, last_only=False))
 
 
 def set_step(kernel: StepTunable, state: TunableState, wanted: float | None) -> None:
@@ -168,18 +182,44 @@ def heat_rate(
     search: CurvatureStep, posterior: LocalizedPosterior, w: torch.Tensor, gen: torch.Generator
 ) -> float:
     """tr(V) / (4·HEAT·LLC) at the chains' positions w (friction=auto): the minibatch gradient's noise
-    variance from one fresh minibatch per chain against the full-data gradient, and the LLC from the
-    full-data loss, both averaged over the chains that are finite. nan where there is nothing to measure."""
+    variance (minibatch_noise) against the LLC from the full-data loss, both averaged over the chains
+    that are finite. nan where there is nothing to measure."""
     if search.loss0 is None:
         search.loss0 = float(posterior.full_loss(posterior.w_star.unsqueeze(0))[0])
-    loss, full = posterior.loss_and_grad(w)
-    noise = torch.zeros_like(loss)  # a step on all n points has no minibatch noise
-    if posterior.batch_size is not None and posterior.batch_size < posterior.n:
-        idx = torch.randint(posterior.n, (w.shape[0], posterior.batch_size), generator=gen, device=w.device)
-        _, minibatch = posterior.loss_and_grad(w, posterior.gather(idx))
-        noise = (minibatch - full).square().sum(dim=1)
+    loss, noise = minibatch_noise(posterior, w, gen, draws=1)
     llc = posterior.nbeta * (loss - search.loss0)
     ok = torch.isfinite(noise) & torch.isfinite(llc)
     if not ok.any():
         return math.nan
     return float(noise[ok].mean()) / (4 * HEAT * max(float(llc[ok].mean()), 1.0))
+
+
+def minibatch_noise(
+    posterior: LocalizedPosterior, w: torch.Tensor, gen: torch.Generator, draws: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full-data loss [chains] at w and tr(V) [chains], the minibatch gradient's total noise variance
+    E‖∇U_B − ∇U‖², from `draws` fresh minibatches per chain (0 for a step on all n points)."""
+    loss, full = posterior.loss_and_grad(w)
+    noise = torch.zeros_like(loss)
+    if posterior.batch_size is not None and posterior.batch_size < posterior.n:
+        for _ in range(draws):
+            idx = torch.randint(
+                posterior.n, (w.shape[0], posterior.batch_size), generator=gen, device=w.device
+            )
+            _, minibatch = posterior.loss_and_grad(w, posterior.gather(idx))
+            noise += (minibatch - full).square().sum(dim=1) / draws
+    return loss, noise
+
+
+def minibatch_heating(
+    kernel: StepTunable, state: TunableState, posterior: LocalizedPosterior, gen: torch.Generator
+) -> float | None:
+    """How much the minibatch gradient's noise raises the LLC at the chains' positions, in LLC units:
+    the kernel's heating per unit of tr(V) times tr(V) from 4 minibatches per chain, averaged over the
+    finite chains; None where the kernel cannot say (a preconditioned SGLD) or no chain is finite."""
+    factor = kernel.heating_per_noise(state)
+    if factor is None:
+        return None
+    _, noise = minibatch_noise(posterior, kernel.position(state), gen, draws=4)
+    finite = noise[torch.isfinite(noise)]
+    return factor * float(finite.mean()) if finite.numel() else None

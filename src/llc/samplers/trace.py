@@ -31,6 +31,9 @@ class Trace:
     step_size_auto: list[float] = field(default_factory=list)  # step_size=auto: the step chosen, per search
     curvatures: list[float] = field(default_factory=list)  # step_size=auto: h_max at each check
     friction_auto: list[float] = field(default_factory=list)  # friction=auto: the friction chosen, per search
+    minibatch_heating: list[float] = field(
+        default_factory=list
+    )  # SGLD/SGHMC: the noise's LLC excess, per run
 
 
 @dataclass
@@ -147,4 +150,5 @@ def concat(traces: list[Trace]) -> Trace:
         step_size_auto=[step for t in traces for step in t.step_size_auto],
         curvatures=[h for t in traces for h in t.curvatures],
         friction_auto=[f for t in traces for f in t.friction_auto],
+        minibatch_heating=[h for t in traces for h in t.minibatch_heating],
     )
