@@ -54,7 +54,8 @@ def run(
         "sampler": sampler, "chains": config.chains, "steps": config.steps, "warmup": config.warmup,
         "llc_true": dln_learning_coefficient(widths, rank), "llc_mean": m["llc_mean"], "llc_se": m["llc_se"],
         "rel_error": m.get("llc_rel_error"), "r_hat": m["r_hat"], "flags": m["flags"],
-        "step_size_auto": m.get("step_size_auto"), "wall_s": round(time.perf_counter() - start, 1),
+        "step_size_auto": m.get("step_size_auto"), "friction_auto": m.get("friction_auto"),
+        "minibatch_heating": m.get("minibatch_heating"), "wall_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 
 

@@ -105,3 +105,19 @@ def test_chains_that_disagree_are_flagged():
         return [f.name for f in assess(metrics, 8, "sgld", 0.8)]
 
     assert flags(1.37) == ["chains_disagree"] and flags(1.02) == []
+
+
+def test_chains_the_minibatch_noise_heats_are_flagged_with_the_heating(tmp_path):
+    """SGHMC's heating is η·tr(V)/(4α): a low friction at a large step on tiny minibatches is flagged,
+    the same step on all points has none, and a higher friction has 30 times less."""
+
+    def run(**extra: float) -> dict:
+        config = build_config(None, {**RRR, "steps": 200, "sampler": "sghmc", "step_size": 3e-5, **extra})
+        return run_llc(config, tmp_path).metrics
+
+    hot = run(friction=0.01, batch_size=16)
+    assert hot["minibatch_heating"] > 0.1 * hot["llc_mean"] and "minibatch_noise_heats" in hot["flags"]
+    assert run(friction=0.01, batch_size=500)["minibatch_heating"] == 0.0
+    cool = run(friction=0.3, batch_size=16)
+    assert cool["minibatch_heating"] < hot["minibatch_heating"] / 10
+    assert "minibatch_noise_heats" not in cool["flags"]
