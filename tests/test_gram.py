@@ -40,3 +40,25 @@ def test_only_linear_mse_networks_qualify():
         GramLoss(
             MLP((3, 2), "identity", bias=False, loss="t_regression"), torch.zeros(2, 3), torch.zeros(2, 2)
         )
+
+
+def test_a_full_batch_run_on_second_moments_is_sized_by_its_products_not_by_n():
+    """HMC and MCLMC on a linear network never touch the n points (gram.py), so their step's work, which
+    sets the thread count, is that of the weight products: one thread for a 947-parameter network
+    however many points (torch's whole pool kept such a run going 10 times as long on a loaded machine)."""
+    from dataclasses import replace
+
+    from llc.config import build_config
+    from llc.posterior import LocalizedPosterior
+    from llc.samplers.driver import step_work
+    from llc.threads import threads_for
+
+    widths = (18, 13, 11, 14, 13, 18)
+    config = build_config("full", {"problem": "dln", "widths": widths, "true_rank": 2, "sampler": "hmc"})
+    model = MLP(widths, "identity", bias=False)
+    x, y = torch.randn(50_000, 18), torch.randn(50_000, 18)
+    direct = LocalizedPosterior(model, x, y, torch.zeros(model.n_params), 100.0, 1.0)
+    gram = replace(direct, grad_fn=GramLoss(model, x, y))
+    assert step_work(config, direct) == 8 * 50_000 * model.n_params
+    assert step_work(config, gram) == 8 * model.n_params * 18
+    assert threads_for(0, step_work(config, gram)) == 1 and threads_for(0, step_work(config, direct)) == 0

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from llc.config import RunConfig
+from llc.gram import GramLoss
 from llc.posterior import LocalizedPosterior
 from llc.samplers.base import Kernel
 from llc.samplers.build import build_kernel, fuses
@@ -86,7 +87,10 @@ def compiles(config: RunConfig, posterior: LocalizedPosterior) -> bool:
 
 
 def step_work(config: RunConfig, posterior: LocalizedPosterior) -> int:
-    """Multiply-adds of one forward pass of all chains on one batch."""
+    """Multiply-adds of one forward pass of all chains on one batch; for a linear network's gradient
+    from second moments (gram.py), of its products of weight matrices, whatever n."""
+    if isinstance(posterior.grad_fn, GramLoss):
+        return config.chains * posterior.dim * max(posterior.grad_fn.model.widths)
     batch = min(posterior.batch_size or posterior.n, posterior.n)
     return config.chains * batch * posterior.model.macs_per_example
 
