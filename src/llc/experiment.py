@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from llc import diagnostics, gram, health, plots
-from llc.allocator import keep_freed_memory
+from llc.allocator import ask_platform_now, keep_freed_memory
 from llc.config import RunConfig
 from llc.erm import train
 from llc.module_model import ModuleModel
@@ -97,6 +97,7 @@ class LLCExperiment:
         problem: Problem | None = None,
     ) -> dict[str, Any]:
         keep_freed_memory()
+        ask_platform_now()
         out = RunDir(run_dir.parent, run_dir.name)
         out.write_json(
             "config.json", {"run_id": config.run_id, "family_id": config.family_id, **config.normalized()}
