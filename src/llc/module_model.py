@@ -254,11 +254,7 @@ class ModuleModel:
             return self._loss_and_grad_by_hand(params, x, y)
         # The per-parameter views are the leaves autograd differentiates: their gradients are then
         # copied into the flat one (through the slicing, each would be a zero-filled [chains, d]).
-        # They view a copy: `params` is often a block of the sampler's state, whose other blocks
-        # another thread updates in place meanwhile (samplers/blocks.py).
-        views = {
-            name: view.requires_grad_(True) for name, view in self._views(params.detach().clone()).items()
-        }
+        views = {name: view.requires_grad_(True) for name, view in self._views(_own_version(params)).items()}
         with torch.enable_grad():
             loss = self._views_loss(views, x, y, graph)
             grads = torch.autograd.grad(loss.sum(), list(views.values()))
@@ -337,6 +333,15 @@ class ModuleModel:
                 "control flow on tensor values, or in-place updates of buffers or inputs. Rewrite that "
                 "construct, or set gpu_mode=sequential to run one chain at a time (slower)"
             ) from exc
+
+
+def _own_version(t: torch.Tensor) -> torch.Tensor:
+    """The memory of `t` as a tensor with a version counter of its own, not its base's. `t` is often a
+    block of the sampler's state, whose other blocks another thread updates in place meanwhile
+    (samplers/blocks.py): through a view, autograd would count those updates as changes to the values
+    it saved and refuse the backward pass. Nothing writes this block's rows before it ends."""
+    alias = torch.empty(0, dtype=t.dtype, device=t.device)
+    return alias.set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
 
 
 def _chunks(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
