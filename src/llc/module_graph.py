@@ -266,21 +266,32 @@ def narrow_to_what_is_read(graph_module: fx.GraphModule) -> int:
         assert isinstance(source, fx.Node)
         key = narrow.args[1:]
         users = list(source.users)
-        if source.op != "call_function" or not all(_is_narrow(u) and u.args[1:] == key for u in users):
+        same = [u for u in users if _is_narrow(u) and u.args[1:] == key]
+        if source.op != "call_function" or (len(same) < len(users) and not _worth_copying(source, *key)):
             continue
         with graph.inserting_before(source):
             replacement = _push(graph, source, *key)
         if replacement is None:
             continue
         created, new_narrows = replacement
-        for user in users:
+        for user in same:
             user.replace_all_uses_with(created)
             graph.erase_node(user)
-        graph.erase_node(source)
+        if len(same) == len(users):
+            graph.erase_node(source)
         todo.extend(new_narrows)
         pushed += 1
     _recompile(graph_module)
     return pushed
+
+
+def _worth_copying(node: fx.Node, dim: int, start: int, length: int) -> bool:
+    """Whether a narrow of `node` is computed by a copy of it on the narrowed inputs when `node` has other
+    users too: when it keeps at most half. The copy costs that fraction of the forward; the backward
+    then adds the narrowed part's gradient to its (small, often parameter) inputs, not to a zero-filled
+    whole of `node` added to its other gradient, as a narrow's backward does."""
+    shape = _shape(node)
+    return shape is not None and 2 * length <= shape[dim]
 
 
 def _is_narrow(node: fx.Node) -> bool:
