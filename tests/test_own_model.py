@@ -240,12 +240,6 @@ def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_
     assert exported is not None and exported.pushed >= 14  # the MLP, attention, out-projection, queries
     nodes = list(exported.program.graph_module.graph.nodes)
     aten = torch.ops.aten
-    splits = [
-        n.args[1]
-        for n in nodes
-        if n.target is aten.split_with_sizes.default and n.args[0].name == "p_qkv_weight"
-    ]
-    assert splits == [[6, 12]]  # the queries narrowed alone, keys and values still one product
     narrowed = [n.args[0] for n in nodes if n.target is aten.narrow.default]
     # the query's and the residual's last position from narrowed copies: only inputs are narrowed while
     # read whole elsewhere too (their narrow's backward would zero-fill a whole activation)

@@ -66,7 +66,6 @@ def export_forward(module: torch.nn.Module, x: torch.Tensor) -> Exported | None:
             split_fused_projections(graph)
             _ShapeRecorder(graph).run(*inputs)
             pushed = narrow_to_what_is_read(graph)
-            join_parts_on_one_input(graph)
             _ShapeRecorder(graph).run(*inputs)
             small_products_as_sums(graph)
             got = _ShapeRecorder(graph).run(*inputs)
@@ -142,84 +141,6 @@ def split_fused_projections(graph_module: fx.GraphModule) -> int:
         split += 1
     _recompile(graph_module)
     return split
-
-
-def join_parts_on_one_input(graph_module: fx.GraphModule) -> int:
-    """Undo split_fused_projections where the narrowing left consecutive parts on the same input (the
-    keys and values of every position, once the queries are narrowed to one): those parts become one
-    linear layer again, whose output is split along its features. One larger product, and one gradient
-    of the shared input instead of a sum of two. Returns the layers joined."""
-    graph, joined = graph_module.graph, 0
-    for split in list(graph.nodes):
-        parts = _parts_of(split)
-        if parts is None:
-            continue
-        linears, bias_split = parts
-        groups: list[list[int]] = []
-        for i, linear in enumerate(linears):
-            if groups and linears[groups[-1][-1]].args[0] is linear.args[0]:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        if len(groups) == len(linears):
-            continue
-        sizes = split.args[1]
-        merged = [sum(sizes[i] for i in group) for group in groups]  # type: ignore[index]
-        with graph.inserting_after(bias_split if bias_split is not None else split):
-            weights = graph.call_function(aten.split_with_sizes.default, (split.args[0], merged, 0))
-            biases = (
-                None
-                if bias_split is None
-                else graph.call_function(aten.split_with_sizes.default, (bias_split.args[0], merged, 0))
-            )
-        for g, group in enumerate(groups):
-            first = linears[group[0]]
-            with graph.inserting_before(first):
-                rows = graph.call_function(operator.getitem, (weights, g))
-                cut = None if biases is None else graph.call_function(operator.getitem, (biases, g))
-                out = graph.call_function(aten.linear.default, (first.args[0], rows, cut))
-                results = [out]
-                if len(group) > 1:
-                    cuts = [sizes[i] for i in group]  # type: ignore[index]
-                    pieces = graph.call_function(aten.split_with_sizes.default, (out, cuts, -1))
-                    results = [graph.call_function(operator.getitem, (pieces, k)) for k in range(len(group))]
-            for i, result in zip(group, results, strict=True):
-                linears[i].replace_all_uses_with(result)
-                graph.erase_node(linears[i])
-            joined += len(group) > 1
-    _recompile(graph_module)
-    return joined
-
-
-def _parts_of(split: fx.Node) -> tuple[list[fx.Node], fx.Node | None] | None:
-    """For a split of a weight along its rows whose every part is only the weight of one linear layer
-    (with the same part of one bias, or none): those layers in the parts' order, and the bias's split."""
-    if split.op != "call_function" or split.target is not aten.split_with_sizes.default:
-        return None
-    if (*split.args, 0)[2] != 0 or split.args[0].op != "placeholder":  # type: ignore[union-attr]
-        return None
-    getitems = sorted(split.users, key=lambda g: g.args[1])
-    if [g.args[1] for g in getitems] != list(range(len(split.args[1]))):  # type: ignore[arg-type]
-        return None
-    linears, bias_split = [], None
-    for index, getitem in enumerate(getitems):
-        if getitem.target is not operator.getitem or len(getitem.users) != 1:
-            return None
-        (linear,) = getitem.users
-        if linear.target is not aten.linear.default or linear.args[1] is not getitem:
-            return None
-        bias = (*linear.args, None)[2]
-        if bias is not None:
-            if not isinstance(bias, fx.Node) or bias.target is not operator.getitem or bias.args[1] != index:
-                return None
-            if bias_split is None:
-                bias_split = bias.args[0]
-            if bias.args[0] is not bias_split or len(bias.users) != 1:
-                return None
-        elif bias_split is not None:
-            return None
-        linears.append(linear)
-    return linears, bias_split  # type: ignore[return-value]
 
 
 def _recompile(graph_module: fx.GraphModule) -> None:
