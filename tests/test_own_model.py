@@ -244,6 +244,8 @@ def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_
     # the query's and the residual's last position from narrowed copies: only inputs are narrowed while
     # read whole elsewhere too (their narrow's backward would zero-fill a whole activation)
     assert narrowed and all(len(n.users) == 1 or n.op == "placeholder" for n in narrowed)
+    softmax = (aten.softmax.int, aten._softmax.default, aten.logsumexp.default)
+    assert [n.target for n in nodes if n.target in softmax] == [aten.logsumexp.default]  # over 4 keys
 
     graph = ModuleModel(module, per_example_cross_entropy, example_dims=1)
     functional = ModuleModel(module, per_example_cross_entropy, example_dims=1, exported=False)

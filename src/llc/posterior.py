@@ -83,8 +83,8 @@ class LocalizedPosterior:
 
     def descend(self, w: torch.Tensor, batch: Batch, step: float) -> torch.Tensor:
         """w <- w - step·∇U(w) in place, with ∇U on the batch; returns the loss L [chains] there before.
-        Three passes over [chains, d] (towards w*, along -∇L, and none to assemble ∇U): at LLC sizes
-        these passes, not the arithmetic, are what costs."""
+        Two passes over [chains, d], towards w* and along -nβ∇L, with ∇U never assembled: at LLC sizes
+        such passes, not the arithmetic, are much of a step's cost."""
         x, y = batch
         assert self.grad_fn is not None
         loss, grad = self.grad_fn(w, x, y)
