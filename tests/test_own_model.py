@@ -85,6 +85,13 @@ def token_layers() -> list[torch.nn.Module]:
             nn.Linear(5, 2, bias=False), nn.Tanh()]  # fmt: skip
 
 
+def activation_layers() -> list[torch.nn.Module]:
+    nn = torch.nn
+    return [nn.Flatten(), nn.Linear(6, 8), nn.GELU(), nn.Dropout(0.2), nn.Linear(8, 7, bias=False), nn.Tanh(),
+            nn.Sequential(nn.Linear(7, 6), nn.SiLU(), nn.Linear(6, 5)), nn.LeakyReLU(0.1), nn.Linear(5, 4),
+            nn.Sigmoid(), nn.Linear(4, 2)]  # fmt: skip
+
+
 COMMON_LAYERS = {
     "mlp": (
         lambda: torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)),
@@ -98,7 +105,14 @@ COMMON_LAYERS = {
         lambda gen, lead: torch.randn(*lead, 2, generator=gen, dtype=torch.float64),
         per_example_mse,
     ),
+    "activations": (
+        lambda: torch.nn.Sequential(*activation_layers()),
+        lambda gen, lead: torch.randn(*lead, 6, generator=gen, dtype=torch.float64),
+        lambda gen, lead: torch.randn(*lead, 2, generator=gen, dtype=torch.float64),
+        per_example_mse,
+    ),
 }
+BY_HAND = ("mlp", "activations")  # stacks whose gradient stacked_backward.py writes without autograd
 
 
 @pytest.mark.parametrize("per_chain", [True, False])
@@ -110,8 +124,9 @@ def test_common_layers_skip_torch_func_and_give_its_losses_and_gradients(case, p
     module = build().double()
     stacked = ModuleModel(module, loss, example_dims=1)
     through_vmap = ModuleModel(module, loss, example_dims=1)
-    through_vmap.stacked = None
+    through_vmap.stacked, through_vmap.by_hand = None, None
     assert stacked.stacked is not None
+    assert (stacked.by_hand is not None) == (case in BY_HAND)
     gen = torch.Generator().manual_seed(1)
     w = stacked.flat_parameters() + 0.1 * torch.randn(3, stacked.n_params, generator=gen, dtype=torch.float64)
     lead = (3, 9) if per_chain else (20,)
@@ -121,6 +136,43 @@ def test_common_layers_skip_torch_func_and_give_its_losses_and_gradients(case, p
     torch.testing.assert_close((loss_value, grad), through_vmap.loss_and_grad(w, x, y))
     torch.testing.assert_close(stacked.batch_loss(w, x, y), through_vmap.batch_loss(w, x, y))
     assert grad.abs().min(dim=0).values.count_nonzero() > 0.9 * grad.shape[1]  # every layer's gradient
+
+
+@pytest.mark.parametrize("per_chain", [True, False])
+@pytest.mark.parametrize("case", BY_HAND)
+def test_a_gradient_written_by_hand_equals_autograds_through_the_same_layers(case, per_chain):
+    build, inputs, targets, loss = COMMON_LAYERS[case]
+    torch.manual_seed(0)
+    by_hand = ModuleModel(build().double(), loss, example_dims=1)
+    by_autograd = ModuleModel(by_hand.module, loss, example_dims=1)
+    by_autograd.by_hand = None
+    gen = torch.Generator().manual_seed(1)
+    w = by_hand.flat_parameters() + 0.1 * torch.randn(3, by_hand.n_params, generator=gen, dtype=torch.float64)
+    lead = (3, 9) if per_chain else (20,)
+    x, y = inputs(gen, lead), targets(gen, lead)
+
+    loss_value, grad = by_hand.loss_and_grad(w, x, y)
+    torch.testing.assert_close((loss_value, grad), by_autograd.loss_and_grad(w, x, y))
+    torch.testing.assert_close((loss_value, grad), by_hand.autograd_loss_and_grad(w, x, y))
+    assert grad.abs().min(dim=0).values.count_nonzero() > 0.9 * grad.shape[1]
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LeakyReLU(inplace=True)),  # reads its input
+        torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ELU()),  # no derivative written for it
+        torch.nn.Sequential(torch.nn.LayerNorm(3), torch.nn.Linear(3, 3)),
+    ],
+)
+def test_other_common_layers_keep_autograd(module):
+    model = ModuleModel(module, per_example_mse, example_dims=1)
+    assert model.stacked is not None and model.by_hand is None
+
+
+def test_a_loss_given_as_a_callable_keeps_autograd():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    assert ModuleModel(module, lambda out, y: (out - y).abs().sum(-1), example_dims=1).by_hand is None
 
 
 class Tied(torch.nn.Module):
@@ -186,6 +238,14 @@ def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_
     y = torch.randint(0, 5, x.shape[:-1], generator=gen)
     exported = export_forward(module, x[0] if per_chain else x)
     assert exported is not None and exported.pushed >= 14  # the MLP, attention, out-projection, queries
+    nodes = list(exported.program.graph_module.graph.nodes)
+    aten = torch.ops.aten
+    narrowed = [n.args[0] for n in nodes if n.target is aten.narrow.default]
+    # the query's and the residual's last position from narrowed copies: only inputs are narrowed while
+    # read whole elsewhere too (their narrow's backward would zero-fill a whole activation)
+    assert narrowed and all(len(n.users) == 1 or n.op == "placeholder" for n in narrowed)
+    softmax = (aten.softmax.int, aten._softmax.default, aten.logsumexp.default)
+    assert [n.target for n in nodes if n.target in softmax] == [aten.logsumexp.default]  # over 4 keys
 
     graph = ModuleModel(module, per_example_cross_entropy, example_dims=1)
     functional = ModuleModel(module, per_example_cross_entropy, example_dims=1, exported=False)

@@ -57,3 +57,15 @@ def test_a_custom_gradient_function_gives_one_block_from_it():
     _, pieces = custom.loss_and_grad_pieces(w, batch)
     assert calls and len(pieces) == 1 and pieces[0][0] == slice(0, posterior.dim)
     torch.testing.assert_close(pieces[0][1], custom.loss_and_grad(w, batch)[1])
+
+
+def test_a_descent_step_moves_each_chain_by_the_potentials_gradient_and_returns_the_loss_before():
+    posterior = _posterior("tanh")
+    w = posterior.w_star + 0.1 * torch.randn(3, posterior.dim, generator=torch.Generator().manual_seed(1))
+    batch = (posterior.x[:8], posterior.y[:8])
+    loss, grad = posterior.loss_and_grad(w.clone(), batch)
+    moved = w.clone()
+    step = 1e-3
+    torch.testing.assert_close(posterior.descend(moved, batch, step), loss)
+    torch.testing.assert_close(moved, w - step * grad)
+    assert not torch.equal(moved, w)

@@ -130,7 +130,7 @@ def _rule(
         return call(target, (new[args[0]], *args[1:]), kwargs)
     if target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
         return call(aten.reshape.default, (new[args[0]], [chains, *_shape(node)]))
-    if target in (aten.sum.dim_IntList, aten.mean.dim, aten.amax.default):
+    if target in (aten.sum.dim_IntList, aten.mean.dim, aten.amax.default, aten.logsumexp.default):
         rank = _rank(args[0])
         return call(target, (new[args[0]], [d % rank + 1 for d in args[1]], *args[2:]), kwargs)
     if target is aten.permute.default:

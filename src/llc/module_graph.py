@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 SMALL = 1024  # largest matrix (elements) that small_products_as_sums multiplies element by element
+SHORT = 64  # longest dimension that short_softmax_as_exp takes a softmax over
 # (params by name, buffers by name, x) -> the module's output; a pure function, safe under vmap and threads
 GraphForward = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], Any]
 
@@ -66,6 +67,8 @@ def export_forward(module: torch.nn.Module, x: torch.Tensor) -> Exported | None:
             split_fused_projections(graph)
             _ShapeRecorder(graph).run(*inputs)
             pushed = narrow_to_what_is_read(graph)
+            _ShapeRecorder(graph).run(*inputs)
+            short_softmax_as_exp(graph)
             _ShapeRecorder(graph).run(*inputs)
             small_products_as_sums(graph)
             got = _ShapeRecorder(graph).run(*inputs)
@@ -190,6 +193,28 @@ def _parts(linear: fx.Node, out: torch.Size) -> tuple[list[int], list[tuple[fx.N
     return [math.prod(rest)] * shape[last], [(g, g.args[1]) for g in unbind.users], finish
 
 
+def short_softmax_as_exp(graph_module: fx.GraphModule) -> int:
+    """A softmax over a short dimension (at most SHORT, as over the few keys of a narrowed attention)
+    rewritten as exp(x - logsumexp(x)): the same values up to float rounding, and forward and backward
+    3-4x faster than torch's softmax kernels, which are built for long rows, on the CPU."""
+    graph, rewritten = graph_module.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.softmax.int, aten._softmax.default):
+            continue
+        x, dim = node.args[:2]
+        shape = _shape(x)
+        if shape is None or shape[dim] > SHORT or node.kwargs or any(node.args[2:]):  # no dtype change
+            continue
+        with graph.inserting_before(node):
+            norm = graph.call_function(aten.logsumexp.default, (x, [dim], True))
+            total = graph.call_function(aten.exp.default, (graph.call_function(aten.sub.Tensor, (x, norm)),))
+        node.replace_all_uses_with(total)
+        graph.erase_node(node)
+        rewritten += 1
+    _recompile(graph_module)
+    return rewritten
+
+
 def small_products_as_sums(graph_module: fx.GraphModule) -> int:
     """Batched matmuls of one row (or one column) by a small matrix, as a narrowed attention makes
     them (a single query against a few keys), rewritten as a broadcast product and a sum: the same
@@ -266,21 +291,32 @@ def narrow_to_what_is_read(graph_module: fx.GraphModule) -> int:
         assert isinstance(source, fx.Node)
         key = narrow.args[1:]
         users = list(source.users)
-        if source.op != "call_function" or not all(_is_narrow(u) and u.args[1:] == key for u in users):
+        same = [u for u in users if _is_narrow(u) and u.args[1:] == key]
+        if source.op != "call_function" or (len(same) < len(users) and not _worth_copying(source, *key)):
             continue
         with graph.inserting_before(source):
             replacement = _push(graph, source, *key)
         if replacement is None:
             continue
         created, new_narrows = replacement
-        for user in users:
+        for user in same:
             user.replace_all_uses_with(created)
             graph.erase_node(user)
-        graph.erase_node(source)
+        if len(same) == len(users):
+            graph.erase_node(source)
         todo.extend(new_narrows)
         pushed += 1
     _recompile(graph_module)
     return pushed
+
+
+def _worth_copying(node: fx.Node, dim: int, start: int, length: int) -> bool:
+    """Whether a narrow of `node` is computed by a copy of it on the narrowed inputs when `node` has other
+    users too: when it keeps at most half. The copy costs that fraction of the forward; the backward
+    then adds the narrowed part's gradient to its (small, often parameter) inputs, not to a zero-filled
+    whole of `node` added to its other gradient, as a narrow's backward does."""
+    shape = _shape(node)
+    return shape is not None and 2 * length <= shape[dim]
 
 
 def _is_narrow(node: fx.Node) -> bool:

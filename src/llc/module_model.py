@@ -23,6 +23,7 @@ from torch.func import functional_call, vmap
 from llc.chain_graph import ChainForward, batch_over_chains
 from llc.config import ConfigError
 from llc.module_graph import Exported, GraphForward, export_forward
+from llc.stacked_backward import StackedGradient, stacked_backward
 from llc.stacked_layers import Forward, stacked_forward
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class ModuleModel:
     sizes: list[int] = field(init=False)
     buffers: dict[str, torch.Tensor] = field(init=False, repr=False)
     stacked: Forward | None = field(init=False, repr=False)  # the forward without torch.func, if any
+    by_hand: StackedGradient | None = field(init=False, repr=False)  # its gradient without autograd, if any
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -79,6 +81,8 @@ class ModuleModel:
         self._shared_loss = vmap(self._chain_loss, in_dims=(0, None, None))
         stacked = stacked_forward(self.module)
         self.stacked = None if stacked is None else stacked[0]
+        loss = next((name for name, fn in LOSSES.items() if fn is self.loss_fn), None)
+        self.by_hand = None if stacked is None else stacked_backward(self.module, loss)
         # Built-in losses treat examples one by one, so chains fold into their batch; a loss given as
         # a callable may not, and runs once per chain under vmap.
         self._example_loss = self.loss_fn if self.loss_fn in LOSSES.values() else vmap(self.loss_fn)
@@ -246,13 +250,11 @@ class ModuleModel:
     def _loss_and_grad(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, graph: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.by_hand is not None:
+            return self._loss_and_grad_by_hand(params, x, y)
         # The per-parameter views are the leaves autograd differentiates: their gradients are then
         # copied into the flat one (through the slicing, each would be a zero-filled [chains, d]).
-        # They view a copy: `params` is often a block of the sampler's state, whose other blocks
-        # another thread updates in place meanwhile (samplers/blocks.py).
-        views = {
-            name: view.requires_grad_(True) for name, view in self._views(params.detach().clone()).items()
-        }
+        views = {name: view.requires_grad_(True) for name, view in self._views(_own_version(params)).items()}
         with torch.enable_grad():
             loss = self._views_loss(views, x, y, graph)
             grads = torch.autograd.grad(loss.sum(), list(views.values()))
@@ -260,6 +262,18 @@ class ModuleModel:
         for piece, g in zip(self._views(flat).values(), grads, strict=True):
             piece.copy_(g)  # one pass, also for a gradient autograd left transposed
         return loss.detach(), flat
+
+    def _loss_and_grad_by_hand(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_loss_and_grad` of a stack of common layers (stacked_backward.py): no autograd graph, each
+        weight's gradient written in place, and `params` read as it is (no copy: nothing is saved)."""
+        assert self.by_hand is not None
+        if not self._per_chain(x):
+            x, y = x.expand(params.shape[0], *x.shape), y.expand(params.shape[0], *y.shape)
+        flat = torch.empty_like(params)
+        loss = self.by_hand(self._views(params.detach()), x, y, self._views(flat))
+        return loss, flat
 
     def loss_and_grad_pieces(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -319,6 +333,15 @@ class ModuleModel:
                 "control flow on tensor values, or in-place updates of buffers or inputs. Rewrite that "
                 "construct, or set gpu_mode=sequential to run one chain at a time (slower)"
             ) from exc
+
+
+def _own_version(t: torch.Tensor) -> torch.Tensor:
+    """The memory of `t` as a tensor with a version counter of its own, not its base's. `t` is often a
+    block of the sampler's state, whose other blocks another thread updates in place meanwhile
+    (samplers/blocks.py): through a view, autograd would count those updates as changes to the values
+    it saved and refuse the backward pass. Nothing writes this block's rows before it ends."""
+    alias = torch.empty(0, dtype=t.dtype, device=t.device)
+    return alias.set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
 
 
 def _chunks(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -81,6 +81,16 @@ class LocalizedPosterior:
         grad.mul_(self.nbeta).add_(w - self.w_star, alpha=self.gamma)
         return loss, grad
 
+    def descend(self, w: torch.Tensor, batch: Batch, step: float) -> torch.Tensor:
+        """w <- w - step·∇U(w) in place, with ∇U on the batch; returns the loss L [chains] there before.
+        Two passes over [chains, d], towards w* and along -nβ∇L, with ∇U never assembled: at LLC sizes
+        such passes, not the arithmetic, are much of a step's cost."""
+        x, y = batch
+        assert self.grad_fn is not None
+        loss, grad = self.grad_fn(w, x, y)
+        w.lerp_(self.w_star, step * self.gamma).add_(grad, alpha=-step * self.nbeta)
+        return loss
+
     def loss_and_grad_pieces(self, w: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, list[Piece]]:
         """`loss_and_grad` with ∇U as (columns, block [chains, n]) pairs in column order, never assembled
         into one tensor: a compiled step computes each block's update where the block lies, and

@@ -115,11 +115,12 @@ class SGLD(BlockedChains):
             loss, moved = self._compiled_step(w, idx, block.normal(w), eps)
             torch.cat(moved, dim=1, out=w)
             return loss
+        if self.precond == "none":
+            loss = self.posterior.descend(w, self.posterior.batch_at(idx), 0.5 * eps)
+            w.add_(block.normal(w), alpha=math.sqrt(eps))
+            return loss
         loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx))
         noise = block.normal(w)
-        if self.precond == "none":
-            w.add_(grad, alpha=-0.5 * eps).add_(noise, alpha=math.sqrt(eps))
-            return loss
         assert state.square_avg is not None
         t = state.t + j + 1  # steps taken by the preconditioner, this one included
         square_avg = state.square_avg[chains]
