@@ -9,7 +9,7 @@ one after another, so one chain's rate is its 8-chain rate). Each ratio is the m
 per-round ratios. The rounds' devinterp chains make its LLC estimate for the cross-check.
 
     python benchmarks/own_model.py [--rounds 8] [--steps 300] [--devinterp-draws 300] [--threads 1]
-                                   [--batch-size 64] [--quick] [--json OUT]
+                                   [--batch-size 64] [--device cpu|cuda] [--quick] [--json OUT]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devinterp-draws", type=int, default=300, help="draws per devinterp chain")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both libraries (default 1)")
     parser.add_argument("--batch-size", type=int, default=64, help="SGLD minibatch, both workloads")
+    parser.add_argument("--device", default="cpu", help="where both libraries run: cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: seconds")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args(argv)
@@ -163,11 +164,13 @@ def cross_entropy(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tens
 
 
 # ---- the two libraries -----------------------------------------------------------------------------
-def engine_setup(work: Workload, steps: int) -> tuple[RunConfig, LocalizedPosterior, float]:
+def engine_setup(work: Workload, steps: int, device: str) -> tuple[RunConfig, LocalizedPosterior, float]:
     values = {**SGLD, "problem": "module", "loss": "cross_entropy", "chains": CHAINS, "steps": steps,
-              "batch_size": work.batch_size, "compile": False}  # fmt: skip
+              "batch_size": work.batch_size, "compile": False, "device": device}  # fmt: skip
     config = RunConfig.model_validate(values, context={IN_MEMORY_MODULE: True})
     model, x, y = module_problem(config, work.module, (work.x, work.y))
+    model.to(torch.device(device))
+    x, y = x.to(device), y.to(device)
     w_star = model.flat_parameters()
     loss0 = float(model.batch_loss(w_star.unsqueeze(0), x, y)[0])
     nbeta = config.nbeta_for(x.shape[0])
@@ -176,13 +179,15 @@ def engine_setup(work: Workload, steps: int) -> tuple[RunConfig, LocalizedPoster
 
 def time_engine(config: RunConfig, posterior: LocalizedPosterior, loss0: float) -> tuple[float, Trace]:
     """Chain-draws per second of the sampling loop alone."""
-    gen = torch.Generator().manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
+    gen = torch.Generator(posterior.w_star.device).manual_seed(
+        stream(config.seed, STREAM_SAMPLING).initial_seed()
+    )
     trace = sample(config, posterior, loss0, gen)
     return config.chains * config.steps / trace.t_sampling_s, trace
 
 
 def time_devinterp(
-    work: Workload, loss0: float, nbeta: float, draws: int, seed: int
+    work: Workload, loss0: float, nbeta: float, draws: int, seed: int, device: str
 ) -> tuple[float, np.ndarray]:
     """One devinterp chain: draws per second and its per-draw LLC [1, draws]."""
     from devinterp.optim.sgld import SGLD as DevinterpSGLD
@@ -197,23 +202,28 @@ def time_devinterp(
             work.module, loader, evaluate=cross_entropy, sampling_method=DevinterpSGLD,
             optimizer_kwargs={"lr": SGLD["step_size"], "localization": SGLD["gamma"], "nbeta": nbeta},
             num_draws=draws, num_chains=1, num_burnin_steps=0, init_loss=loss0, cores=1, seed=seed,
-            verbose=False,
+            verbose=False, device=device,
         )  # fmt: skip
     elapsed = time.perf_counter() - start
     return draws / elapsed, nbeta * (np.asarray(result["loss/trace"], float) - loss0)
 
 
 # ---- generic against hand-written on the reference workload ----------------------------------------
-def reference_pair(quick: bool, steps: int) -> tuple[RunConfig, dict[str, LocalizedPosterior], float]:
+def reference_pair(
+    quick: bool, steps: int, device: str
+) -> tuple[RunConfig, dict[str, LocalizedPosterior], float]:
     """The reference workload's posterior twice: the hand-written MLP and the same w* as nn.Linear layers."""
-    base = build_config(None, {**REFERENCE, **({"n_data": 1000, "erm_steps": 20} if quick else {}),
-                               "steps": steps, "chains": CHAINS, "compile": False})  # fmt: skip
+    size = {"n_data": 1000, "erm_steps": 20} if quick else {}
+    base = build_config(None, {**REFERENCE, **size, "steps": steps, "chains": CHAINS, "compile": False,
+                               "device": device})  # fmt: skip
     problem = build_problem(base)
     w_star, loss0 = train(problem, base.erm_steps, base.erm_lr, base.seed)
-    hand = LocalizedPosterior(problem.model, problem.x, problem.y, w_star, base.resolved_nbeta, base.gamma,
-                              base.batch_size)  # fmt: skip
+    hand = LocalizedPosterior(problem.model, problem.x.to(device), problem.y.to(device), w_star.to(device),
+                              base.resolved_nbeta, base.gamma, base.batch_size)  # fmt: skip
     as_module_config = RunConfig.model_validate({"problem": "module"}, context={IN_MEMORY_MODULE: True})
     model, x, y = module_problem(as_module_config, as_module(problem.model, w_star), (problem.x, problem.y))
+    model.to(torch.device(device))
+    x, y = x.to(device), y.to(device)
     generic = LocalizedPosterior(model, x, y, model.flat_parameters(), base.resolved_nbeta, base.gamma,
                                  base.batch_size)  # fmt: skip
     return base, {"hand_written": hand, "generic": generic}, loss0
@@ -225,13 +235,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     missing = devinterp_missing()
     workloads = [digits_mlp(args.quick, args.batch_size), transformer(args.quick, args.batch_size)]
-    setups = {w.name: engine_setup(w, args.steps) for w in workloads}
-    ref_config, ref_posteriors, ref_loss0 = reference_pair(args.quick, args.steps)
+    setups = {w.name: engine_setup(w, args.steps, args.device) for w in workloads}
+    ref_config, ref_posteriors, ref_loss0 = reference_pair(args.quick, args.steps, args.device)
     for config, posterior, loss0 in [
         *setups.values(),
         *((ref_config, p, ref_loss0) for p in ref_posteriors.values()),
     ]:
-        sample(config.model_copy(update={"steps": 2}), posterior, loss0, torch.Generator().manual_seed(0))
+        warm = torch.Generator(posterior.w_star.device).manual_seed(0)
+        sample(config.model_copy(update={"steps": 2}), posterior, loss0, warm)
 
     rounds: list[dict[str, Any]] = []
     devinterp_chains: dict[str, list[np.ndarray]] = {w.name: [] for w in workloads}
@@ -240,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for work in workloads:
             config, posterior, loss0 = setups[work.name]
             if missing is None:
-                rate, llc = time_devinterp(work, loss0, posterior.nbeta, args.devinterp_draws, r)
+                rate, llc = time_devinterp(work, loss0, posterior.nbeta, args.devinterp_draws, r, args.device)
                 record[f"{work.name}/devinterp"] = rate
                 devinterp_chains[work.name].append(llc)
             record[f"{work.name}/engine"], _ = time_engine(config, posterior, loss0)
@@ -251,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "quick": args.quick,
-        "machine": {**machine(), "torch_threads": args.threads},
+        "machine": {**machine(), "torch_threads": args.threads, "device": device_name(args.device)},
         "settings": {
             "batch_size": args.batch_size,
             "rounds": args.rounds,
@@ -294,6 +305,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
+
+
 def cross_check(
     config: RunConfig, posterior: LocalizedPosterior, loss0: float, draws: int, devinterp: list[np.ndarray]
 ) -> dict[str, Any]:
@@ -308,7 +323,8 @@ def cross_check(
 def report(results: dict[str, Any]) -> None:
     m = results["machine"]
     print(
-        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} thread(s), {CHAINS} chains"
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} thread(s), "
+        f"{CHAINS} chains, on {m.get('device', 'cpu')}"
     )
     if "skipped" in results["devinterp"]:
         print(f"devinterp skipped: {results['devinterp']['skipped']}")
