@@ -127,15 +127,20 @@ def test_common_layers_skip_torch_func_and_give_its_losses_and_gradients(case, p
     through_vmap.stacked, through_vmap.by_hand = None, None
     assert stacked.stacked is not None
     assert (stacked.by_hand is not None) == (case in BY_HAND)
-    gen = torch.Generator().manual_seed(1)
-    w = stacked.flat_parameters() + 0.1 * torch.randn(3, stacked.n_params, generator=gen, dtype=torch.float64)
-    lead = (3, 9) if per_chain else (20,)
-    x, y = inputs(gen, lead), targets(gen, lead)
+    w, x, y = near_w_star(stacked, inputs, targets, per_chain)
 
     loss_value, grad = stacked.loss_and_grad(w, x, y)
     torch.testing.assert_close((loss_value, grad), through_vmap.loss_and_grad(w, x, y))
     torch.testing.assert_close(stacked.batch_loss(w, x, y), through_vmap.batch_loss(w, x, y))
     assert grad.abs().min(dim=0).values.count_nonzero() > 0.9 * grad.shape[1]  # every layer's gradient
+
+
+def near_w_star(model: ModuleModel, inputs, targets, per_chain: bool):
+    """Three chains' parameters near the module's own weights, and a batch per chain or a shared one."""
+    gen = torch.Generator().manual_seed(1)
+    w = model.flat_parameters() + 0.1 * torch.randn(3, model.n_params, generator=gen, dtype=torch.float64)
+    lead = (3, 9) if per_chain else (20,)
+    return w, inputs(gen, lead), targets(gen, lead)
 
 
 @pytest.mark.parametrize("per_chain", [True, False])
@@ -146,10 +151,7 @@ def test_a_gradient_written_by_hand_equals_autograds_through_the_same_layers(cas
     by_hand = ModuleModel(build().double(), loss, example_dims=1)
     by_autograd = ModuleModel(by_hand.module, loss, example_dims=1)
     by_autograd.by_hand = None
-    gen = torch.Generator().manual_seed(1)
-    w = by_hand.flat_parameters() + 0.1 * torch.randn(3, by_hand.n_params, generator=gen, dtype=torch.float64)
-    lead = (3, 9) if per_chain else (20,)
-    x, y = inputs(gen, lead), targets(gen, lead)
+    w, x, y = near_w_star(by_hand, inputs, targets, per_chain)
 
     loss_value, grad = by_hand.loss_and_grad(w, x, y)
     torch.testing.assert_close((loss_value, grad), by_autograd.loss_and_grad(w, x, y))
