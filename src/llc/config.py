@@ -365,7 +365,7 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem: the key, what was given, and what is allowed."""
     lines = []
-    for err in exc.errors():
+    for err in _union_branches_merged(exc.errors()):
         key = ".".join(str(p) for p in err["loc"]) or "config"
         if err["type"] == "extra_forbidden":
             close = _closest(str(err["loc"][-1]))
@@ -380,6 +380,24 @@ def describe_validation_error(exc: ValidationError) -> str:
             f"{key}: {msg}{given}" + (f"; allowed: {allowed}" if allowed and allowed not in msg else "")
         )
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _union_branches_merged(errors: list[Any]) -> list[Any]:
+    """A key that takes one of several forms (a number or "auto") fails once per form, each error's
+    location naming the form: one error per key instead, its messages joined by "or"."""
+    merged: list[Any] = []
+    for err in errors:
+        loc = err["loc"]
+        branch = len(loc) == 2 and isinstance(loc[1], str) and loc[0] in RunConfig.model_fields
+        if not branch:
+            merged.append(err)
+            continue
+        previous = merged[-1] if merged else None
+        if previous is not None and previous["loc"] == loc[:1]:
+            previous["msg"] += f", or {err['msg'][0].lower()}{err['msg'][1:]}"
+        else:
+            merged.append({**err, "loc": loc[:1], "ctx": {}})
+    return merged
 
 
 def _closest(key: str) -> str | None:
