@@ -74,4 +74,6 @@ def test_a_key_that_takes_a_number_or_auto_fails_in_one_line_naming_both():
         build_config("quick", {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "friction": "fast"})
     lines = str(caught.value).splitlines()[1:]
     assert len(lines) == 1 and lines[0].startswith("  friction: ")
-    assert "valid number" in lines[0] and "or input should be 'auto'" in lines[0] and "(got 'fast')" in lines[0]
+    assert (
+        "valid number" in lines[0] and "or input should be 'auto'" in lines[0] and "(got 'fast')" in lines[0]
+    )
