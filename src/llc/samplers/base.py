@@ -83,13 +83,13 @@ class FrictionState(TunableState, Protocol):
 class StepTunable(Protocol):
     """A minibatch kernel whose step `step_size=auto` sets in warm-up (samplers/step_search.py)."""
 
-    def stable_step(self, state: TunableState) -> tuple[float, torch.Tensor | None]:
-        """The step ε whose product with a curvature h sets the step's bias (about ε·h/4) and stability
-        (up to ε·h = 2), and the diagonal metric G that h is measured in (None: the identity)."""
+    def curvature_metric(self, state: TunableState) -> torch.Tensor | None:
+        """The diagonal metric G that the curvature h its step sees is measured in (None: the identity)."""
         ...
 
     def set_step(self, state: TunableState, step: float) -> None:
-        """Make the kernel's step `step`."""
+        """Make the kernel's step `step`: the ε (SGLD) or η (SGHMC) whose product with a curvature h sets
+        the step's bias (about ε·h/4) and stability (up to ε·h = 2)."""
         ...
 
     def heating_per_noise(self, state: TunableState) -> float | None:

@@ -26,13 +26,7 @@ from llc.posterior import LocalizedPosterior
 from llc.samplers.base import Kernel
 from llc.samplers.build import build_kernel, fuses
 from llc.samplers.checkpoint import Checkpointing, Run, Saver
-from llc.samplers.step_search import (
-    FRICTION_SAFETY,
-    CurvatureStep,
-    minibatch_heating,
-    round_length,
-    search_round,
-)
+from llc.samplers.step_search import CurvatureStep, minibatch_heating, round_length, search_round
 from llc.samplers.trace import DrawRecorder, Records, Trace, concat, projection_directions
 from llc.threads import cpu_threads, threads_for
 
@@ -183,13 +177,7 @@ def _start(
     records = Records.empty(config, chains, n_evals, posterior.w_star)
     # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
     eval_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1)
-    search = None
-    if config.step_size_auto:
-        search = (
-            CurvatureStep(FRICTION_SAFETY, tunes_friction=True)
-            if config.friction == "auto"
-            else CurvatureStep()
-        )
+    search = CurvatureStep.starting(config.friction == "auto") if config.step_size_auto else None
     return Run(0, state, records, eval_gen, search)
 
 

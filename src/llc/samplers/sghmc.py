@@ -64,9 +64,9 @@ class SGHMC(BlockedChains):
         blocks = layout(w.shape[0], gen, self.fused)
         return SGHMCState(w.clone(), torch.zeros_like(w), self.initial_step, self.initial_friction, blocks)
 
-    def stable_step(self, state: SGHMCState) -> tuple[float, None]:
-        """The step whose product with a curvature sets the step's bias and stability: η."""
-        return state.step_size, None
+    def curvature_metric(self, state: SGHMCState) -> None:
+        """η·h sets the step's bias and stability, h unscaled."""
+        return None
 
     def set_step(self, state: SGHMCState, step: float) -> None:
         """Change η, keeping the momenta v / sqrt(η): a velocity drawn at one step would be too fast (or

@@ -75,10 +75,9 @@ class SGLD(BlockedChains):
         scale = state.square_avg / (1 - RMSPROP_DECAY ** max(state.t, 1))
         return state.step_size, 1.0 / (scale.sqrt() + PRECOND_EPS)
 
-    def stable_step(self, state: SGLDState) -> tuple[float, torch.Tensor | None]:
-        """The step whose product with a curvature (in the preconditioner's metric) sets the step's bias
-        and stability: ε, and that metric."""
-        return self.langevin_proposal(state)
+    def curvature_metric(self, state: SGLDState) -> torch.Tensor | None:
+        """ε·h sets the step's bias and stability, h in the preconditioner's metric."""
+        return self.langevin_proposal(state)[1]
 
     def set_step(self, state: SGLDState, step: float) -> None:
         state.step_size = step

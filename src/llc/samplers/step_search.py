@@ -7,8 +7,9 @@ measures h_max, the top eigenvalue of the Hessian of U (preconditioned as the ke
 chains' positions by power iteration on finite-difference Hessian-vector products of the full-batch
 gradient, before warm-up and at the end of each of its ROUNDS rounds, and sets the kernel's
 Langevin step to ε = SAFETY / h_max. The recorded steps use SAFETY over the largest h_max of the
-later half of warm-up (the chains' positions by then). The step is the kernel's `stable_step`: SGLD's
-ε, SGHMC's η (whose product with h sets SGHMC's bias in the same way, whatever its friction).
+later half of warm-up (the chains' positions by then). The step is the kernel's (`set_step`): SGLD's
+ε, SGHMC's η (whose product with h sets SGHMC's bias in the same way, whatever its friction), with h
+in the kernel's `curvature_metric`.
 
 friction=auto (SGHMC, with step_size=auto) sets the friction α from the heating the stochastic gradient
 causes. On a direction where the minibatch gradient has noise variance V, SGHMC samples a variance
@@ -60,6 +61,11 @@ class CurvatureStep:
     # friction=auto: per check after the first, tr(V) / (4·HEAT·LLC): the friction per unit of η
     heat_rates: list[float] = field(default_factory=list)
     loss0: float | None = None  # the full-data loss at w*
+
+    @classmethod
+    def starting(cls, tunes_friction: bool) -> CurvatureStep:
+        """The search at the start of warm-up; with friction=auto, at FRICTION_SAFETY."""
+        return cls(FRICTION_SAFETY, tunes_friction=True) if tunes_friction else cls()
 
     def update(self, h_max: float) -> float | None:
         """Record a check's h_max; returns the Langevin step for the next round (None: keep the step, when
@@ -150,7 +156,7 @@ def search_round(
         lost = ~torch.isfinite(position).all(dim=1)
         if lost.any():
             kernel.restart(state, lost.nonzero().squeeze(1))
-        _, scale = kernel.stable_step(state)
+        scale = kernel.curvature_metric(state)
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
         finite = h[torch.isfinite(h)]
@@ -167,10 +173,9 @@ def search_round(
 
 
 def set_step(kernel: StepTunable, state: TunableState, wanted: float | None) -> None:
-    """Give the kernel the step `wanted` (as a rescaling of its current one, which it equals)."""
+    """Give the kernel the step `wanted` (None: keep its step)."""
     if wanted is not None:
-        current, _ = kernel.stable_step(state)
-        kernel.set_step(state, state.step_size * wanted / current)
+        kernel.set_step(state, wanted)
 
 
 def set_friction(state: TunableState, friction: float | None) -> None:
