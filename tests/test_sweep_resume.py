@@ -108,3 +108,13 @@ def test_two_concurrent_sweeps_on_one_runs_directory_compute_each_cell_once(
 def _cached_count(stderr: str) -> int:
     line = next(line for line in stderr.splitlines() if " cached" in line and "cells:" in line)
     return int(line.split(",")[-1].split()[0])
+
+
+def test_a_local_sweep_keeps_no_ledger_of_jobs(tmp_path: Path) -> None:
+    """Local cells have no job ids; an empty ledger would make the sweep look like one with jobs to adopt
+    or cancel (`llc sweep cancel` matches sweeps that hold one)."""
+    from llc.backends.base import Ledger
+
+    ledger = Ledger(tmp_path / "sweep" / "jobs.jsonl", "local")
+    ledger.add([], "")
+    assert not ledger.path.exists()

@@ -290,6 +290,8 @@ class Ledger:
         entries = [
             {"cell": j.cell.name, "backend": self.backend, "job_id": j.job_id, "folder": folder} for j in jobs
         ]
+        if not entries:  # local cells have no job ids: no ledger, so the sweep does not look remote
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write("".join(json.dumps(entry) + "\n" for entry in entries))

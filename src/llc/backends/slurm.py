@@ -261,8 +261,8 @@ class SlurmBackend(Backend):
                 continue
             state = states[entry["job_id"]]
             job = SlurmJob(self, submitit.SlurmJob(Path(entry["folder"]), entry["job_id"]), cell, timeout_s)
-            left_ok = job.paths.result_pickle.exists() and job._result().status == "ok"
-            if base_state(state) in PENDING | RUNNING or left_ok:
+            live = base_state(state) in PENDING | RUNNING  # adopted unread; a finished one if it left ok
+            if live or (job.paths.result_pickle.exists() and job._result().status == "ok"):
                 jobs.append(job)
                 log.info("cell %s: adopted SLURM job %s (%s) of an earlier run", cell.name, job.job_id, state)
         return jobs
@@ -352,19 +352,18 @@ class SlurmJob(Job):
 
     def _slurm_error(self, state: str, detail: str = "") -> CellRecord:
         """An error record naming the SLURM state, the log paths and the stderr tail."""
-        kind, tail = base_state(state), self._tail().lower()
-        if kind != "OUT_OF_MEMORY" and any(mark in tail for mark in MEMORY_KILL_MARKS):
+        kind, tail = base_state(state), self._tail()
+        if kind != "OUT_OF_MEMORY" and any(mark in tail.lower() for mark in MEMORY_KILL_MARKS):
             kind, detail = "OUT_OF_MEMORY", detail or "killed for exceeding its memory limit; raise mem_gb"
         # Machine trouble is worth another try; a cancellation, time limit or memory limit is not.
         retryable = kind in ("FAILED", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED")
         why = f"ended {state}{f' ({detail})' if detail else ''} at stage {self.stage}"
-        return self._stopped_record("Slurm" + kind.title().replace("_", ""), why, retryable)
+        return self._stopped_record("Slurm" + kind.title().replace("_", ""), why, retryable, tail)
 
-    def _stopped_record(self, error_type: str, why: str, retryable: bool) -> CellRecord:
+    def _stopped_record(self, error: str, why: str, retryable: bool, tail: str | None = None) -> CellRecord:
         why = f"SLURM job {self.job_id} {why}; stdout: {self.paths.stdout}; stderr: {self.paths.stderr}"
-        return CellRecord.failed(
-            self.cell, self.stage, error_type, why, self._ran(), retryable, traceback=self._tail()
-        )
+        tail = self._tail() if tail is None else tail
+        return CellRecord.failed(self.cell, self.stage, error, why, self._ran(), retryable, traceback=tail)
 
     def _tail(self) -> str:
         """The end of the job's stderr: the traceback, or slurmstepd's word on why it was stopped."""
