@@ -150,6 +150,7 @@ def test_a_gradient_written_by_hand_equals_autograds_through_the_same_layers(cas
     torch.manual_seed(0)
     by_hand = ModuleModel(build().double(), loss, example_dims=1)
     by_autograd = ModuleModel(by_hand.module, loss, example_dims=1)
+    assert by_hand.by_hand is not None
     by_autograd.by_hand = None
     w, x, y = near_w_star(by_hand, inputs, targets, per_chain)
 
@@ -174,7 +175,8 @@ def test_other_common_layers_keep_autograd(module):
 
 def test_a_loss_given_as_a_callable_keeps_autograd():
     module = torch.nn.Sequential(torch.nn.Linear(3, 3))
-    assert ModuleModel(module, lambda out, y: (out - y).abs().sum(-1), example_dims=1).by_hand is None
+    model = ModuleModel(module, lambda out, y: (out - y).abs().sum(-1), example_dims=1)
+    assert model.stacked is not None and model.by_hand is None
 
 
 class Tied(torch.nn.Module):

@@ -159,7 +159,6 @@ DEEP = {"problem": "dln", "widths": (18, 13, 11, 14, 13, 18), "true_rank": 5, "t
 @pytest.mark.slow
 def test_sghmc_with_every_default_reaches_the_soft_directions_of_a_deep_network(tmp_path):
     metrics = run_llc(build_config("full", {**DEEP, "sampler": "sghmc"}), tmp_path).metrics
-    print(metrics["llc_mean"], metrics["llc_true"], metrics["friction_auto"], metrics["flags"])
     assert abs(metrics["llc_rel_error"]) < 0.1 and not metrics["flags"], metrics
     assert metrics["friction_auto"] < 0.1  # below the fixed default, which reads 10% low here
 

@@ -85,7 +85,7 @@ class ModuleModel:
         self.by_hand = None if stacked is None else stacked_backward(self.module, loss)
         # Built-in losses treat examples one by one, so chains fold into their batch; a loss given as
         # a callable may not, and runs once per chain under vmap.
-        self._example_loss = self.loss_fn if self.loss_fn in LOSSES.values() else vmap(self.loss_fn)
+        self._example_loss = self.loss_fn if loss else vmap(self.loss_fn)
 
     @property
     def n_params(self) -> int:

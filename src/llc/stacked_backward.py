@@ -132,30 +132,26 @@ class _Flatten:
 
 @dataclass(frozen=True)
 class StackedGradient:
-    """Mean loss [chains] over a batch and `scale` times its gradient, written into `grads` (views of
-    the flat gradient [chains, ...] per parameter name)."""
+    """Mean loss [chains] over a batch and its gradient, written into `grads` (views of the flat gradient
+    [chains, ...] per parameter name)."""
 
     layers: list[Layer]
     loss: str
 
-    def __call__(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, grads: Params, scale: float = 1.0
-    ) -> torch.Tensor:
+    def __call__(self, params: Params, x: torch.Tensor, y: torch.Tensor, grads: Params) -> torch.Tensor:
         saved, h = [], x
         for layer in self.layers:
             h, keep = layer.forward(params, h)
             saved.append(keep)
-        value, g = _loss_and_output_grad(self.loss, h, y, scale)
+        value, g = _loss_and_output_grad(self.loss, h, y)
         for i in range(len(self.layers) - 1, -1, -1):
             g = self.layers[i].backward(params, saved[i], g, grads, need_input=i > 0)  # type: ignore[assignment]
         return value
 
 
-def _loss_and_output_grad(
-    loss: str, out: torch.Tensor, y: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean per-example loss [chains] (as module_model's LOSSES compute it) and `scale` times its
-    gradient with respect to the output [chains, batch, ...]."""
+def _loss_and_output_grad(loss: str, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean per-example loss [chains] (as module_model's LOSSES compute it) and its gradient with
+    respect to the output [chains, batch, ...]."""
     chains, batch = out.shape[:2]
     if loss == "cross_entropy":
         lse = torch.logsumexp(out, dim=-1, keepdim=True)
@@ -164,10 +160,10 @@ def _loss_and_output_grad(
         g = torch.exp(out - lse)  # softmax, less one at each target
         minus_one = torch.full((1,), -1.0, dtype=g.dtype, device=g.device)
         g.scatter_add_(-1, targets, minus_one.expand(targets.shape))
-        return per_example.mean(dim=1), g.mul_(scale / batch)
+        return per_example.mean(dim=1), g.mul_(1.0 / batch)
     resid = out - y.reshape(out.shape)
     per_example = resid.square().reshape(chains, batch, -1).sum(dim=2)
-    return per_example.mean(dim=1), resid.mul_(2.0 * scale / batch)
+    return per_example.mean(dim=1), resid.mul_(2.0 / batch)
 
 
 def stacked_backward(module: nn.Module, loss: str | None) -> StackedGradient | None:
