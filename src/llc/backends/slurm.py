@@ -78,10 +78,8 @@ class SlurmSubmitError(RuntimeError):
 
 
 class Watcher(SlurmInfoWatcher):
-    """submitit's sacct watcher, safe to share between threads, that also asks squeue about the jobs
-    sacct does not report (accounting down or lagging): submitit alone keeps those UNKNOWN, and a job
-    that ends without a result (cancelled, killed) would be waited on forever. squeue knows jobs for
-    MinJobAge after they end."""
+    """submitit's sacct watcher, safe to share between threads, that also asks squeue (which knows jobs
+    for MinJobAge after they end) about jobs sacct does not report, and forgets those neither knows."""
 
     def __init__(self, poll_s: float) -> None:
         super().__init__(delay_s=poll_s)  # type: ignore[arg-type]
@@ -101,6 +99,8 @@ class Watcher(SlurmInfoWatcher):
         if unknown:
             squeue = _output(["squeue", "--array", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(unknown)])
             found = {**self.read_info("JobID|State\n" + (squeue or "")), **found}
+        for job in self._registered - self._finished - found.keys():  # neither knows it: UNKNOWN again
+            self._info_dict.pop(job, None)
         if (sacct is None) != self._sacct_failing:
             self._sacct_failing = sacct is None
             log.warning("sacct %s", "fails: states come from squeue" if sacct is None else "answers again")
@@ -312,15 +312,15 @@ class SlurmJob(Job):
         if self.paths.result_pickle.exists():
             return self._result()
         state, now = self.submitit.state, time.monotonic()
-        if state == "UNKNOWN":
-            if (unknown_s := now - self._seen[1]) <= self._slurm.options.lost_after_s:
-                return None
-            self._stop()
-            why = f"neither sacct nor squeue has known it for {unknown_s:.0f} s; it was cancelled"
-            return self._stopped_record("SlurmJobLost", why, True)
         if state != self._seen[0]:
             self._seen = (state, now)
         kind, since = base_state(state), self._seen[1]
+        if state == "UNKNOWN":  # since submission, or since sacct and squeue last knew it
+            if now - since <= self._slurm.options.lost_after_s:
+                return None
+            self._stop()
+            why = f"neither sacct nor squeue has known it for {now - since:.0f} s; it was cancelled"
+            return self._stopped_record("SlurmJobLost", why, True)
         if kind in RUNNING:
             self._running(since)
         elif kind in PENDING:
