@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Prefect's settings that the project needs (telemetry off, ...) are set by the project itself
-# (llc.local_server.PREFECT_DEFAULTS), not here: `python flows/sweep.py` works the same without make.
+# (llc.launch.local_server.PREFECT_DEFAULTS), not here: `python flows/sweep.py` works the same without make.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: env demo test lint bench bench-scale constraints clean slurm-up slurm-down s3-up s3-down browser compiler postgres

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from llc.config import build_config
-from llc.experiment import run_llc
 from llc.problems.truth import dln_learning_coefficient
+from llc.run.experiment import run_llc
 
 
 def random_dln(size: int, rng: random.Random) -> tuple[tuple[int, ...], list[int]]:

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from throughput import REFERENCE, as_module, devinterp_missing, machine, spread
 
-from llc import diagnostics
-from llc.allocator import keep_freed_memory
 from llc.config import IN_MEMORY_MODULE, RunConfig, build_config
-from llc.erm import train
-from llc.posterior import LocalizedPosterior
+from llc.model.posterior import LocalizedPosterior
 from llc.problems import build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.module import module_problem
+from llc.run import diagnostics
+from llc.run.allocator import keep_freed_memory
+from llc.run.erm import train
 from llc.rundir import atomic_write
 from llc.samplers.driver import sample
 from llc.samplers.trace import Trace

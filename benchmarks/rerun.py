@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from llc import local_server
+from llc.launch import local_server
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "studies" / "quick.yaml"

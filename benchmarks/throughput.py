@@ -39,14 +39,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from llc import diagnostics
-from llc.allocator import keep_freed_memory
 from llc.config import RunConfig, build_config
-from llc.erm import train
-from llc.network import MLP
-from llc.posterior import LocalizedPosterior
+from llc.model.network import MLP
+from llc.model.posterior import LocalizedPosterior
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
+from llc.run import diagnostics
+from llc.run.allocator import keep_freed_memory
+from llc.run.erm import train
 from llc.rundir import atomic_write
 from llc.samplers.driver import sample
 from llc.samplers.trace import Trace

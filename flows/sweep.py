@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from llc.cli import sweep_command
+from llc.cli.main import sweep_command
 from llc.sweeps.flow import sweep
 
 __all__ = ["sweep"]

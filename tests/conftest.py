@@ -35,7 +35,7 @@ def prefect_server() -> Iterator[str]:
 def _stop_local_servers() -> Iterator[None]:
     """Sweeps started as commands start the local Prefect server of their PREFECT_HOME; stop it at the end."""
     yield
-    from llc import local_server
+    from llc.launch import local_server
 
     local_server.stop(Path(os.environ["PREFECT_HOME"]))
 
@@ -43,7 +43,7 @@ def _stop_local_servers() -> Iterator[None]:
 @pytest.fixture
 def fresh_prefect_home(tmp_path: Path) -> Iterator[Path]:
     """A new, empty PREFECT_HOME (as on a new machine) whose local server is stopped after the test."""
-    from llc import local_server
+    from llc.launch import local_server
 
     home = tmp_path / "prefect-home"
     yield home

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import modal.exception as modal_errors
 from modal.types import FileEntry, FileEntryType
 
-from llc import modal_app
-from llc.backends.modal import progress_board
+from llc.backends.modal import app as modal_app
+from llc.backends.modal.client import progress_board
 from llc.settings import ModalOptions
 
 _MISSING = object()

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from llc.allocator import keep_freed_memory
+from llc.run.allocator import keep_freed_memory
 
 
 def test_malloc_tuning_applies_on_glibc_and_starts_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,7 +24,8 @@ WRITE_TRACE = """
 import subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np, arviz as az
-from llc import allocator, diagnostics
+from llc.run import allocator
+from llc.run import diagnostics
 if sys.argv[1] == "asked":
     allocator.ask_platform_now()
 def forbidden(*args, **kwargs):

@@ -6,10 +6,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from llc.calibrate import recommend
 from llc.cli import app
 from llc.config import build_config
-from llc.experiment import run_llc
+from llc.run.experiment import run_llc
+from llc.sweeps.calibrate import recommend
 
 RRR = ["--set", "problem=rrr", "--set", "widths=[5,3,5]", "--set", "true_rank=1", "--set", "chains=4"]
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from llc.config import ConfigError, build_config
+from llc.config import build_config
+from llc.errors import ConfigError
 
 
 def test_unknown_key_names_the_key_and_suggests_the_closest():

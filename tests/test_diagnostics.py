@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llc.diagnostics import summarize, to_inference_data, write_netcdf
-from llc.plots import draw_plots
+from llc.run.diagnostics import summarize, to_inference_data, write_netcdf
+from llc.run.plots import draw_plots
 
 C, T, P = 4, 1000, 3
 

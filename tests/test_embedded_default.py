@@ -17,7 +17,7 @@ import pytest
 import yaml
 from sweep_probe import alive, probe_study, rows_by_cell, wait_until
 
-from llc import local_server
+from llc.launch import local_server
 from llc.rundir import RunDir
 
 TESTS = Path(__file__).resolve().parent

@@ -3,8 +3,8 @@
 import torch
 
 from llc.config import build_config
-from llc.erm import train
 from llc.problems import build_problem
+from llc.run.erm import train
 
 
 def test_the_linear_problem_reaches_the_least_squares_minimum_where_adam_alone_falls_short():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llc.gram import GramLoss, supports
-from llc.network import MLP
+from llc.model.gram import GramLoss, supports
+from llc.model.network import MLP
 
 
 @pytest.mark.parametrize("widths", [(4, 3), (5, 3, 5), (4, 3, 3, 4), (2, 6, 1, 3)])
@@ -49,7 +49,7 @@ def test_a_full_batch_run_on_second_moments_is_sized_by_its_products_not_by_n():
     from dataclasses import replace
 
     from llc.config import build_config
-    from llc.posterior import LocalizedPosterior
+    from llc.model.posterior import LocalizedPosterior
     from llc.samplers.driver import step_work
     from llc.threads import threads_for
 

@@ -10,12 +10,12 @@ from llc.cells.cell import lone_cell
 from llc.cells.record import CellRecord
 from llc.cli import app
 from llc.config import build_config
-from llc.erm import train
-from llc.experiment import run_llc
-from llc.health import MALA_FLOOR
-from llc.network import MLP
+from llc.model.network import MLP
 from llc.problems import build_problem
 from llc.problems.optimum import best_linear_loss
+from llc.run.erm import train
+from llc.run.experiment import run_llc
+from llc.run.health import MALA_FLOOR
 from llc.sweeps.results import result_rows
 
 RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "n_data": 500, "chains": 4, "steps": 100}
@@ -98,7 +98,7 @@ def test_a_known_lambda_run_under_strong_localization_carries_a_note_not_a_relat
 
 
 def test_chains_that_disagree_are_flagged():
-    from llc.health import assess
+    from llc.run.health import assess
 
     def flags(r_hat: float) -> list[str]:
         metrics = {"chains_used": 8, "chains_diverged": 0, "r_hat": r_hat, "llc_mean": 5.0}

@@ -17,8 +17,8 @@ import pytest
 from modal._utils.async_utils import synchronizer
 from sweep_probe import PROBE, ProbeConfig
 
-from llc import modal_app
-from llc.backends.modal import handshake
+from llc.backends.modal import app as modal_app
+from llc.backends.modal.client import handshake
 from llc.cells.cell import Cell, lone_cell
 from llc.cells.experiments import run_id
 from llc.config import build_config
@@ -136,7 +136,7 @@ def test_the_deploy_script_turns_flags_into_settings(tmp_path: Path) -> None:
         env={**env, "PYTHON": str(fake)}, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "LLC_MODAL_GPU_TYPES=H100,A100\nLLC_MODAL_RETRIES=2\nLLC_MODAL_TIER=fast" in done.stdout
-    assert "args: -m modal deploy -m llc.modal_app" in done.stdout
+    assert "args: -m modal deploy -m llc.backends.modal.app" in done.stdout
 
 
 # -- the function's body, through .local() -----------------------------------------------------------

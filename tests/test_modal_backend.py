@@ -16,15 +16,15 @@ import pytest
 from modal_standin import StandInModal
 from sweep_probe import PROBE, ProbeConfig, executions
 
-from llc import interrupt
 from llc.backends import BackendUnavailable, get_backend, run_on
 from llc.backends import modal as modal_backend
 from llc.backends.base import JobState
-from llc.backends.modal import ModalBackend
+from llc.backends.modal.client import ModalBackend
 from llc.cells.cell import Cell
 from llc.cells.experiments import run_id
 from llc.rundir import RunDir
 from llc.settings import ModalOptions
+from llc.sweeps import interrupt
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llc.network import MLP
+from llc.model.network import MLP
 
 
 def _data(model: MLP, chains: int, shared_x: bool, dtype=torch.float64):

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import llc
-from llc.config import ConfigError, build_config
-from llc.experiment import run_llc
-from llc.module_model import ModuleModel, per_example_cross_entropy, per_example_mse
-from llc.network import MLP
+from llc.config import build_config
+from llc.errors import ConfigError
+from llc.model.network import MLP
+from llc.modules.model import ModuleModel, per_example_cross_entropy, per_example_mse
 from llc.problems import build_problem
+from llc.run.experiment import run_llc
 from llc.samplers import KERNELS
 
 SAMPLERS = list(KERNELS)
@@ -55,7 +56,7 @@ def to_module_order(model: MLP, w: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("per_chain", [True, False])
 def test_generic_loss_and_gradient_equal_the_hand_written_mlps(per_chain, monkeypatch):
-    monkeypatch.setattr("llc.module_model.CHUNK", 7)  # the shared full batch goes in uneven chunks
+    monkeypatch.setattr("llc.modules.model.CHUNK", 7)  # the shared full batch goes in uneven chunks
     mlp = MLP((5, 6, 4, 2), "tanh", bias=True)
     gen = torch.Generator().manual_seed(0)
     w = mlp.init(3, gen, torch.float64) + 0.1 * torch.randn(
@@ -118,7 +119,7 @@ BY_HAND = ("mlp", "activations")  # stacks whose gradient stacked_backward.py wr
 @pytest.mark.parametrize("per_chain", [True, False])
 @pytest.mark.parametrize("case", COMMON_LAYERS)
 def test_common_layers_skip_torch_func_and_give_its_losses_and_gradients(case, per_chain, monkeypatch):
-    monkeypatch.setattr("llc.module_model.CHUNK", 7)
+    monkeypatch.setattr("llc.modules.model.CHUNK", 7)
     build, inputs, targets, loss = COMMON_LAYERS[case]
     torch.manual_seed(0)
     module = build().double()
@@ -233,7 +234,7 @@ class LastPosition(torch.nn.Module):
 def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_same_gradients(
     per_chain, split
 ):
-    from llc.module_graph import export_forward
+    from llc.modules.graph import export_forward
 
     torch.manual_seed(0)
     module = LastPosition(split=split).double()
@@ -296,7 +297,7 @@ class DataDependent(torch.nn.Module):
 
 
 def test_a_forward_torch_export_cannot_trace_keeps_functional_call():
-    from llc.module_graph import export_forward
+    from llc.modules.graph import export_forward
 
     assert export_forward(DataDependent(), torch.ones(4, 3)) is None
 

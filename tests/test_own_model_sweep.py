@@ -13,7 +13,7 @@ import torch
 from slurm_fixtures import slurm_backend_registered, slurm_cluster
 
 from llc.config import build_config
-from llc.experiment import run_llc
+from llc.run.experiment import run_llc
 from llc.rundir import RunDir
 from llc.sweeps.flow import sweep
 from llc.sweeps.plan import plan_sweep
@@ -146,7 +146,7 @@ def test_a_module_cell_on_modal_gets_its_weights_file_with_the_request(tmp_path)
     from modal_standin import StandInModal
 
     from llc.backends import run_on
-    from llc.backends.modal import ModalBackend
+    from llc.backends.modal.client import ModalBackend
     from llc.cells.cell import lone_cell
 
     weights = trained_weights(tmp_path / "trained.pt")

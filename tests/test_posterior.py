@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llc.network import MLP
-from llc.posterior import LocalizedPosterior
+from llc.model.network import MLP
+from llc.model.posterior import LocalizedPosterior
 
 
 def _posterior(activation: str) -> LocalizedPosterior:

@@ -48,7 +48,7 @@ def test_deploy_all_registers_sweep_local_slurm_and_modal_on_the_process_pool(
         assert deployment.parameters == {"study": "studies/quick.yaml", "backend": name}
         # The code is found on the worker when the run starts, not at a path baked in at deploy time.
         assert deployment.path is None
-        assert deployment.pull_steps == [{"llc.deployment.project_directory": {}}]
+        assert deployment.pull_steps == [{"llc.launch.deployment.project_directory": {}}]
     (schedule,) = deployments["slurm"].schedules
     assert (schedule.schedule.cron, schedule.active) == ("0 2 * * *", False)
     assert deployments["local"].schedules == [] and deployments["modal"].schedules == []

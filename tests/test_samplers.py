@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from llc.config import build_config
-from llc.erm import train
-from llc.experiment import run_llc
-from llc.network import MLP
-from llc.posterior import LocalizedPosterior
+from llc.model.network import MLP
+from llc.model.posterior import LocalizedPosterior
 from llc.problems import build_problem
+from llc.run.erm import train
+from llc.run.experiment import run_llc
 from llc.samplers.driver import mala_acceptance, sample
 
 RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "n_data": 2000, "noise_scale": 0.1,
@@ -31,7 +31,7 @@ def _posterior(config):
 def _estimate(config):
     posterior, loss0 = _posterior(config)
     trace = sample(config, posterior, loss0, torch.Generator().manual_seed(config.seed + 17))
-    from llc.diagnostics import summarize
+    from llc.run.diagnostics import summarize
 
     return summarize(trace.llc), trace
 

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogWorker
 from sweep_probe import probe_study
 
-from llc import tracking
+from llc.cells import tracking
 from llc.settings import Settings
 from llc.sweeps.flow import sweep
 

@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from llc.config import ConfigError, build_config
-from llc.erm import train
-from llc.experiment import run_llc
-from llc.posterior import LocalizedPosterior
+from llc.config import build_config
+from llc.errors import ConfigError
+from llc.model.posterior import LocalizedPosterior
 from llc.problems import build_problem
+from llc.run.erm import train
+from llc.run.experiment import run_llc
 from llc.samplers import SGHMC
 from llc.samplers.driver import mala_acceptance
 from llc.samplers.step_search import (

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from llc.cells.execute import ensure_erm
 from llc.cli import app
 from llc.config import build_config
-from llc.experiment import LLCExperiment
 from llc.problems.truth import rrr_learning_coefficient
+from llc.run.experiment import LLCExperiment
 from llc.rundir import RunDir
 from llc.sweeps.flow import sweep
 

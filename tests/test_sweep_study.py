@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sweep_probe import PROBE
 
-from llc.config import ConfigError, RunConfig, build_config
+from llc.config import RunConfig, build_config
+from llc.errors import ConfigError
 from llc.settings import ModalOptions, Settings, SlurmOptions
 from llc.sweeps.options import resolve_options
 from llc.sweeps.plan import plan_sweep

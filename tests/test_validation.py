@@ -8,7 +8,7 @@ Nothing here is tuned per case or per sampler.
 import pytest
 
 from llc.config import build_config
-from llc.experiment import run_llc
+from llc.run.experiment import run_llc
 
 CASES = {
     "linear": {"problem": "linear", "widths": (4, 3)},

@@ -24,4 +24,4 @@ done
 # Settings are checked here, before Modal is contacted: an unknown GPU type warns, none left is an error.
 "$PYTHON" -c 'from llc.settings import ModalOptions as O; o = O()
 print(f"deploying {o.app_name}: tier {o.tier}, GPUs {o.gpus()}, time limit {o.function_timeout_s()} s")'
-exec "$PYTHON" -m modal deploy "${modal_args[@]}" -m llc.modal_app
+exec "$PYTHON" -m modal deploy "${modal_args[@]}" -m llc.backends.modal.app

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from llc.errors import ConfigError
 from llc.fingerprint import code_fingerprint
 
 Problem = Literal["mlp", "linear", "rrr", "dln", "module"]
@@ -59,10 +60,6 @@ MODULE_LOSSES = ("mse", "cross_entropy")
 # Validation context under which a module problem may leave `model` and `data` unset: `llc.estimate`,
 # whose model and data are Python objects (their fingerprint then comes with the config).
 IN_MEMORY_MODULE = "in_memory_module"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run, with a message that names the key and the fix."""
 
 
 class RunConfig(BaseModel):
@@ -247,7 +244,7 @@ class RunConfig(BaseModel):
             return ""
         if self._module_fingerprint is not None:
             return self._module_fingerprint
-        from llc.module_ids import reference_fingerprint
+        from llc.modules.ids import reference_fingerprint
 
         return reference_fingerprint(self.model, self.data, self.loss, self.weights)
 

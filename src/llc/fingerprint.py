@@ -1,4 +1,9 @@
-"""A fingerprint of the code that computes results, so a code change never reuses an old result."""
+"""A fingerprint of the code that computes results, so a code change never reuses an old result.
+
+It is taken over an allow-list, named positively: the packages and modules that decide what a run
+computes. Everything else (the CLI, the launcher, the backends, the sweeps, storage) only moves or
+presents results, and editing it keeps every run_id (docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,22 @@ import hashlib
 from importlib.metadata import version
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
-# Files that only move or present results: editing them does not change what a run computes.
-_PRESENTATION = {"cli.py", "cli_runs.py", "cli_storage.py", "plots.py", "settings.py", "tracking.py"}
-_PRESENTATION.add("modal_app.py")  # the Modal app only runs cells elsewhere, like the backends
-_PRESENTATION_DIRS = {"backends", "sweeps", "storage"}
+PACKAGE = Path(__file__).resolve().parent
+COMPUTES = ("model", "modules", "problems", "samplers", "run", "config.py")
 
 
 @functools.cache
 def code_fingerprint() -> str:
-    """Hash of the package's computing sources and the torch version."""
+    """The installed package's fingerprint, taken once per process."""
+    return fingerprint_of(PACKAGE)
+
+
+def fingerprint_of(package: Path) -> str:
+    """Hash of the computing sources (COMPUTES, under `package`) and the torch version."""
     digest = hashlib.sha256(version("torch").encode())  # without importing torch (seconds)
-    for path in sorted(_PACKAGE.rglob("*.py")):
-        rel = path.relative_to(_PACKAGE)
-        if rel.name in _PRESENTATION or (rel.parts[0] in _PRESENTATION_DIRS):
-            continue
-        digest.update(str(rel).encode())
-        digest.update(path.read_bytes())
+    for name in COMPUTES:
+        root = package / name
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(str(path.relative_to(package)).encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

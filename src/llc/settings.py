@@ -17,12 +17,25 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from llc.config import ConfigError
+from llc.errors import ConfigError
 
 BEST_BY_PATTERN = r"^(min|max):\w+$"
 GPU_TYPES = ("H100", "A100", "A100-80GB", "L40S", "L4", "A10G", "T4")
 
 log = logging.getLogger(__name__)
+
+
+# What the project needs of Prefect, whatever the user's environment (their own values win).
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry (and no ERROR line where it cannot be sent)
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # if Prefect's temporary server is used
+}
+
+
+def apply_prefect_defaults() -> None:
+    """Set the project's Prefect defaults in this process's environment, before Prefect reads it."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 class Settings(BaseSettings):

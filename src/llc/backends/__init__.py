@@ -14,7 +14,7 @@ __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "cancel_recorded", "get_
 BACKENDS = {
     "local": "llc.backends.local:LocalBackend",
     "slurm": "llc.backends.slurm:SlurmBackend",
-    "modal": "llc.backends.modal:ModalBackend",
+    "modal": "llc.backends.modal.client:ModalBackend",
 }
 
 

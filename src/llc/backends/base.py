@@ -41,7 +41,7 @@ class JobState(StrEnum):
 
 class Backend:
     """The lifecycle every backend shares, after submitit's Executor: option checks, `max_parallel`
-    slots, jobs started ahead by `submit_all`, the ledger, cancel-all (`llc.interrupt` calls it on
+    slots, jobs started ahead by `submit_all`, the ledger, cancel-all (`llc.sweeps.interrupt` calls it on
     SIGINT/SIGTERM) and closing. A backend supplies `_start` (submit cells, return their jobs) and,
     where it has them, `_start_all` (cells submitted before their tasks ask), `_adopt` and `_stop_all`."""
 

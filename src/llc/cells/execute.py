@@ -19,9 +19,9 @@ from pydantic import BaseModel
 from llc.cells.cell import Cell
 from llc.cells.experiments import LLC_EXPERIMENT, load_experiment
 from llc.cells.record import CellRecord
+from llc.cells.tracking import track
 from llc.rundir import RunDir
 from llc.settings import load_settings
-from llc.tracking import track
 
 StageCallback = Callable[[str], None]
 
@@ -100,7 +100,7 @@ def _compute(cell: Cell, config: BaseModel, run_dir: RunDir, enter: StageCallbac
 
 
 def _compute_llc(config: Any, runs_dir: Path, enter: StageCallback) -> dict[str, Any]:
-    from llc.experiment import run_llc
+    from llc.run.experiment import run_llc
 
     enter("erm")
     ensure_erm(config, runs_dir)
@@ -117,8 +117,8 @@ def _compute_llc(config: Any, runs_dir: Path, enter: StageCallback) -> dict[str,
 
 def ensure_erm(config: Any, runs_dir: Path) -> None:
     """Train the family's w* once, under the family lock; the cells of the family then load it."""
-    from llc.experiment import LLCExperiment
     from llc.problems import build_problem
+    from llc.run.experiment import LLCExperiment
 
     families = runs_dir / "families"
     path = families / config.family_id / "erm.pt"

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-LLC_EXPERIMENT = "llc.experiment:LLCExperiment"
+LLC_EXPERIMENT = "llc.run.experiment:LLCExperiment"
 
 
 @functools.cache

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from llc.config import RunConfig
-from llc.module_model import ModuleModel
-from llc.network import MLP
+from llc.model.network import MLP
+from llc.modules.model import ModuleModel
 from llc.problems.data import add_noise, sample_inputs
 from llc.problems.truth import true_learning_coefficient
 

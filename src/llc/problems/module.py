@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from llc.config import ConfigError, RunConfig
-from llc.module_model import LOSSES, LossFn, ModuleModel
+from llc.config import RunConfig
+from llc.errors import ConfigError
+from llc.modules.model import LOSSES, LossFn, ModuleModel
 
 Data = Any  # a torch Dataset (or DataLoader) of (x, y) pairs, or an (x, y) pair of tensors
 

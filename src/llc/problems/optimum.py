@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from llc.network import MLP
+from llc.model.network import MLP
 from llc.threads import cpu_threads
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llc.config import RunConfig
-from llc.posterior import LocalizedPosterior
+from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import Kernel
 from llc.samplers.hmc import HMC
 from llc.samplers.mclmc import MCLMC

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from llc.config import RunConfig
-from llc.gram import GramLoss
-from llc.posterior import LocalizedPosterior
+from llc.model.gram import GramLoss
+from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import Kernel
 from llc.samplers.build import build_kernel, fuses
 from llc.samplers.checkpoint import Checkpointing, Run, Saver

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llc.posterior import LocalizedPosterior
+from llc.model.posterior import LocalizedPosterior
 from llc.samplers.adaptation import DualAveraging
 from llc.samplers.base import FullBatchKernel, StepInfo
 

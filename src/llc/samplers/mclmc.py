@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llc.posterior import LocalizedPosterior
+from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import FullBatchKernel, StepInfo
 
 DESIRED_ENERGY_VAR = 5e-4

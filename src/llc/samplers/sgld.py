@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llc.posterior import LocalizedPosterior
+from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import Recorder
 from llc.samplers.blocks import Block, BlockedChains, compile_step, layout
 

@@ -29,7 +29,7 @@ from typing import cast
 
 import torch
 
-from llc.posterior import LocalizedPosterior
+from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import FrictionState, StepTunable, TunableState
 
 # ε·h_max: a variance bias of about 5% along the stiffest direction (less in the others), a tenth of the

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from llc.config import RunConfig
-from llc.posterior import LocalizedPosterior
+from llc.model.posterior import LocalizedPosterior
 
 
 @dataclass

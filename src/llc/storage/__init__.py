@@ -1,2 +1,2 @@
-"""Where results are kept besides the local runs directory: an S3-compatible bucket (docs/storage.md), and
-the Modal runs volume that Modal cells write their run directories to (`llc runs`, docs/backends.md)."""
+"""Where results are kept besides the local runs directory: an S3-compatible bucket (docs/storage.md).
+The Modal runs volume lives with the Modal backend (`llc.backends.modal.volume`)."""

@@ -22,17 +22,17 @@ from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import Task, exponential_backoff
 
-from llc import interrupt, tracking
 from llc.backends import Backend, BackendUnavailable, get_backend, run_on
+from llc.cells import tracking
 from llc.cells.cell import Cell
 from llc.cells.execute import cached_record
 from llc.cells.record import CellFailed, CellRecord, is_retryable
-from llc.config import ConfigError
+from llc.errors import ConfigError
 from llc.rundir import RunDir, atomic_write
 from llc.settings import Settings, load_settings
 from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
-from llc.sweeps import artifacts
+from llc.sweeps import artifacts, interrupt
 from llc.sweeps.figures import llc_figures
 from llc.sweeps.options import resolve_options
 from llc.sweeps.plan import Plan, plan_sweep

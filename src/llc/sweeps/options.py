@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from llc.config import ConfigError
+from llc.errors import ConfigError
 from llc.settings import STUDY_OPTIONS, Settings
 
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llc.cells.experiments import LLC_EXPERIMENT
-from llc.config import ConfigError
+from llc.errors import ConfigError
 from llc.settings import STUDY_OPTIONS, overrides
 
 Loc = tuple[str | int, ...]

@@ -87,7 +87,7 @@ def llc_trace(cell: Cell, run_dir: Path) -> list[dict[str, float]]:
         return []
     import arviz as az
 
-    from llc import diagnostics
+    from llc.run import diagnostics
 
     posterior = az.from_netcdf(path).posterior
     llc, loss = posterior["llc"].values, posterior["loss"].values

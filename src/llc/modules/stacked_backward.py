@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from llc.stacked_layers import Params
+from llc.modules.stacked_layers import Params
 
 aten = torch.ops.aten
 # (gradient of the output, input, output) -> gradient of the input, for one activation module

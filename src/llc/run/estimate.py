@@ -14,11 +14,12 @@ import arviz as az
 import torch
 from pydantic import ValidationError
 
-from llc.config import FAMILY_KEYS, IN_MEMORY_MODULE, ConfigError, RunConfig, describe_validation_error
-from llc.experiment import run_llc
-from llc.module_model import LossFn
+from llc.config import FAMILY_KEYS, IN_MEMORY_MODULE, RunConfig, describe_validation_error
+from llc.errors import ConfigError
+from llc.modules.model import LossFn
 from llc.problems.build import Problem
 from llc.problems.module import Data, as_tensors, module_problem, object_fingerprint
+from llc.run.experiment import run_llc
 
 # Keys the model and data decide, which an estimate's overrides cannot set (seed and dtype they can).
 NOT_OVERRIDABLE = (*(k for k in FAMILY_KEYS if k not in ("seed", "dtype")), "weights", "problem", "true_rank")

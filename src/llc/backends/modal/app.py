@@ -19,7 +19,7 @@ from typing import Any
 
 import modal
 
-from llc.backends.modal import handshake, llc_version, mismatch, progress_board
+from llc.backends.modal.client import handshake, llc_version, mismatch, progress_board
 from llc.cells.cell import Cell
 from llc.cells.execute import cached_record, run_cell
 from llc.cells.record import CellRecord

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from llc import local_server
+from llc.launch import local_server
 from llc.settings import load_settings
 
 err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width

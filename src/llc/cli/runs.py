@@ -55,7 +55,7 @@ def pull_runs(
         for path in paths:
             typer.echo(str(path))
         return
-    from llc.storage.modal_volume import pull_run, select_runs
+    from llc.backends.modal.volume import pull_run, select_runs
 
     with _volume(volume) as opened:
         for run in select_runs(opened, run_ids or [], latest):
@@ -65,7 +65,7 @@ def pull_runs(
 @runs_app.command("ls")
 def runs_ls(volume: VolumeOption = None) -> None:
     """List the run directories on the volume, oldest first."""
-    from llc.storage.modal_volume import list_runs
+    from llc.backends.modal.volume import list_runs
 
     with _volume(volume) as opened:
         runs = list_runs(opened)
@@ -86,7 +86,7 @@ def runs_rm(
     volume: VolumeOption = None,
 ) -> None:
     """Delete run directories from the volume: the only way anything there is ever deleted."""
-    from llc.storage.modal_volume import remove_runs, select_runs
+    from llc.backends.modal.volume import remove_runs, select_runs
 
     with _volume(volume) as opened:
         runs = select_runs(opened, run_ids, latest=False)
@@ -101,9 +101,9 @@ def _volume(name: str | None) -> Iterator[Any]:
     """The runs volume; Modal's refusals and unknown run ids exit 2 with what to do."""
     import modal.exception as modal_errors
 
-    from llc.backends.modal import connect, refusal
+    from llc.backends.modal.client import connect, refusal
+    from llc.backends.modal.volume import RunNotOnVolume
     from llc.settings import ModalOptions
-    from llc.storage.modal_volume import RunNotOnVolume
 
     options = ModalOptions(**({"runs_volume": name} if name else {}))
     try:

@@ -20,11 +20,11 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, vmap
 
-from llc.chain_graph import ChainForward, batch_over_chains
-from llc.config import ConfigError
-from llc.module_graph import Exported, GraphForward, export_forward
-from llc.stacked_backward import StackedGradient, stacked_backward
-from llc.stacked_layers import Forward, stacked_forward
+from llc.errors import ConfigError
+from llc.modules.chain_graph import ChainForward, batch_over_chains
+from llc.modules.graph import Exported, GraphForward, export_forward
+from llc.modules.stacked_backward import StackedGradient, stacked_backward
+from llc.modules.stacked_layers import Forward, stacked_forward
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> per-example losses

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from llc.network import MLP
+from llc.model.network import MLP
 
 
 def supports(model: MLP) -> bool:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from llc import interrupt
-from llc.config import ConfigError
+from llc.errors import ConfigError
 from llc.settings import load_settings
+from llc.sweeps import interrupt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -34,7 +34,7 @@ class SweepRequest:
 
 def check(request: SweepRequest) -> None:
     """Everything about the request that can be checked without Prefect; a ConfigError says what to fix."""
-    from llc.preflight import check_devices, check_runs_dir
+    from llc.launch.preflight import check_devices, check_runs_dir
     from llc.sweeps.options import resolve_options
     from llc.sweeps.plan import plan_sweep
 
@@ -101,7 +101,7 @@ def prefect_api() -> Iterator[None]:
     server's, for everything inside."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from llc import local_server
+    from llc.launch import local_server
 
     if get_current_settings().api.url:
         yield

@@ -15,7 +15,7 @@ import arviz as az
 import numpy as np
 from matplotlib.figure import Figure
 
-from llc.diagnostics import finite_chains
+from llc.run.diagnostics import finite_chains
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from torch import fx
 from torch.export.graph_signature import InputKind
 
-from llc.module_graph import POINTWISE, graph_inputs
+from llc.modules.graph import POINTWISE, graph_inputs
 
 aten = torch.ops.aten
 ChainForward = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]

@@ -24,17 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llc.settings import PREFECT_DEFAULTS
+
 HOST = "127.0.0.1"
 PREFERRED_PORT = 4200  # Prefect's usual address, when free
 STATE_FILE = "llc-server.json"
 LOG_FILE = "llc-server.log"
 DEFAULT_START_TIMEOUT_S = 180.0
-
-# What the project needs of Prefect, whatever the user's environment (their own values win).
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry (and no ERROR line where it cannot be sent)
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # if Prefect's temporary server is used
-}
 
 
 class ServerError(RuntimeError):
@@ -59,12 +55,6 @@ class Server:
     @property
     def log(self) -> Path:
         return Path(self.home) / LOG_FILE
-
-
-def apply_prefect_defaults() -> None:
-    """Set the project's Prefect defaults in this process's environment, before Prefect reads it."""
-    for key, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
 
 
 def prefect_home() -> Path:

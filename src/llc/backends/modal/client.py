@@ -1,4 +1,4 @@
-"""The Modal backend: each cell is one call of the deployed app's function (`llc.modal_app`, the remote side).
+"""The Modal backend: each cell is one call of the deployed app's function (`modal/app.py`, the remote side).
 
 A cell is spawned, then polled until its record comes back, and its run directory is copied from the
 runs volume into the local runs directory. Missing credentials and exhausted funds or quota end the
@@ -250,7 +250,7 @@ class ModalJob(Job):
 
     def _finish(self, reply: dict[str, Any]) -> CellRecord:
         """The worker's record, with its run directory copied from the volume to the local runs directory."""
-        from llc.storage.modal_volume import pull_run
+        from llc.backends.modal.volume import pull_run
 
         record = CellRecord.model_validate(reply["record"])
         if not record.run_dir:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from llc.config import ConfigError
+from llc.errors import ConfigError
 from llc.settings import parse_pairs
 
 err = Console(stderr=True)
@@ -40,7 +40,13 @@ def calibrate(
 ) -> None:
     """Short chains over step size × nβ (× γ) as one sweep; writes calibration.png and recommended.yaml
     into the sweep's folder and prints the recommendation."""
-    from llc.calibrate import STEP_SIZES, calibration_study, draw_calibration, recommend, write_recommendation
+    from llc.sweeps.calibrate import (
+        STEP_SIZES,
+        calibration_study,
+        draw_calibration,
+        recommend,
+        write_recommendation,
+    )
     from llc.sweeps.flow import sweep as sweep_flow
     from llc.sweeps.plan import plan_sweep
     from llc.sweeps.results import read_results

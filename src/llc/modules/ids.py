@@ -13,7 +13,7 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
-from llc.config import ConfigError
+from llc.errors import ConfigError
 
 
 def reference_fingerprint(model: str | None, data: str | None, loss: str, weights: str | None) -> str:

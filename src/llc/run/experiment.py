@@ -13,16 +13,17 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from llc import diagnostics, gram, health, plots
-from llc.allocator import ask_platform_now, keep_freed_memory
 from llc.config import RunConfig
-from llc.erm import train
-from llc.module_model import ModuleModel
-from llc.network import MLP
-from llc.posterior import LocalizedPosterior
+from llc.model import gram
+from llc.model.network import MLP
+from llc.model.posterior import LocalizedPosterior
+from llc.modules.model import ModuleModel
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.optimum import best_linear_loss, is_linear_network
+from llc.run import diagnostics, health, plots
+from llc.run.allocator import ask_platform_now, keep_freed_memory
+from llc.run.erm import train
 from llc.rundir import RunDir, atomic_write
 from llc.samplers.checkpoint import Checkpointing
 from llc.samplers.driver import Progress, sample

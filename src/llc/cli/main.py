@@ -11,9 +11,10 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llc import interrupt
-from llc.config import PRESETS, ConfigError, RunConfig, build_config
+from llc.config import PRESETS, RunConfig, build_config
+from llc.errors import ConfigError
 from llc.settings import described, load_settings, parse_pairs
+from llc.sweeps import interrupt
 
 app = typer.Typer(
     help="Estimate local learning coefficients and run sweeps of experiments.", no_args_is_help=True
@@ -82,8 +83,8 @@ def run(
 
     Exit codes: 0 an estimate, 1 no estimate (every chain diverged, or the run failed), 2 bad input.
     """
-    from llc.launch import check_backend
-    from llc.preflight import check_devices, check_runs_dir
+    from llc.launch.preflight import check_devices, check_runs_dir
+    from llc.launch.sweep import check_backend
 
     config = _config(preset, sampler, set_, gpu_mode)
     settings = load_settings()
@@ -99,7 +100,7 @@ def run(
     if backend != "local" or backend_option:
         _run_on_backend(config, root, skip, backend, backend_option)
         return
-    from llc.experiment import run_llc
+    from llc.run.experiment import run_llc
 
     columns = (
         TextColumn(f"{config.sampler} {config.run_id}"),
@@ -187,7 +188,7 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) ->
     """Redraw the plots of a run from its saved trace."""
     import arviz as az
 
-    from llc import plots
+    from llc.run import plots
 
     traces = sorted(run_dir.glob("*.nc"))
     if not traces:
@@ -241,7 +242,7 @@ def sweep_command(
     """  # noqa: E501  (one paragraph: the help text keeps a docstring's line breaks)
     if ctx.invoked_subcommand is not None:
         return
-    from llc.launch import SweepRequest, run_sweep
+    from llc.launch.sweep import SweepRequest, run_sweep
 
     try:
         options = _backend_options(backend_option)
@@ -316,19 +317,3 @@ def _sweep_folder(sweep_id: str, runs_dir: Path | None, holding: str = "results.
 
 def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-from llc import cli_runs, cli_server  # noqa: E402  (after `app` exists: it adds its commands to it)
-
-cli_runs.register(app)
-cli_server.register(app)
-
-
-from llc import cli_storage  # noqa: E402  (its commands join the app)
-
-cli_storage.register(app)
-
-
-from llc import cli_calibrate  # noqa: E402  (its command joins the app)
-
-cli_calibrate.register(app)

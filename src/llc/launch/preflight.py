@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from llc.config import ConfigError
+from llc.errors import ConfigError
 
 
 def check_runs_dir(path: Path) -> Path:

@@ -9,24 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-from llc.module_model import ModuleModel
-from llc.network import MLP
-
-if TYPE_CHECKING:
-    from llc.samplers.blocks import Block
+from llc.model.protocol import Minibatches, Model, Piece
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Piece = tuple[slice, torch.Tensor]  # columns of the flat parameters, and a block [chains, n] of them
 GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class LocalizedPosterior:
-    model: MLP | ModuleModel
+    model: Model
     x: torch.Tensor
     y: torch.Tensor
     w_star: torch.Tensor
@@ -49,7 +43,7 @@ class LocalizedPosterior:
     def dim(self) -> int:
         return self.w_star.shape[0]
 
-    def indices(self, block: Block) -> torch.Tensor | None:
+    def indices(self, block: Minibatches) -> torch.Tensor | None:
         """The block's minibatch as indices of points [chains, batch]: an independent minibatch (with
         replacement) per chain, from the block's random streams; None when a step uses all n."""
         if self.batch_size is None or self.batch_size >= self.n:
