@@ -182,7 +182,7 @@ def time_engine(config: RunConfig, posterior: LocalizedPosterior, loss0: float) 
     gen = torch.Generator(posterior.w_star.device).manual_seed(
         stream(config.seed, STREAM_SAMPLING).initial_seed()
     )
-    trace = sample(config, posterior, loss0, gen)
+    trace = sample(config.sampling, posterior, loss0, gen)
     return config.chains * config.steps / trace.t_sampling_s, trace
 
 
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         *((ref_config, p, ref_loss0) for p in ref_posteriors.values()),
     ]:
         warm = torch.Generator(posterior.w_star.device).manual_seed(0)
-        sample(config.model_copy(update={"steps": 2}), posterior, loss0, warm)
+        sample(config.model_copy(update={"steps": 2}).sampling, posterior, loss0, warm)
 
     rounds: list[dict[str, Any]] = []
     devinterp_chains: dict[str, list[np.ndarray]] = {w.name: [] for w in workloads}

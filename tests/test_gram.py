@@ -59,6 +59,9 @@ def test_a_full_batch_run_on_second_moments_is_sized_by_its_products_not_by_n():
     x, y = torch.randn(50_000, 18), torch.randn(50_000, 18)
     direct = LocalizedPosterior(model, x, y, torch.zeros(model.n_params), 100.0, 1.0)
     gram = replace(direct, grad_fn=GramLoss(model, x, y))
-    assert step_work(config, direct) == 8 * 50_000 * model.n_params
-    assert step_work(config, gram) == 8 * model.n_params * 18
-    assert threads_for(0, step_work(config, gram)) == 1 and threads_for(0, step_work(config, direct)) == 0
+    assert step_work(config.sampling, direct) == 8 * 50_000 * model.n_params
+    assert step_work(config.sampling, gram) == 8 * model.n_params * 18
+    assert (
+        threads_for(0, step_work(config.sampling, gram)) == 1
+        and threads_for(0, step_work(config.sampling, direct)) == 0
+    )

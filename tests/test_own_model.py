@@ -20,9 +20,9 @@ from llc.model.network import MLP
 from llc.modules.model import ModuleModel, per_example_cross_entropy, per_example_mse
 from llc.problems import build_problem
 from llc.run.experiment import run_llc
-from llc.samplers import KERNELS
+from llc.samplers.registry import SAMPLERS as REGISTRY
 
-SAMPLERS = list(KERNELS)
+SAMPLERS = list(REGISTRY)
 
 
 def as_sequential(model: MLP, w: torch.Tensor) -> torch.nn.Sequential:

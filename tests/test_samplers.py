@@ -30,7 +30,7 @@ def _posterior(config):
 
 def _estimate(config):
     posterior, loss0 = _posterior(config)
-    trace = sample(config, posterior, loss0, torch.Generator().manual_seed(config.seed + 17))
+    trace = sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(config.seed + 17))
     from llc.run.diagnostics import summarize
 
     return summarize(trace.llc), trace
@@ -145,7 +145,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterru
          **chosen},
     )  # fmt: skip
     posterior, loss0 = _posterior(config)
-    reference = sample(config, posterior, loss0, torch.Generator().manual_seed(5))
+    reference = sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(5))
 
     def stop_at_100(done, total):
         if done == 100:  # progress reports every 50 steps; checkpoints every step
@@ -153,24 +153,26 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterru
 
     checkpoint = Checkpointing(tmp_path / "ckpt.pt", every_s=0.0)
     with pytest.raises(_Interrupted):
-        sample(config, posterior, loss0, torch.Generator().manual_seed(5), stop_at_100, checkpoint)
+        sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(5), stop_at_100, checkpoint)
     assert checkpoint.path.exists()
-    from llc.samplers import KERNELS  # count the steps the resumed run really takes
+    from llc.samplers.build import kernel_class  # count the steps the resumed run really takes
 
     calls = {"n": 0}
     # sgld and sghmc run their chains in blocks (3 chains: one block): count block steps.
     method = "_step_block" if sampler in ("sgld", "sghmc") else "step"
-    original = getattr(KERNELS[sampler], method)
+    original = getattr(kernel_class(sampler), method)
 
     def counting(self, *args):
         calls["n"] += 1
         return original(self, *args)
 
-    setattr(KERNELS[sampler], method, counting)
+    setattr(kernel_class(sampler), method, counting)
     try:
-        resumed = sample(config, posterior, loss0, torch.Generator().manual_seed(5), None, checkpoint)
+        resumed = sample(
+            config.sampling, posterior, loss0, torch.Generator().manual_seed(5), None, checkpoint
+        )
     finally:
-        setattr(KERNELS[sampler], method, original)
+        setattr(kernel_class(sampler), method, original)
     assert calls["n"] == 200 - 100
     np.testing.assert_array_equal(resumed.llc, reference.llc)
     np.testing.assert_array_equal(resumed.w_proj, reference.w_proj)
@@ -217,7 +219,7 @@ def test_minibatch_samplers_give_the_same_draws_on_one_core_and_on_two(sampler, 
     for threads in (1, 2):
         config = build_config("quick", {**base, "threads": threads})
         posterior, loss0 = _posterior(config)
-        traces.append(sample(config, posterior, loss0, torch.Generator().manual_seed(3)))
+        traces.append(sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(3)))
     one, two = traces
     assert np.isfinite(one.loss).all() and one.loss.shape == (chains, 30)
     np.testing.assert_array_equal(one.loss, two.loss)
@@ -235,7 +237,7 @@ def test_a_compiled_step_draws_the_eager_numbers_and_lands_where_eager_does(samp
     for compiled in (False, True):
         config = build_config("quick", {**base, "compile": compiled})
         posterior, loss0 = _posterior(config)
-        traces.append(sample(config, posterior, loss0, torch.Generator().manual_seed(4)))
+        traces.append(sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(4)))
     eager, compiled_trace = traces
     assert compiled_trace.compiled and not eager.compiled
     np.testing.assert_allclose(compiled_trace.loss, eager.loss, rtol=1e-4)
@@ -252,9 +254,9 @@ def test_several_steps_per_call_record_what_one_step_per_call_records(monkeypatc
             "eval_every": 10, "projections": 3}  # fmt: skip
     config = build_config("quick", base)
     posterior, loss0 = _posterior(config)
-    strided = sample(config, posterior, loss0, torch.Generator().manual_seed(6))
+    strided = sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(6))
     monkeypatch.setattr(driver, "_stride_end", lambda t, total, config, n_evals: t + 1)
-    single = sample(config, posterior, loss0, torch.Generator().manual_seed(6))
+    single = sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(6))
     assert strided.loss.shape == (20, 40) and np.isfinite(strided.loss).all()
     np.testing.assert_array_equal(strided.loss, single.loss)
     np.testing.assert_array_equal(strided.w_proj, single.w_proj)
@@ -269,15 +271,15 @@ def test_compile_auto_compiles_long_runs_of_the_block_samplers_only(monkeypatch)
 
     config = build_config("quick", {**MLP_SMALL, "sampler": "sgld", "chains": 8})
     posterior, _ = _posterior(config)
-    assert config.compile == "auto" and not driver.compiles(config, posterior)  # seconds of work
+    assert config.compile == "auto" and not driver.compiles(config.sampling, posterior)  # seconds of work
     long = config.model_copy(update={"steps": 10_000_000})
-    assert driver.compiles(long, posterior)
-    assert driver.compiles(long.model_copy(update={"sampler": "sghmc"}), posterior)
+    assert driver.compiles(long.sampling, posterior)
+    assert driver.compiles(long.model_copy(update={"sampler": "sghmc"}).sampling, posterior)
     for update in ({"sampler": "hmc"}, {"precond": "adam"}, {"gpu_mode": "sequential"}, {"compile": False}):
-        assert not driver.compiles(long.model_copy(update=update), posterior), update
-    assert driver.compiles(config.model_copy(update={"compile": True}), posterior)
+        assert not driver.compiles(long.model_copy(update=update).sampling, posterior), update
+    assert driver.compiles(config.model_copy(update={"compile": True}).sampling, posterior)
     monkeypatch.setattr(driver.shutil, "which", lambda name: None)
-    assert not driver.compiles(long, posterior)  # no C++ compiler: eager
+    assert not driver.compiles(long.sampling, posterior)  # no C++ compiler: eager
 
 
 @pytest.mark.parametrize("value", ["auto", True, False])
@@ -306,10 +308,10 @@ def test_compile_auto_falls_back_to_the_eager_run_when_compiling_fails(sampler, 
     base = {**MLP_SMALL, "sampler": sampler, "chains": 10, "steps": 20, "warmup": 3}
     eager_config = build_config("quick", {**base, "compile": False})
     posterior, loss0 = _posterior(eager_config)
-    eager = sample(eager_config, posterior, loss0, torch.Generator().manual_seed(8))
+    eager = sample(eager_config.sampling, posterior, loss0, torch.Generator().manual_seed(8))
     monkeypatch.setattr(driver, "compiles", lambda config, posterior: True)  # auto decides to compile
     monkeypatch.setattr({"sgld": sgld, "sghmc": sghmc}[sampler], "compile_step", _failing_compile)
-    auto = sample(build_config("quick", base), posterior, loss0, torch.Generator().manual_seed(8))
+    auto = sample(build_config("quick", base).sampling, posterior, loss0, torch.Generator().manual_seed(8))
     assert not auto.compiled
     np.testing.assert_array_equal(auto.loss, eager.loss)
     assert "running eager" in caplog.text and "no C++ compiler here" in caplog.text
@@ -323,4 +325,4 @@ def test_compile_true_that_cannot_compile_is_an_error_that_says_what_to_do(monke
     posterior, loss0 = _posterior(config)
     monkeypatch.setattr(sgld, "compile_step", _failing_compile)
     with pytest.raises(CompileFailed, match="compile=false"):
-        sample(config, posterior, loss0, torch.Generator().manual_seed(8))
+        sample(config.sampling, posterior, loss0, torch.Generator().manual_seed(8))

@@ -11,8 +11,8 @@ from llc.model.posterior import LocalizedPosterior
 from llc.problems import build_problem
 from llc.run.erm import train
 from llc.run.experiment import run_llc
-from llc.samplers import SGHMC
 from llc.samplers.driver import mala_acceptance
+from llc.samplers.sghmc import SGHMC
 from llc.samplers.step_search import (
     FRICTION_RANGE,
     FRICTION_SAFETY,
@@ -179,7 +179,7 @@ def test_auto_finds_a_step_that_recovers_lambda_where_the_fixed_default_fails(tm
 
 
 def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_the_search_goes_on():
-    from llc.samplers import SGLD
+    from llc.samplers.sgld import SGLD
     from llc.samplers.step_search import search_round
 
     config = build_config(

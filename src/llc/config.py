@@ -20,10 +20,11 @@ from pydantic import (
 
 from llc.errors import ConfigError
 from llc.fingerprint import code_fingerprint
+from llc.samplers.registry import MINIBATCH_SAMPLERS, SAMPLERS, Sampling
 
 Problem = Literal["mlp", "linear", "rrr", "dln", "module"]
-Sampler = Literal["sgld", "sghmc", "hmc", "mclmc"]
-SAMPLERS: tuple[str, ...] = ("sgld", "sghmc", "hmc", "mclmc")
+# The samplers and what each takes come from their registry (samplers/registry.py).
+Sampler = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 
 # Keys that decide the data and the ERM point w*: runs that agree on them share a family.
 FAMILY_KEYS = (
@@ -36,10 +37,6 @@ FAMILY_KEYS = (
 # content hash the ids take instead (module_fingerprint), so that moving the file keeps its results.
 EXECUTION_ONLY = ("threads",)
 NOT_IN_IDS = (*EXECUTION_ONLY, "weights")
-
-# Step sizes that work on each sampler's scale when none is given (HMC and MCLMC tune theirs in warm-up).
-DEFAULT_STEP_SIZE = {"sgld": 1e-4, "sghmc": 1e-5, "hmc": 1e-3, "mclmc": 1e-2}
-
 
 # SGHMC's friction when none is given (friction=auto starts from it).
 DEFAULT_FRICTION = 0.1
@@ -200,10 +197,10 @@ class RunConfig(BaseModel):
                     )
                 if self.true_rank > min(self.widths or (0,)):
                     raise ValueError(f"true_rank must be <= min(widths) = {min(self.widths or (0,))}")
-        if self.problem != "module" and self.sampler in ("sgld", "sghmc") and self.batch_size > self.n_data:
+        if self.problem != "module" and self.sampler in MINIBATCH_SAMPLERS and self.batch_size > self.n_data:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n_data ({self.n_data})")
         if self.step_size == "auto":
-            if self.sampler not in ("sgld", "sghmc"):
+            if self.sampler not in MINIBATCH_SAMPLERS:
                 raise ValueError(
                     f"step_size=auto is for sgld and sghmc; {self.sampler} tunes its step size in warm-up "
                     "already (leave step_size unset)"
@@ -217,7 +214,7 @@ class RunConfig(BaseModel):
                 "friction=auto is set alongside step_size=auto, for sghmc: set step_size=auto, or give a "
                 f"friction in (0, 1) such as {DEFAULT_FRICTION}"
             )
-        if self.precond != "none" and self.sampler != "sgld":
+        if self.precond != "none" and "precond" not in SAMPLERS[self.sampler].options:
             raise ValueError(f"precond applies to sgld only; set precond=none for sampler {self.sampler}")
         return self
 
@@ -260,7 +257,19 @@ class RunConfig(BaseModel):
     @property
     def resolved_step_size(self) -> float:
         """The step size, or where step_size=auto starts its search."""
-        return self.step_size if isinstance(self.step_size, float) else DEFAULT_STEP_SIZE[self.sampler]
+        return self.step_size if isinstance(self.step_size, float) else SAMPLERS[self.sampler].default_step
+
+    @property
+    def sampling(self) -> Sampling:
+        """What the sampler's driver reads of this config (samplers/registry.py)."""
+        resolved = {"friction": self.resolved_friction}
+        options = {key: resolved.get(key, getattr(self, key)) for key in SAMPLERS[self.sampler].options}
+        return Sampling(
+            sampler=self.sampler, chains=self.chains, steps=self.steps, warmup=self.warmup, thin=self.thin,
+            eval_every=self.eval_every, projections=self.projections, seed=self.seed, threads=self.threads,
+            compile=self.compile, gpu_mode=self.gpu_mode, step_size=self.resolved_step_size,
+            step_size_auto=self.step_size_auto, friction_auto=self.friction == "auto", options=options,
+        )  # fmt: skip
 
     def normalized(self) -> dict[str, Any]:
         """The config with every default made explicit: what run_id hashes and config.json stores."""
@@ -286,7 +295,7 @@ def _known_lambda_defaults(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("problem") not in KNOWN_LAMBDA_PROBLEMS:
         return data
     data = {"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data}
-    searchable = data.get("sampler", "sgld") in ("sgld", "sghmc")
+    searchable = data.get("sampler", "sgld") in MINIBATCH_SAMPLERS
     warmup = data.get("warmup", 0)
     long_enough = isinstance(warmup, int) and warmup >= AUTO_MIN_WARMUP
     if searchable and long_enough and data.get("compile") is not True:

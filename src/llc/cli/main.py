@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llc.config import PRESETS, RunConfig, build_config
 from llc.errors import ConfigError
+from llc.samplers.registry import SAMPLERS
 from llc.settings import described, load_settings, parse_pairs
 from llc.sweeps import interrupt
 
@@ -23,7 +24,8 @@ config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 sweep_app = typer.Typer(help="Run a study as the Prefect flow `sweep`, or summarize a past sweep.")
 app.add_typer(sweep_app, name="sweep")
-err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width
+err = Console(stderr=True, soft_wrap=True)
+SAMPLER_CHOICES = " | ".join(SAMPLERS)  # a message stays one line, whatever the width
 
 SetOption = Annotated[
     list[str] | None,
@@ -70,7 +72,7 @@ def _config(
 
 @app.command()
 def run(
-    sampler: Annotated[str, typer.Option(help="sgld | sghmc | hmc | mclmc")],
+    sampler: Annotated[str, typer.Option(help=SAMPLER_CHOICES)],
     preset: PresetOption = "quick",
     set_: SetOption = None,
     runs_dir: Annotated[Path | None, typer.Option(help="where run directories go (env LLC_RUNS_DIR)")] = None,
@@ -205,7 +207,7 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) ->
 @config_app.command("show")
 def config_show(
     preset: PresetOption = "quick",
-    sampler: Annotated[str | None, typer.Option(help="sgld | sghmc | hmc | mclmc")] = None,
+    sampler: Annotated[str | None, typer.Option(help=SAMPLER_CHOICES)] = None,
     set_: SetOption = None,
 ) -> None:
     """Print the resolved configuration (every default explicit) with its run_id and family_id."""

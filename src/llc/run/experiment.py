@@ -123,7 +123,7 @@ class LLCExperiment:
             w_star.to(device),
             nbeta,
             config.gamma,
-            config.batch_size if config.sampler in ("sgld", "sghmc") else None,
+            config.batch_size if config.sampling.spec.minibatch else None,
         )
         full_batch = (posterior.batch_size or posterior.n) >= posterior.n
         if isinstance(problem.model, MLP) and gram.supports(problem.model) and full_batch:
@@ -133,7 +133,7 @@ class LLCExperiment:
         checkpoint = None
         if self.checkpoint_every_s is not None and config.gpu_mode != "sequential":
             checkpoint = Checkpointing(out.checkpoint, self.checkpoint_every_s)
-        trace = sample(config, posterior, loss0, gen, progress, checkpoint)
+        trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint)
         metrics = build_metrics(config, problem, trace, loss0, t_erm, device)
         attrs = {
             "run_id": config.run_id,

@@ -10,9 +10,13 @@ checkpoint holds: a resumed run gets it back and goes on with the same numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from llc.model.posterior import LocalizedPosterior
+    from llc.samplers.registry import Sampling
 
 State = TypeVar("State")
 
@@ -47,6 +51,11 @@ class Kernel(Protocol[State]):
     #: whether the whole step runs as one compiled call
     fused: bool
 
+    @classmethod
+    def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> Kernel[State]:
+        """The kernel with a run's parameters: its step and its own options (registry.py)."""
+        ...
+
     def init(self, w: torch.Tensor, gen: torch.Generator) -> State:
         """The state of chains at positions w [chains, d], their random numbers drawn from `gen`."""
         ...
@@ -64,6 +73,15 @@ class Kernel(Protocol[State]):
     @property
     def torch_threads(self) -> int:
         """torch threads for its calls: 0 (all) unless the kernel spreads its chains over the cores itself."""
+        ...
+
+
+class LangevinKernel(Kernel[State], Protocol):
+    """A kernel whose step is a Langevin proposal, checked by Metropolis every eval_every steps (SGLD;
+    the registry's `mala_check` says which)."""
+
+    def langevin_proposal(self, state: State) -> tuple[float, torch.Tensor | None]:
+        """The full-batch proposal one step amounts to: its step ε and its diagonal preconditioner G."""
         ...
 
 

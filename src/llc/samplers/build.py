@@ -1,30 +1,22 @@
-"""A run's kernel from its config: the one place that reads `RunConfig` for the kernels' parameters."""
+"""A run's kernel from its sampling parameters and the sampler's declaration (registry.py)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from llc.config import RunConfig
 from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import Kernel
-from llc.samplers.hmc import HMC
-from llc.samplers.mclmc import MCLMC
-from llc.samplers.sghmc import SGHMC
-from llc.samplers.sgld import SGLD
+from llc.samplers.registry import SAMPLERS, Sampling
 
 
-def build_kernel(config: RunConfig, posterior: LocalizedPosterior) -> Kernel[Any]:
-    """The kernel `config.sampler` names, with the config's parameters (`compile` already a boolean)."""
-    step, compile = config.resolved_step_size, bool(config.compile)
-    if config.sampler == "sgld":
-        return SGLD(posterior, step, config.precond, compile)
-    if config.sampler == "sghmc":
-        return SGHMC(posterior, step, config.resolved_friction, compile)
-    if config.sampler == "hmc":
-        return HMC(posterior, step, config.n_leapfrog, config.target_accept)
-    return MCLMC(posterior, step, config.warmup)
+def build_kernel(sampling: Sampling, posterior: LocalizedPosterior) -> Kernel[Any]:
+    """The kernel `sampling.sampler` names, with its parameters (`compile` already a boolean)."""
+    kernel: Any = kernel_class(sampling.sampler)
+    return kernel.from_sampling(posterior, sampling)
 
 
-def fuses(config: RunConfig) -> bool:
-    """Whether compiling the config's kernel compiles its whole step (else only the gradient)."""
-    return config.sampler == "sghmc" or (config.sampler == "sgld" and SGLD.fuses(config.precond))
+def kernel_class(sampler: str) -> type:
+    """The Kernel class that the registry names for `sampler`."""
+    module, _, name = SAMPLERS[sampler].kernel.partition(":")
+    return getattr(importlib.import_module(module), name)

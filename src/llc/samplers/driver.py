@@ -16,16 +16,16 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from llc.config import RunConfig
 from llc.model.gram import GramLoss
 from llc.model.posterior import LocalizedPosterior
-from llc.samplers.base import Kernel
-from llc.samplers.build import build_kernel, fuses
+from llc.samplers.base import Kernel, LangevinKernel
+from llc.samplers.build import build_kernel
 from llc.samplers.checkpoint import Checkpointing, Run, Saver
+from llc.samplers.registry import Sampling
 from llc.samplers.step_search import CurvatureStep, minibatch_heating, round_length, search_round
 from llc.samplers.trace import DrawRecorder, Records, Trace, concat, projection_directions
 from llc.threads import cpu_threads, threads_for
@@ -35,23 +35,24 @@ PROGRESS_EVERY = 50  # steps between progress reports
 
 
 def sample(
-    config: RunConfig,
+    sampling: Sampling,
     posterior: LocalizedPosterior,
     loss0: float,
     gen: torch.Generator,
     progress: Progress | None = None,
     checkpoint: Checkpointing | None = None,
 ) -> Trace:
-    """Sample according to config.gpu_mode and return the trace with per-draw LLC.
+    """Sample according to sampling.gpu_mode and return the trace with per-draw LLC (`sampling`: the run's
+    sampling parameters, which the run layer takes from its RunConfig).
 
     With `checkpoint`, a vectorized run saves its progress periodically and, started again, resumes
     from the last save with the same random streams, so an interrupted run ends as an uninterrupted one.
     """
-    threads = 0 if posterior.x.is_cuda else threads_for(config.threads, step_work(config, posterior))
-    fall_back = config.compile == "auto"  # if compiling fails, run eager rather than fail
-    config = config.model_copy(update={"compile": compiles(config, posterior)})
+    threads = 0 if posterior.x.is_cuda else threads_for(sampling.threads, step_work(sampling, posterior))
+    fall_back = sampling.compile == "auto"  # if compiling fails, run eager rather than fail
+    sampling = replace(sampling, compile=compiles(sampling, posterior))
     with cpu_threads(threads):
-        return _sample(config, posterior, loss0, gen, progress, checkpoint, fall_back)
+        return _sample(sampling, posterior, loss0, gen, progress, checkpoint, fall_back)
 
 
 # compile=auto compiles a run whose eager sampling is estimated at AUTO_COMPILE_S seconds or more: the
@@ -62,35 +63,35 @@ EAGER_BLOCK_S = 3e-4  # the fixed cost of a 16-chain block's eager step: its ~40
 COMPILERS = ("g++", "c++")  # torch inductor builds C++ with one of these
 
 
-def compiles(config: RunConfig, posterior: LocalizedPosterior) -> bool:
+def compiles(sampling: Sampling, posterior: LocalizedPosterior) -> bool:
     """Whether the run is compiled: as `compile` says; for `auto`, SGLD (no preconditioner) and SGHMC
     on the CPU, vectorized, with a C++ compiler present, when eager sampling would take long."""
-    if config.compile != "auto":
-        return bool(config.compile)
-    if config.step_size_auto:  # a compiled step is specialised to its step size, which the search changes
+    if sampling.compile != "auto":
+        return bool(sampling.compile)
+    if sampling.step_size_auto:  # a compiled step is specialised to its step size, which the search changes
         return False
-    if not fuses(config) or posterior.x.is_cuda or config.gpu_mode == "sequential":
+    if not sampling.fuses or posterior.x.is_cuda or sampling.gpu_mode == "sequential":
         return False
     if not posterior.model.auto_compile:
         return False
     if not any(shutil.which(name) for name in COMPILERS):
         return False
-    blocks = math.ceil(config.chains / 16)
-    step_s = 6 * step_work(config, posterior) / EAGER_FLOPS + blocks * EAGER_BLOCK_S
-    return _total_steps(config) * step_s >= AUTO_COMPILE_S
+    blocks = math.ceil(sampling.chains / 16)
+    step_s = 6 * step_work(sampling, posterior) / EAGER_FLOPS + blocks * EAGER_BLOCK_S
+    return _total_steps(sampling) * step_s >= AUTO_COMPILE_S
 
 
-def step_work(config: RunConfig, posterior: LocalizedPosterior) -> int:
+def step_work(sampling: Sampling, posterior: LocalizedPosterior) -> int:
     """Multiply-adds of one forward pass of all chains on one batch; for a linear network's gradient
     from second moments (gram.py), of its products of weight matrices, whatever n."""
     if isinstance(posterior.grad_fn, GramLoss):
-        return config.chains * posterior.dim * max(posterior.grad_fn.model.widths)
+        return sampling.chains * posterior.dim * max(posterior.grad_fn.model.widths)
     batch = min(posterior.batch_size or posterior.n, posterior.n)
-    return config.chains * batch * posterior.model.macs_per_example
+    return sampling.chains * batch * posterior.model.macs_per_example
 
 
 def _sample(
-    config: RunConfig,
+    sampling: Sampling,
     posterior: LocalizedPosterior,
     loss0: float,
     gen: torch.Generator,
@@ -98,27 +99,29 @@ def _sample(
     checkpoint: Checkpointing | None,
     fall_back: bool = False,
 ) -> Trace:
-    if config.gpu_mode != "sequential":
-        return _run_chains(config, posterior, loss0, config.chains, gen, progress, checkpoint, fall_back)
+    if sampling.gpu_mode != "sequential":
+        return _run_chains(sampling, posterior, loss0, sampling.chains, gen, progress, checkpoint, fall_back)
     traces = []
     reference = replace(posterior, grad_fn=posterior.model.autograd_loss_and_grad)
-    for c in range(config.chains):
+    for c in range(sampling.chains):
         chain_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1000 * (c + 1))
-        done = c * _total_steps(config)
-        step_progress = (lambda i, n, done=done: progress(done + i, n * config.chains)) if progress else None
-        traces.append(_run_chains(config, reference, loss0, 1, chain_gen, step_progress, None))
+        done = c * _total_steps(sampling)
+        step_progress = (
+            (lambda i, n, done=done: progress(done + i, n * sampling.chains)) if progress else None
+        )
+        traces.append(_run_chains(sampling, reference, loss0, 1, chain_gen, step_progress, None))
     return concat(traces)
 
 
-def _total_steps(config: RunConfig) -> int:
-    return config.warmup + config.steps
+def _total_steps(sampling: Sampling) -> int:
+    return sampling.warmup + sampling.steps
 
 
 @dataclass
 class _Context:
-    """What every piece of a run reads: its config, kernel and posterior, and where it reports."""
+    """What every piece of a run reads: its sampling, kernel and posterior, and where it reports."""
 
-    config: RunConfig
+    sampling: Sampling
     kernel: Kernel[Any]
     posterior: LocalizedPosterior
     directions: torch.Tensor  # [d, projections] the trace's random projections
@@ -128,11 +131,11 @@ class _Context:
 
     @property
     def total(self) -> int:
-        return _total_steps(self.config)
+        return _total_steps(self.sampling)
 
 
 def _run_chains(
-    config: RunConfig,
+    sampling: Sampling,
     posterior: LocalizedPosterior,
     loss0: float,
     chains: int,
@@ -141,18 +144,18 @@ def _run_chains(
     checkpoint: Checkpointing | None,
     fall_back: bool = False,
 ) -> Trace:
-    if config.compile and not fuses(config):  # a fused kernel compiles its whole step itself
+    if sampling.compile and not sampling.fuses:  # a fused kernel compiles its whole step itself
         posterior = replace(posterior, grad_fn=torch.compile(posterior.grad_fn, dynamic=False))
-    kernel = build_kernel(config, posterior)
+    kernel = build_kernel(sampling, posterior)
     # hmc and mclmc already record the full-data loss at every draw.
-    n_evals = config.steps // config.eval_every if config.eval_every and kernel.minibatch else 0
+    n_evals = sampling.steps // sampling.eval_every if sampling.eval_every and kernel.minibatch else 0
     saver = Saver(checkpoint) if checkpoint is not None else None
     run = saver.load(posterior.w_star.device) if saver is not None else None
     if run is None:
-        run = _start(config, kernel, posterior, chains, gen, n_evals)
+        run = _start(sampling, kernel, posterior, chains, gen, n_evals)
     w_star = posterior.w_star
-    directions = projection_directions(posterior.dim, config.projections, config.seed, w_star.dtype)
-    ctx = _Context(config, kernel, posterior, directions.to(w_star.device), n_evals, progress, saver)
+    directions = projection_directions(posterior.dim, sampling.projections, sampling.seed, w_star.dtype)
+    ctx = _Context(sampling, kernel, posterior, directions.to(w_star.device), n_evals, progress, saver)
     since = time.perf_counter()
     run.state = kernel.prepare(run.state, fall_back)
     run.warmup_s += time.perf_counter() - since
@@ -165,7 +168,7 @@ def _run_chains(
 
 
 def _start(
-    config: RunConfig,
+    sampling: Sampling,
     kernel: Kernel[Any],
     posterior: LocalizedPosterior,
     chains: int,
@@ -174,21 +177,23 @@ def _start(
 ) -> Run:
     """A run at step 0: every chain at w*."""
     state = kernel.init(posterior.w_star.expand(chains, -1).clone(), gen)
-    records = Records.empty(config, chains, n_evals, posterior.w_star)
+    records = Records.empty(
+        sampling.steps // sampling.thin, sampling.projections, chains, n_evals, posterior.w_star
+    )
     # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
     eval_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1)
-    search = CurvatureStep.starting(config.friction == "auto") if config.step_size_auto else None
+    search = CurvatureStep.starting(sampling.friction_auto) if sampling.step_size_auto else None
     return Run(0, state, records, eval_gen, search)
 
 
 def _warm_up(ctx: _Context, run: Run) -> None:
     """The warm-up steps: the kernel tunes itself, and step_size=auto's search runs its rounds."""
-    warmup = ctx.config.warmup
+    warmup = ctx.sampling.warmup
     if run.search is not None and run.t == 0:
         search_round(run.search, 0, warmup, ctx.kernel, run.state, ctx.posterior, run.eval_gen)
     since = time.perf_counter()
     while run.t < warmup:
-        stop = _stride_end(run.t, ctx.total, ctx.config, ctx.n_evals)
+        stop = _stride_end(run.t, ctx.total, ctx.sampling, ctx.n_evals)
         if run.search is not None:  # stop at the end of the search's round
             stop = min(stop, (run.t // round_length(warmup) + 1) * round_length(warmup))
         run.state = ctx.kernel.advance(run.state, stop - run.t, True, _recorder(ctx, run))
@@ -206,7 +211,7 @@ def _sample_recorded(ctx: _Context, run: Run) -> None:
     """The recorded steps, every `thin`-th a draw, evaluated every `eval_every`."""
     since = time.perf_counter()
     while run.t < ctx.total:
-        stop = _stride_end(run.t, ctx.total, ctx.config, ctx.n_evals)
+        stop = _stride_end(run.t, ctx.total, ctx.sampling, ctx.n_evals)
         run.state = ctx.kernel.advance(run.state, stop - run.t, False, _recorder(ctx, run))
         run.t = stop
         _evaluate(ctx, run)
@@ -217,29 +222,29 @@ def _sample_recorded(ctx: _Context, run: Run) -> None:
         _report(ctx, run)
 
 
-def _stride_end(t: int, total: int, config: RunConfig, n_evals: int) -> int:
+def _stride_end(t: int, total: int, sampling: Sampling, n_evals: int) -> int:
     """Where a run of steps from t must stop for the driver to look: a progress report, the end of
     warm-up, an evaluation."""
     end = min(total, (t // PROGRESS_EVERY + 1) * PROGRESS_EVERY)
-    if t < config.warmup:
-        return min(end, config.warmup)
+    if t < sampling.warmup:
+        return min(end, sampling.warmup)
     if n_evals:
-        s = t - config.warmup
-        end = min(end, config.warmup + (s // config.eval_every + 1) * config.eval_every)
+        s = t - sampling.warmup
+        end = min(end, sampling.warmup + (s // sampling.eval_every + 1) * sampling.eval_every)
     return end
 
 
 def _evaluate(ctx: _Context, run: Run) -> None:
     """At every `eval_every`-th sampled step: the full-data loss, and for SGLD the MALA acceptance."""
-    s = run.t - ctx.config.warmup  # steps sampled so far
-    every = ctx.config.eval_every
+    s = run.t - ctx.sampling.warmup  # steps sampled so far
+    every = ctx.sampling.eval_every
     if not (ctx.n_evals and s > 0 and s % every == 0 and s // every <= ctx.n_evals):
         return
     e = s // every - 1
     position = ctx.kernel.position(run.state)
     run.records.eval_loss[:, e] = ctx.posterior.full_loss(position)
-    if ctx.config.sampler == "sgld":
-        eps, scale = ctx.kernel.langevin_proposal(run.state)  # type: ignore[attr-defined]
+    if ctx.sampling.spec.mala_check:
+        eps, scale = cast(LangevinKernel[Any], ctx.kernel).langevin_proposal(run.state)
         run.records.mala[:, e] = mala_acceptance(ctx.posterior, position, eps, run.eval_gen, scale)
 
 
@@ -253,20 +258,20 @@ def _report(ctx: _Context, run: Run) -> None:
 
 def _recorder(ctx: _Context, run: Run) -> DrawRecorder:
     """Where the next run of steps from run.t records its draws."""
-    config = ctx.config
-    return DrawRecorder(run.t - config.warmup, config.thin, run.records, ctx.directions, ctx.posterior)
+    sampling = ctx.sampling
+    return DrawRecorder(run.t - sampling.warmup, sampling.thin, run.records, ctx.directions, ctx.posterior)
 
 
 def _trace(ctx: _Context, run: Run, loss0: float) -> Trace:
-    config, search = ctx.config, run.search
+    sampling, search = ctx.sampling, run.search
     evaluated = bool(ctx.n_evals)
     return run.records.trace(
         ctx.posterior.nbeta,
         loss0,
         evaluated,
-        evaluated and config.sampler == "sgld",
+        evaluated and sampling.spec.mala_check,
         grad_evals=ctx.total * ctx.kernel.grad_evals_per_step,
-        compiled=ctx.kernel.fused or bool(config.compile and not fuses(config)),
+        compiled=ctx.kernel.fused or bool(sampling.compile and not sampling.fuses),
         step_size_auto=[run.state.step_size] if search is not None else [],
         curvatures=search.curvatures if search is not None else [],
         friction_auto=[run.state.friction] if search is not None and search.tunes_friction else [],

@@ -12,6 +12,7 @@ import torch
 from llc.model.posterior import LocalizedPosterior
 from llc.samplers.adaptation import DualAveraging
 from llc.samplers.base import FullBatchKernel, StepInfo
+from llc.samplers.registry import Sampling
 
 DIVERGENCE_ENERGY = 1000.0
 
@@ -36,6 +37,11 @@ class HMC(FullBatchKernel):
         self.grad_evals_per_step = n_leapfrog
         self.initial_step = step_size
         self.target_accept = target_accept
+
+    @classmethod
+    def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> HMC:
+        n_leapfrog, target_accept = sampling.option("n_leapfrog"), sampling.option("target_accept")
+        return cls(posterior, sampling.step_size, n_leapfrog, target_accept)
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> HMCState:
         w = w.clone()

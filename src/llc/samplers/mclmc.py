@@ -15,6 +15,7 @@ import torch
 
 from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import FullBatchKernel, StepInfo
+from llc.samplers.registry import Sampling
 
 DESIRED_ENERGY_VAR = 5e-4
 TRUST_IN_ESTIMATE = 1.5
@@ -53,6 +54,10 @@ class MCLMC(FullBatchKernel):
         self.posterior = posterior
         self.initial_step = step_size
         self.warmup = warmup  # L is set at its last step
+
+    @classmethod
+    def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> MCLMC:
+        return cls(posterior, sampling.step_size, sampling.warmup)
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> MCLMCState:
         w = w.clone()

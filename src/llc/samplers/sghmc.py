@@ -19,6 +19,7 @@ import torch
 
 from llc.model.posterior import LocalizedPosterior
 from llc.samplers.blocks import Block, BlockedChains, compile_step, layout
+from llc.samplers.registry import Sampling
 
 
 @dataclass
@@ -43,6 +44,11 @@ class SGHMC(BlockedChains):
         # compile: gradient, localization and update of a block as one compiled call (as in SGLD).
         self.fused = compile
         self._compiled_step = compile_step(self._kick, posterior.w_star.device) if compile else None
+
+    @classmethod
+    def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> SGHMC:
+        """With the friction given, or where friction=auto starts (the run layer resolves it)."""
+        return cls(posterior, sampling.step_size, sampling.option("friction"), bool(sampling.compile))
 
     def _kick(
         self,

@@ -13,6 +13,7 @@ import torch
 from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import Recorder
 from llc.samplers.blocks import Block, BlockedChains, compile_step, layout
+from llc.samplers.registry import SAMPLERS, Sampling
 
 RMSPROP_DECAY = 0.99
 ADAM_BETA1 = 0.9
@@ -42,13 +43,12 @@ class SGLD(BlockedChains):
         # compile without preconditioning: gradient, localization and update of a block as one compiled
         # call (blocks.compile_step); the random numbers stay with the blocks' streams, drawn before it.
         # With preconditioning the driver compiles the gradient alone.
-        self.fused = compile and self.fuses(precond)
+        self.fused = compile and SAMPLERS["sgld"].fuses({"precond": precond})
         self._compiled_step = compile_step(self._langevin, posterior.w_star.device) if self.fused else None
 
-    @staticmethod
-    def fuses(precond: str) -> bool:
-        """Whether compiling compiles the whole block step (without a preconditioner only)."""
-        return precond == "none"
+    @classmethod
+    def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> SGLD:
+        return cls(posterior, sampling.step_size, sampling.option("precond"), bool(sampling.compile))
 
     def _langevin(
         self, w: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor, eps: float

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from llc.config import RunConfig
 from llc.model.posterior import LocalizedPosterior
 
 
@@ -47,12 +46,11 @@ class Records:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # the kernel's statistics, per draw
 
     @classmethod
-    def empty(cls, config: RunConfig, chains: int, n_evals: int, like: torch.Tensor) -> Records:
+    def empty(cls, draws: int, projections: int, chains: int, n_evals: int, like: torch.Tensor) -> Records:
         def nan(*shape: int) -> torch.Tensor:
             return torch.full(shape, math.nan, device=like.device, dtype=like.dtype)
 
-        draws = config.steps // config.thin
-        w_proj = torch.zeros((chains, draws, config.projections), device=like.device, dtype=like.dtype)
+        w_proj = torch.zeros((chains, draws, projections), device=like.device, dtype=like.dtype)
         return cls(nan(chains, draws), w_proj, nan(chains, n_evals), nan(chains, n_evals))
 
     def trace(self, nbeta: float, loss0: float, evaluated: bool, mala: bool, **facts: Any) -> Trace:
