@@ -23,11 +23,13 @@ demo: env
 
 test: env slurm-up browser postgres
 	$(VENV)/bin/ruff check src tests benchmarks flows examples
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: env
 	$(VENV)/bin/ruff check src tests benchmarks flows examples
 	$(VENV)/bin/ruff format --check src tests benchmarks flows examples
+	$(VENV)/bin/lint-imports
 
 bench:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
