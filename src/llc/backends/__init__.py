@@ -13,7 +13,7 @@ __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "cancel_recorded", "get_
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
 BACKENDS = {
     "local": "llc.backends.local:LocalBackend",
-    "slurm": "llc.backends.slurm:SlurmBackend",
+    "slurm": "llc.backends.slurm.backend:SlurmBackend",
     "modal": "llc.backends.modal.client:ModalBackend",
 }
 
