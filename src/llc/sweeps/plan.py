@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from llc.cells.cell import Cell, cell_name
 from llc.cells.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
+from llc.errors import ConfigError
 from llc.sweeps import checkpoints
 from llc.sweeps.checkpoints import Checkpoint
 from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, describe, format_loc
@@ -34,7 +35,7 @@ def plan_sweep(study: str | Path | dict[str, Any]) -> Plan:
     parsed = source.parse()
     try:
         model = config_model(parsed.experiment)
-    except (ImportError, TypeError) as exc:
+    except (ConfigError, TypeError) as exc:
         raise StudyError(source.error(("experiment",), str(exc))) from None
     preset = _preset(parsed, source)
     issues: dict[tuple[str, str], list[str]] = defaultdict(list)
