@@ -39,7 +39,7 @@ def study(cells: int) -> dict[str, Any]:
 
 def single_cell_seconds(runs: Path, seed: int) -> float:
     """Round trip of one no-op cell on a fresh backend (a seed of its own, so nothing is cached)."""
-    from llc.backends.slurm import SlurmBackend
+    from llc.backends.slurm.backend import SlurmBackend
     from llc.sweeps.plan import plan_sweep
 
     (cell,) = plan_sweep({**study(1), "seeds": [seed]}).cells
@@ -97,7 +97,7 @@ def main() -> None:
     from llc.backends import BACKENDS
     from llc.sweeps.flow import sweep
 
-    BACKENDS.setdefault("slurm", "llc.backends.slurm:SlurmBackend")
+    BACKENDS.setdefault("slurm", "llc.backends.slurm.backend:SlurmBackend")
 
     @flow
     def warm_up() -> None:

@@ -42,7 +42,7 @@ def slurm_backend_registered() -> Iterator[None]:
     from llc.backends import BACKENDS
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(BACKENDS, "slurm", "llc.backends.slurm:SlurmBackend")
+        patch.setitem(BACKENDS, "slurm", "llc.backends.slurm.backend:SlurmBackend")
         yield
 
 
@@ -148,7 +148,7 @@ def ended_at(job_id: str) -> datetime:
 
 def wait_for_state(job_id: str, states: set[str], timeout_s: float = 30) -> str:
     """The job's state (sacct, else squeue) once it is one of `states`."""
-    from llc.backends.slurm import Watcher, base_state
+    from llc.backends.slurm.submitit_adapter import Watcher, base_state
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -23,8 +23,9 @@ def _edited(package: Path, relative: str) -> str:
 
 @pytest.mark.parametrize(
     "relative",
-    ["cli/main.py", "launch/local_server.py", "launch/sweep.py", "backends/slurm.py", "backends/modal/app.py",
-     "sweeps/flow.py", "cells/execute.py", "storage/s3.py", "settings.py"],
+    ["cli/main.py", "launch/local_server.py", "launch/sweep.py", "backends/slurm/backend.py",
+     "backends/slurm/submitit_adapter.py", "backends/modal/app.py", "sweeps/flow.py", "cells/execute.py",
+     "storage/s3.py", "settings.py"],
 )  # fmt: skip
 def test_editing_a_file_that_only_moves_or_presents_results_keeps_the_fingerprint(package, relative):
     before = fingerprint_of(package)

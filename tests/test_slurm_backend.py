@@ -37,7 +37,7 @@ from slurm_fixtures import (
 )
 
 from llc.backends import run_on
-from llc.backends.slurm import SlurmBackend, SlurmSubmitError
+from llc.backends.slurm.backend import SlurmBackend, SlurmSubmitError
 from llc.sweeps.flow import sweep
 from llc.sweeps.plan import plan_sweep
 from llc.sweeps.results import read_results
@@ -296,7 +296,7 @@ def test_an_sbatch_refusal_fails_the_submission_at_once_with_sbatchs_message(tmp
 FLOW_SCRIPT = """
 import sys
 from llc.backends import BACKENDS
-BACKENDS["slurm"] = "llc.backends.slurm:SlurmBackend"
+BACKENDS["slurm"] = "llc.backends.slurm.backend:SlurmBackend"
 from llc.sweeps.flow import sweep
 import json
 sweep(study=json.loads(sys.argv[1]), backend="slurm", runs_dir=sys.argv[2])
@@ -330,21 +330,3 @@ def test_cancelling_the_flow_run_scancels_every_job(tmp_path: Path, prefect_serv
     assert [run.state_name for run in runs] == ["Cancelled"]
     rows = read_results(tmp_path / "runs" / "sweeps" / plan_sweep(study).sweep_id / "results.csv")
     assert {row["status"] for row in rows} == {"cancelled"} and len(rows) == 3
-
-
-def test_a_job_that_sacct_and_squeue_stop_knowing_reads_unknown_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """submitit's watcher keeps a job's last state forever; ours forgets a job that neither sacct nor
-    squeue reports any longer, so that it reads UNKNOWN and is declared lost after lost_after_s instead
-    of waited on as RUNNING. With canned sacct and squeue answers."""
-    from llc.backends import slurm
-
-    answers = {"sacct": "JobID|State|NodeList\n4242|RUNNING|llc\n", "squeue": ""}
-    monkeypatch.setattr(slurm, "_output", lambda argv, level=logging.DEBUG: answers[argv[0]])
-    watcher = slurm.Watcher(poll_s=0)
-    assert watcher.states(["4242"]) == {"4242": "RUNNING"}
-    answers["sacct"] = "JobID|State|NodeList\n"  # accounting lost it, and squeue's MinJobAge has passed
-    assert watcher.states(["4242"]) == {"4242": "UNKNOWN"}
-    answers["squeue"] = "4242|COMPLETING\n"
-    assert watcher.states(["4242"]) == {"4242": "COMPLETING"}

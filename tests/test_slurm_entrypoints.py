@@ -19,7 +19,7 @@ import pytest
 from slurm_fixtures import ROOT, job_of, probe_study, sacct, sbatch_calls, slurm_cluster, wait_for_state
 from typer.testing import CliRunner
 
-from llc.backends.slurm import SlurmBackend
+from llc.backends.slurm.backend import SlurmBackend
 from llc.cli import app
 from llc.sweeps.flow import sweep
 from llc.sweeps.plan import plan_sweep

@@ -40,7 +40,7 @@ pytestmark = [
 FLOW_SCRIPT = """
 import json, sys
 from llc.backends import BACKENDS
-BACKENDS["slurm"] = "llc.backends.slurm:SlurmBackend"
+BACKENDS["slurm"] = "llc.backends.slurm.backend:SlurmBackend"
 from llc.sweeps.flow import sweep
 sweep(study=json.loads(sys.argv[1]), backend="slurm", runs_dir=sys.argv[2])
 """

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from llc.errors import ConfigError
+from llc.errors import ConfigError, describe
 from llc.fingerprint import code_fingerprint
 from llc.samplers.registry import MINIBATCH_SAMPLERS, SAMPLERS, Sampling
 
@@ -370,22 +370,8 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem: the key, what was given, and what is allowed."""
-    lines = []
-    for err in _union_branches_merged(exc.errors()):
-        key = ".".join(str(p) for p in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            close = _closest(str(err["loc"][-1]))
-            hint = f" (did you mean {close!r}?)" if close else ""
-            lines.append(f"{key}: unknown key{hint}; known keys: {', '.join(RunConfig.model_fields)}")
-            continue
-        allowed = err.get("ctx", {}).get("expected")
-        msg = err["msg"].removeprefix("Value error, ")
-        shown = "input" in err and not isinstance(err["input"], dict) and "got" not in msg
-        given = f" (got {err['input']!r})" if shown else ""
-        lines.append(
-            f"{key}: {msg}{given}" + (f"; allowed: {allowed}" if allowed and allowed not in msg else "")
-        )
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    known = list(RunConfig.model_fields)
+    return describe(_union_branches_merged(exc.errors()), lambda _: known, "invalid configuration")
 
 
 def _union_branches_merged(errors: list[Any]) -> list[Any]:
@@ -404,10 +390,3 @@ def _union_branches_merged(errors: list[Any]) -> list[Any]:
         else:
             merged.append({**err, "loc": loc[:1], "ctx": {}})
     return merged
-
-
-def _closest(key: str) -> str | None:
-    import difflib
-
-    match = difflib.get_close_matches(key, list(RunConfig.model_fields), n=1)
-    return match[0] if match else None

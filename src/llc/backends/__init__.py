@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 from llc.backends.base import Backend, BackendUnavailable, Ledger, run_on
+from llc.errors import ConfigError
+from llc.imports import import_path
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "cancel_recorded", "get_backend", "run_on"]
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
 BACKENDS = {
     "local": "llc.backends.local:LocalBackend",
-    "slurm": "llc.backends.slurm:SlurmBackend",
+    "slurm": "llc.backends.slurm.backend:SlurmBackend",
     "modal": "llc.backends.modal.client:ModalBackend",
 }
 
@@ -22,13 +23,11 @@ def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = N
     """An open backend by name; unknown names and options are errors naming what is allowed."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
-    module, _, attr = BACKENDS[name].partition(":")
     try:
-        cls = getattr(importlib.import_module(module), attr)
-    except ImportError as exc:
-        raise ValueError(
-            f"backend {name} needs {exc.name or exc} (missing): pip install 'llc[{name}]'"
-        ) from None
+        cls = import_path(BACKENDS[name], "backend")
+    except ConfigError as exc:  # a backend's own dependency is missing: its cause names it
+        missing = getattr(exc.__cause__, "name", None) or exc.__cause__
+        raise ValueError(f"backend {name} needs {missing} (missing): pip install 'llc[{name}]'") from None
     try:
         return cls(max_parallel=max_parallel, **(options or {}))
     except TypeError as exc:
@@ -40,6 +39,6 @@ def cancel_recorded(ledger: Path) -> list[str]:
     entries = Ledger(ledger, "").latest().values()
     cancelled = []
     for name in sorted({entry["backend"] for entry in entries}):
-        module = importlib.import_module(BACKENDS[name].partition(":")[0])
-        cancelled += module.cancel_jobs([entry["job_id"] for entry in entries if entry["backend"] == name])
+        cancel_jobs = import_path(BACKENDS[name].partition(":")[0] + ":cancel_jobs", "backend")
+        cancelled += cancel_jobs([entry["job_id"] for entry in entries if entry["backend"] == name])
     return cancelled

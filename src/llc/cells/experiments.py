@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import inspect
 import json
 from typing import Any
 
 from pydantic import BaseModel
+
+from llc.imports import import_path
 
 LLC_EXPERIMENT = "llc.run.experiment:LLCExperiment"
 
@@ -20,13 +21,7 @@ LLC_EXPERIMENT = "llc.run.experiment:LLCExperiment"
 @functools.cache
 def load_experiment(path: str) -> type:
     """The experiment class at `package.module:Class`; it must have a pydantic `config_model` and `run`."""
-    module_name, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ImportError(f"experiment {path!r} cannot be imported: {exc}") from None
+    obj: Any = import_path(path, "experiment")
     model = getattr(obj, "config_model", None)
     if not (inspect.isclass(model) and issubclass(model, BaseModel) and callable(getattr(obj, "run", None))):
         raise TypeError(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,24 +17,10 @@ import torch
 
 from llc.config import RunConfig
 from llc.errors import ConfigError
+from llc.imports import import_path
 from llc.modules.model import LOSSES, LossFn, ModuleModel
 
 Data = Any  # a torch Dataset (or DataLoader) of (x, y) pairs, or an (x, y) pair of tensors
-
-
-def resolve(reference: str, key: str) -> Any:
-    """The object at `package.module:name`, or a ConfigError saying why it cannot be imported."""
-    module_name, _, attr = reference.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"{key}: cannot import {reference!r} ({type(exc).__name__}: {exc}); its package must be "
-            "importable where the run executes (installed, or on PYTHONPATH)"
-        ) from None
-    return obj
 
 
 def object_fingerprint(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | LossFn) -> str:
@@ -91,7 +76,8 @@ def loss_function(loss: str | LossFn) -> LossFn:
         return loss
     if loss in LOSSES:
         return LOSSES[loss]
-    return resolve(loss, "loss")
+    loss_fn: LossFn = import_path(loss, "loss")
+    return loss_fn
 
 
 def module_problem(
@@ -127,7 +113,7 @@ def module_problem(
 
 
 def _call_factory(reference: str, key: str) -> Any:
-    factory: Callable[[], Any] = resolve(reference, key)
+    factory: Callable[[], Any] = import_path(reference, key)
     if not callable(factory):
         raise ConfigError(f"{key}: {reference} is not callable (a factory taking no arguments)")
     return factory()

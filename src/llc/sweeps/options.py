@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from llc.errors import ConfigError
+from llc.errors import ConfigError, format_loc, problems
 from llc.settings import STUDY_OPTIONS, Settings
 
 
@@ -18,8 +18,7 @@ def resolve_options(settings: Settings, execution: BaseModel, **flags: Any) -> S
     try:
         options = Settings.model_validate({**settings.model_dump(), **given})
     except ValidationError as exc:
-        raise ConfigError(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        ) from None
+        issues = problems(exc.errors(), lambda _: list(Settings.model_fields))
+        raise ConfigError("; ".join(f"{format_loc(loc)}: {msg}" for loc, msg in issues)) from None
     # Absolute paths in tables and links.
     return options.model_copy(update={"runs_dir": options.runs_dir.resolve()})

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ValidationError
 
 from llc.cells.cell import Cell, cell_name
 from llc.cells.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
+from llc.errors import ConfigError, format_loc, problems
 from llc.sweeps import checkpoints
 from llc.sweeps.checkpoints import Checkpoint
-from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, describe, format_loc
+from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, fields_at
 
 MAX_ISSUES = 20
 
@@ -34,7 +35,7 @@ def plan_sweep(study: str | Path | dict[str, Any]) -> Plan:
     parsed = source.parse()
     try:
         model = config_model(parsed.experiment)
-    except (ImportError, TypeError) as exc:
+    except (ConfigError, TypeError) as exc:
         raise StudyError(source.error(("experiment",), str(exc))) from None
     preset = _preset(parsed, source)
     issues: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -67,7 +68,7 @@ def plan_sweep(study: str | Path | dict[str, Any]) -> Plan:
             try:
                 config = model.model_validate(cell_values)
             except ValidationError as exc:
-                for loc, msg in describe(exc, model):
+                for loc, msg in problems(exc.errors(), fields_at(model)):
                     where = origin.get(str(loc[0]), fallback) if loc else fallback
                     issues[(source.where(where), f"{format_loc(loc) or 'config'}: {msg}")].append(name)
                 continue

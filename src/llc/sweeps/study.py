@@ -5,10 +5,11 @@ Every problem is reported as `FILE:LINE: key: message`, the line found from the 
 
 from __future__ import annotations
 
-import difflib
+import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,10 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llc.cells.experiments import LLC_EXPERIMENT
-from llc.errors import ConfigError
+from llc.errors import ConfigError, Loc, format_loc, problems
 from llc.settings import STUDY_OPTIONS, overrides
-
-Loc = tuple[str | int, ...]
 
 
 class StudyError(ConfigError):
@@ -136,38 +135,16 @@ class StudySource:
         try:
             return Study.model_validate(self.data)
         except ValidationError as exc:
-            issues = [self.error(loc, msg) for loc, msg in describe(exc, Study)]
+            issues = [self.error(loc, msg) for loc, msg in problems(exc.errors(), fields_at(Study))]
             raise StudyError("invalid study:\n  " + "\n  ".join(issues)) from None
 
 
-def describe(exc: ValidationError, model: type[BaseModel]) -> list[tuple[Loc, str]]:
-    """(location, message) per validation error, naming close matches for unknown keys."""
-    issues = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            fields = _fields_at(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            issues.append((loc, f"unknown key{hint}; known keys: {', '.join(fields)}"))
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        given = err.get("input")
-        shown = f" (got {given!r})" if loc and not isinstance(given, dict | list) else ""
-        issues.append((loc, msg + shown))
-    return issues
-
-
-def format_loc(loc: Loc) -> str:
-    """('problems', 0, 'overrides', 'widths') -> 'problems[0].overrides.widths'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+def fields_at(model: type[BaseModel]) -> Callable[[Loc], list[str]]:
+    """The field names of the (sub)model of `model` a location reaches, for 'did you mean' hints."""
+    return functools.partial(_fields_at, model)
 
 
 def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
-    """Field names of the (sub)model reached by `loc`, for 'did you mean' hints."""
     for part in loc:
         if isinstance(part, int):
             continue

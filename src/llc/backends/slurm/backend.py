@@ -17,47 +17,35 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from llc.backends.base import Backend, BackendUnavailable, Job, Recorded
+from llc.backends.slurm import submitit_adapter as submitit
+from llc.backends.slurm.submitit_adapter import (
+    PENDING,
+    RUNNING,
+    SETTLING,
+    Checkpointable,
+    Watcher,
+    base_state,
+    output,
+    read_result,
+    sbatch_script,
+)
 from llc.cells.cell import Cell
 from llc.cells.execute import run_cell
 from llc.cells.record import TRACEBACK_LINES, CellRecord
 from llc.settings import SlurmOptions
-
-# submitit configures logging when imported (`logging.config.dictConfig`), which closes every handler
-# already installed, Prefect's too, and deadlocks on Prefect's log worker inside a flow run. Its jobs,
-# which inherit the environment, still log as usual.
-_level = os.environ.get("SUBMITIT_LOG_LEVEL")
-os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
-try:
-    import submitit
-    from submitit.core.utils import UncompletedJobError, pickle_load
-    from submitit.helpers import Checkpointable
-    from submitit.slurm.slurm import SlurmInfoWatcher, _make_sbatch_string
-finally:
-    if _level is None:
-        del os.environ["SUBMITIT_LOG_LEVEL"]
-    else:
-        os.environ["SUBMITIT_LOG_LEVEL"] = _level
 
 log = logging.getLogger(__name__)
 
 CHECK_S = 0.5  # how often a waiting cell looks for its result file between state polls
 RESULT_GRACE_S = 15.0  # a COMPLETED job's result may take this long to show on a shared filesystem
 FAILED_GRACE_S = 2.0  # the same for a job that ended otherwise (its result, if any, was written first)
-# Waiting to run: queued, requeued, or held until someone releases it.
-PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"})
-RUNNING = frozenset(
-    {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING", "SUSPENDED", "STOPPED"}
-)
-# A preempted job, or one whose node was lost, is requeued a moment later when the cluster requeues
-# such jobs (the default); it counts as ended only once it has stayed in that state this long.
-SETTLING = frozenset({"PREEMPTED", "NODE_FAIL"})
+# A preempted or node-failed job (SETTLING) counts as ended once it has stayed so this long.
 SETTLE_S = 10.0
 # What sbatch says when it refuses a job shape, and the option that changes it.
 REFUSALS = (
@@ -75,49 +63,6 @@ class SlurmSubmitError(RuntimeError):
         super().__init__(message)
         transient = ("timed out", "unable to contact", "temporarily unavailable", "connection refused")
         self.retryable = any(mark in message.lower() for mark in transient)
-
-
-class Watcher(SlurmInfoWatcher):
-    """submitit's sacct watcher, safe to share between threads, that also asks squeue (which knows jobs
-    for MinJobAge after they end) about jobs sacct does not report, and forgets those neither knows."""
-
-    def __init__(self, poll_s: float) -> None:
-        super().__init__(delay_s=poll_s)  # type: ignore[arg-type]
-        self._lock = threading.RLock()  # `update` reads states through `get_info`, which comes back here
-        self._sacct_failing = False
-
-    def update_if_long_enough(self, mode: str) -> None:
-        with self._lock:  # one sacct call per poll, however many cells wait
-            super().update_if_long_enough(mode)
-
-    def update(self) -> None:
-        if (command := self._make_command()) is None:  # no job left to ask about
-            return
-        sacct = _output(command)
-        found = self.read_info(sacct or "")
-        unknown = sorted({job.split("_")[0] for job in self._registered - self._finished if job not in found})
-        if unknown:
-            squeue = _output(["squeue", "--array", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(unknown)])
-            found = {**self.read_info("JobID|State\n" + (squeue or "")), **found}
-        for job in self._registered - self._finished - found.keys():  # neither knows it: UNKNOWN again
-            self._info_dict.pop(job, None)
-        if (sacct is None) != self._sacct_failing:
-            self._sacct_failing = sacct is None
-            log.warning("sacct %s", "fails: states come from squeue" if sacct is None else "answers again")
-        self._info_dict.update(found)
-        self._last_status_check = time.time()
-        self._finished |= {job for job in self._registered - self._finished if self.is_done(job, "cache")}
-
-    def is_done(self, job_id: str, mode: str = "standard") -> bool:
-        """Ended for good: a requeued, held, preempted or node-failed job may run again."""
-        return base_state(self.get_state(job_id, mode)) not in PENDING | RUNNING | SETTLING | {"UNKNOWN"}
-
-    def states(self, job_ids: list[str]) -> dict[str, str]:
-        """Each job's state now (UNKNOWN while neither sacct nor squeue knows it)."""
-        for job_id in job_ids:
-            self.register_job(job_id)
-        self.update_if_long_enough("force")
-        return {job_id: self.get_state(job_id, "cache") for job_id in job_ids}
 
 
 class SlurmBackend(Backend):
@@ -186,7 +131,7 @@ class SlurmBackend(Backend):
     @functools.cached_property
     def _partition_has_gpus(self) -> bool:
         """Whether the partition (default: the cluster's default one) has nodes with GPUs (sinfo GRES)."""
-        table = _output(["sinfo", "--noheader", "--format=%P|%G"])
+        table = output(["sinfo", "--noheader", "--format=%P|%G"])
         if table is None:
             log.warning("sinfo failed: cells ask for no GPU (set the SLURM option gpus to ask for some)")
             return False
@@ -200,7 +145,7 @@ class SlurmBackend(Backend):
 
     def _check_shape(self, folder: Path, parameters: dict[str, Any], count: int) -> None:
         """`sbatch --test-only` on the job shape; a refusal is BackendUnavailable naming the option."""
-        script = _make_sbatch_string(command="true", folder=folder, map_count=count, **parameters)
+        script = sbatch_script(folder, count, parameters)
         try:  # sbatch reads the script from its input
             done = subprocess.run(
                 ["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60
@@ -331,14 +276,11 @@ class SlurmJob(Job):
     def _ended(self, state: str) -> CellRecord:
         """An ended job's result if it wrote one (submitit gives the filesystem a moment), else an error."""
         grace = RESULT_GRACE_S if base_state(state) == "COMPLETED" else FAILED_GRACE_S
-        self.submitit._results_timeout_s = grace  # how long submitit waits for the result file
-        try:
-            return self._result(self.submitit._get_outcome_and_result())
-        except (UncompletedJobError, UnicodeDecodeError):  # no result (submitit reads the logs as text)
-            return self._slurm_error(state)
+        result = submitit.outcome(self.submitit, grace)
+        return self._slurm_error(state) if result is None else self._result(result)
 
     def _result(self, outcome: tuple[str, Any] | None = None) -> CellRecord:
-        kind, value = outcome or pickle_load(self.paths.result_pickle)
+        kind, value = outcome or read_result(self.paths.result_pickle)
         if kind == "success" and isinstance(value, CellRecord):
             if value.error_type == "UncompletedJobError":  # submitit gave up requeueing at the time limit
                 return self._slurm_error("TIMEOUT", detail=f"signalled at its time limit; {value.error}")
@@ -388,11 +330,6 @@ class CellCall(Checkpointable):
         return run_cell(self.cell, self.runs_dir, self.skip, stage_file.write_text)
 
 
-def base_state(state: str) -> str:
-    """`CANCELLED by 0` -> `CANCELLED`."""
-    return state.split(" ", 1)[0].rstrip("+")
-
-
 def cancel_jobs(job_ids: list[str]) -> list[str]:
     """scancel the jobs SLURM still queues or runs (from any shell); their ids."""
     states = Watcher(1.0).states(job_ids)
@@ -404,17 +341,4 @@ def cancel_jobs(job_ids: list[str]) -> list[str]:
 def scancel(job_ids: list[str]) -> None:
     """Cancel jobs (array elements `123_4` or whole jobs); errors are logged, never raised."""
     if job_ids:
-        _output(["scancel", *job_ids], level=logging.ERROR)
-
-
-def _output(argv: list[str], level: int = logging.DEBUG) -> str | None:
-    """The command's output, or None when it fails, is missing or does not answer in 30 s."""
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.log(level, "%s failed: %s", argv[0], exc)
-        return None
-    if done.returncode != 0:
-        log.log(level, "%s exited %d: %s", argv[0], done.returncode, done.stderr.strip())
-        return None
-    return done.stdout
+        output(["scancel", *job_ids], level=logging.ERROR)
