@@ -1,5 +1,6 @@
 """`llc calibrate`: a grid of short chains as one sweep, a figure, and a recommendation that works."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from typer.testing import CliRunner
 from llc.cli import app
 from llc.config import build_config
 from llc.run.experiment import run_llc
-from llc.sweeps.calibrate import recommend
+from llc.sweeps.calibrate import Recommendation, recommend, step_schedule, write_recommendation
+from llc.sweeps.plan import plan_sweep
 
 RRR = ["--set", "problem=rrr", "--set", "widths=[5,3,5]", "--set", "true_rank=1", "--set", "chains=4"]
 
@@ -41,11 +43,49 @@ def test_calibrate_writes_a_figure_and_a_recommendation_that_then_estimates_lamb
     figure, recommended = (Path(line) for line in result.stdout.strip().splitlines()[-2:])
     assert figure.name == "calibration.png" and figure.stat().st_size > 10_000
     assert "recommendation: step_size=" in result.output
-    overrides = yaml.safe_load(recommended.read_text())
-    assert overrides["sampler"] == "sgld" and overrides["step_size"] in (1e-4, 2e-4)
-    assert "# llc run --sampler sgld --set step_size=" in recommended.read_text()
-    config = build_config(
-        "quick", {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "steps": 3000, **overrides}
-    )
+    settings = yaml.safe_load(recommended.read_text())
+    assert settings["sampler"] == "sgld" and settings["step_size"] in (1e-4, 2e-4)
+    assert settings["preset"] == "quick" and settings["steps"] == 3000 and settings["gamma"] == 1.0
+    assert f"# use as is: llc run --config {recommended}" in recommended.read_text()
+    shown = CliRunner().invoke(app, ["config", "show", "--config", str(recommended), "--set", "steps=6000"])
+    assert shown.exit_code == 0, shown.output
+    config = build_config(settings.pop("preset"), {**settings, "steps": 6000})
+    assert f"run_id: {config.run_id}" in shown.stdout
     metrics = run_llc(config, tmp_path).metrics
     assert abs(metrics["llc_rel_error"]) < 0.15, metrics
+
+
+@pytest.mark.parametrize("preset", ["quick", None])
+def test_recommended_yaml_reproduces_the_recommended_cell_as_a_config_and_as_a_study_base(tmp_path, preset):
+    """Everything the step was tuned under comes along: `llc run --config` and a study's `base: FILE`
+    rebuild the recommended cell's config exactly (the same run_id, so the same cached result)."""
+    keys = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "sampler": "sgld", "steps": 2000}
+    cell = build_config(preset, {**keys, "warmup": 100, "eval_every": 50, "step_size": 1e-4})
+    run_dir = tmp_path / cell.run_id
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(cell.normalized()))
+    row = _row(1e-4, 8.0, run_dir=str(run_dir))
+    written = write_recommendation(tmp_path, "sgld", preset, Recommendation({"step_size": 1e-4}, "why", row))
+    settings = yaml.safe_load(written.read_text())
+    for key in ("problem", "widths", "true_rank", "n_data", "batch_size", "steps", "gamma", "nbeta"):
+        assert key in settings, key
+    assert "preset" in settings and settings["preset"] == preset
+    shown = CliRunner().invoke(app, ["config", "show", "--config", str(written)])
+    assert shown.exit_code == 0 and f"run_id: {cell.run_id}" in shown.stdout, shown.output
+    study = tmp_path / "study.yaml"
+    study.write_text("base: recommended.yaml\nseeds: [0]\n")
+    (planned,) = plan_sweep(study).cells
+    assert planned.load_config().run_id == cell.run_id
+
+
+def test_a_config_file_that_is_no_mapping_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- step_size\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(bad)])
+    assert result.exit_code == 2 and "expected a mapping of keys" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_calibration_lengthens_its_chains_only_when_none_are_given():
+    assert step_schedule(None) == [1000, 2000, 4000]
+    assert step_schedule(3000) == [3000]

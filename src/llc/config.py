@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -355,6 +357,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {"n_data": 5000, "widths": (64, 64), "teacher_widths": (8,), "erm_steps": 5000, "chains": 8,
              "steps": 5000, "warmup": 500, "batch_size": 256, "eval_every": 100},
 }  # fmt: skip
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping of config keys, and optionally `preset` (llc calibrate's recommended.yaml is one)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: expected a mapping of keys, got {data!r}"
+        )
+    return data
 
 
 def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -4,7 +4,7 @@ recommended.yaml (docs/calibration.md)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -41,14 +41,12 @@ def calibrate(
     """Short chains over step size × nβ (× γ) as one sweep; writes calibration.png and recommended.yaml
     into the sweep's folder and prints the recommendation."""
     from llc.sweeps.calibrate import (
+        MAX_STEPS,
         STEP_SIZES,
-        calibration_study,
         draw_calibration,
-        recommend,
+        step_schedule,
         write_recommendation,
     )
-    from llc.sweeps.flow import sweep as sweep_flow
-    from llc.sweeps.plan import plan_sweep
     from llc.sweeps.results import read_results
 
     if sampler not in STEP_SIZES:
@@ -57,14 +55,62 @@ def calibrate(
         )
         raise typer.Exit(2)
     try:
-        study = calibration_study(
-            sampler, parse_pairs(set_, "--set", "problem=rrr"), preset,
-            _floats(step_sizes) or STEP_SIZES[sampler], _floats(nbetas), _floats(gammas),
-        )  # fmt: skip
-        plan_sweep(study)  # a bad setting is reported here, before a Prefect server starts
+        overrides = parse_pairs(set_, "--set", "problem=rrr")
+        studies = [
+            _study(sampler, {**overrides, "steps": steps}, preset, step_sizes, nbetas, gammas)
+            for steps in step_schedule(overrides.get("steps"))
+        ]
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    for study in studies:
+        steps = study["base"]["steps"]
+        results, rec = _calibrate(study, backend, runs_dir)
+        if rec.overrides:
+            break
+        if study is not studies[-1]:
+            err.print(f"no recommendation with {steps} steps per chain ({rec.reason}); trying longer chains")
+    figure = draw_calibration(read_results(results), list(study["grid"]), results.parent / "calibration.png")
+    written = write_recommendation(results.parent, sampler, preset, rec)
+    err.print(f"recommendation: {rec.reason}")
+    typer.echo(str(figure))
+    typer.echo(str(written))
+    if not rec.overrides:
+        longest = "" if "steps" in overrides else f" (chains of up to {MAX_STEPS} steps were tried)"
+        err.print(f"[red]error:[/red] no recommendation{longest}: raise --set steps=N, or widen --step-sizes")
+        raise typer.Exit(1)
+
+
+def _study(
+    sampler: str,
+    overrides: dict[str, Any],
+    preset: str | None,
+    step_sizes: str | None,
+    nbetas: str | None,
+    gammas: str | None,
+) -> dict[str, Any]:
+    """The calibration's study, checked before any Prefect server starts."""
+    from llc.sweeps.calibrate import STEP_SIZES, calibration_study
+    from llc.sweeps.plan import plan_sweep
+
+    study = calibration_study(
+        sampler,
+        overrides,
+        preset,
+        _floats(step_sizes) or STEP_SIZES[sampler],
+        _floats(nbetas),
+        _floats(gammas),
+    )
+    plan_sweep(study)
+    return study
+
+
+def _calibrate(study: dict[str, Any], backend: str | None, runs_dir: Path | None) -> tuple[Path, Any]:
+    """Run the calibration sweep; its results table and the recommendation read from it."""
+    from llc.sweeps.calibrate import recommend
+    from llc.sweeps.flow import sweep as sweep_flow
+    from llc.sweeps.results import read_results
+
     state = sweep_flow(
         study=study, backend=backend, runs_dir=str(runs_dir) if runs_dir else None, return_state=True
     )
@@ -72,13 +118,4 @@ def calibrate(
         err.print(f"[red]error:[/red] the calibration sweep could not run: {state.message}")
         raise typer.Exit(1)
     results = Path(state.result()["results"])
-    rows = read_results(results)
-    varied = list(study["grid"])
-    figure = draw_calibration(rows, varied, results.parent / "calibration.png")
-    rec = recommend(rows, varied)
-    written = write_recommendation(results.parent, sampler, rec)
-    err.print(f"recommendation: {rec.reason}")
-    typer.echo(str(figure))
-    typer.echo(str(written))
-    if not rec.overrides:
-        raise typer.Exit(1)
+    return results, recommend(read_results(results), list(study["grid"]))

@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llc.config import PRESETS, RunConfig, build_config
+from llc.config import PRESETS, RunConfig, build_config, read_config_file
 from llc.errors import ConfigError
 from llc.samplers.registry import SAMPLERS
 from llc.settings import described, load_settings, parse_pairs
@@ -56,25 +56,47 @@ def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _config(
-    preset: str | None, sampler: str | None, pairs: list[str] | None, gpu_mode: str | None
+    preset: str | None,
+    sampler: str | None,
+    pairs: list[str] | None,
+    gpu_mode: str | None,
+    config_file: Path | None = None,
+    require_sampler: bool = False,
 ) -> RunConfig:
+    """The run's config: a config file's keys (its `preset` replacing --preset), then --sampler, --set
+    and --gpu-mode."""
     try:
-        overrides = parse_overrides(pairs)
+        overrides = read_config_file(config_file) if config_file is not None else {}
+        preset = overrides.pop("preset", preset)
+        overrides.update(parse_overrides(pairs))
         if sampler is not None:
             overrides["sampler"] = sampler
         if gpu_mode is not None:
             overrides["gpu_mode"] = gpu_mode
+        if require_sampler and "sampler" not in overrides:
+            raise ConfigError(
+                f"no sampler: give --sampler ({SAMPLER_CHOICES}) or a sampler in the config file"
+            )
         return build_config(preset, overrides)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
 
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="a YAML file of keys and `preset` (llc calibrate's recommended.yaml)"
+    ),
+]
+
+
 @app.command()
 def run(
-    sampler: Annotated[str, typer.Option(help=SAMPLER_CHOICES)],
+    sampler: Annotated[str | None, typer.Option(help=SAMPLER_CHOICES)] = None,
     preset: PresetOption = "quick",
     set_: SetOption = None,
+    config_file: ConfigFileOption = None,
     runs_dir: Annotated[Path | None, typer.Option(help="where run directories go (env LLC_RUNS_DIR)")] = None,
     gpu_mode: Annotated[str | None, typer.Option(help="vectorized | sequential | off")] = None,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="reuse an existing complete run")] = True,
@@ -88,7 +110,7 @@ def run(
     from llc.launch.preflight import check_devices, check_runs_dir
     from llc.launch.sweep import check_backend
 
-    config = _config(preset, sampler, set_, gpu_mode)
+    config = _config(preset, sampler, set_, gpu_mode, config_file, require_sampler=True)
     settings = load_settings()
     backend = backend or settings.backend
     try:  # before anything is written
@@ -209,9 +231,10 @@ def config_show(
     preset: PresetOption = "quick",
     sampler: Annotated[str | None, typer.Option(help=SAMPLER_CHOICES)] = None,
     set_: SetOption = None,
+    config_file: ConfigFileOption = None,
 ) -> None:
     """Print the resolved configuration (every default explicit) with its run_id and family_id."""
-    config = _config(preset, sampler, set_, None)
+    config = _config(preset, sampler, set_, None, config_file)
     typer.echo(
         yaml.safe_dump(
             {"run_id": config.run_id, "family_id": config.family_id, **config.normalized()}, sort_keys=False

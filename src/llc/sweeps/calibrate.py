@@ -9,6 +9,7 @@ fastest. Among the settings of nβ and γ, the one whose recommended run has the
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import arviz as az
+import matplotlib
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
+from llc.config import RunConfig
 from llc.rundir import atomic_write
 
 STEP_SIZES = {
@@ -27,6 +30,15 @@ STEP_SIZES = {
     "sghmc": [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4],
 }
 STEPS = 1000  # short chains: enough to see a level and a divergence, not to report a result
+# Without a recommendation at STEPS, the grid runs again with longer chains, up to this many steps: weak
+# localization (γ = 1, the known-λ problems' default) mixes slowly, and rrr [5,3,5] needs ~3000 steps.
+MAX_STEPS = 4000
+# Keys recommended.yaml always holds (the step was tuned under them); other keys where they differ
+# from the defaults.
+RECOMMENDED_KEYS = (
+    "sampler", "problem", "n_data", "batch_size", "steps", "warmup", "gamma", "nbeta", "step_size",
+)  # fmt: skip
+NOT_RECOMMENDED = ("run_id", "family_id", "threads")
 WARMUP = 100
 PLATEAU = 0.1  # neighbouring step sizes whose estimates differ by less than this agree
 R_HAT_MAX = 1.1
@@ -107,47 +119,89 @@ def recommend(rows: list[dict[str, Any]], varied: list[str]) -> Recommendation:
     return Recommendation(overrides, reason, best)
 
 
-def write_recommendation(out: Path, sampler: str, rec: Recommendation) -> Path:
-    """recommended.yaml: the overrides (usable as a study's `base` or as `llc run --set`), and the reason."""
+def step_schedule(steps: int | None) -> list[int]:
+    """The chain lengths calibration tries in turn: the one given, else STEPS doubled up to MAX_STEPS."""
+    if steps is not None:
+        return [steps]
+    schedule = [STEPS]
+    while schedule[-1] * 2 <= MAX_STEPS:
+        schedule.append(schedule[-1] * 2)
+    return schedule
+
+
+def recommended_settings(row: dict[str, Any], preset: str | None) -> dict[str, Any]:
+    """Every setting the recommended cell ran with that the recommendation depends on: its preset,
+    RECOMMENDED_KEYS, and every other key that differs from the defaults (from its config.json)."""
+    config = json.loads((Path(row["run_dir"]) / "config.json").read_text())
+    settings: dict[str, Any] = {"preset": preset}  # null: none (a config file's preset replaces --preset)
+    for key, value in config.items():
+        if key in NOT_RECOMMENDED or key not in RunConfig.model_fields:
+            continue
+        default = json.loads(json.dumps(RunConfig.model_fields[key].default))
+        if key in RECOMMENDED_KEYS or value != default:
+            settings[key] = value
+    return settings
+
+
+def write_recommendation(out: Path, sampler: str, preset: str | None, rec: Recommendation) -> Path:
+    """recommended.yaml: the recommended cell's settings, usable as is (`llc run --config`, a study's
+    `base: recommended.yaml`), and the reason."""
+    path = out / "recommended.yaml"
     lines = [f"# llc calibrate ({sampler}): {rec.reason}"]
-    if rec.overrides:
-        flags = " ".join(f"--set {k}={v}" for k, v in rec.overrides.items())
-        lines.append(f"# llc run --sampler {sampler} {flags}")
-    body = yaml.safe_dump({"sampler": sampler, **rec.overrides}, sort_keys=False) if rec.overrides else "{}\n"
-    return atomic_write(out / "recommended.yaml", ("\n".join(lines) + "\n" + body).encode())
+    if not rec.overrides or rec.row is None:
+        return atomic_write(path, ("\n".join(lines) + "\n{}\n").encode())
+    lines += [
+        f"# use as is: llc run --config {path}",
+        "# in a study: base: recommended.yaml (a path beside the study file); raise steps for a result",
+    ]
+    body = yaml.safe_dump(recommended_settings(rec.row, preset), sort_keys=False)
+    return atomic_write(path, ("\n".join(lines) + "\n" + body).encode())
 
 
 def draw_calibration(rows: list[dict[str, Any]], varied: list[str], path: Path) -> Path:
-    """Three panels: each setting's LLC trace (running mean over chains), the mean LLC against the step
-    size (hollow: not healthy), and the diverged chains and MALA acceptance against the step size."""
+    """Three panels: the running mean LLC of each cell (a colour per step size; faint: not healthy), the
+    mean LLC ± its standard error against the step size (hollow: not healthy; a line per setting of nβ
+    and γ), and the diverged chains and MALA acceptance against the step size."""
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     traces, means, health = fig.subplots(1, 3)
+    ok = [r for r in rows if r.get("status") == "ok"]
+    step_sizes = sorted({r["step_size"] for r in ok})
+    palette = matplotlib.colormaps["viridis"]
+    colour = {s: palette(i / max(len(step_sizes) - 1, 1)) for i, s in enumerate(step_sizes)}
     by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
+    for row in ok:
         label = ", ".join(f"{k}={row.get(k):g}" for k in varied if k != "step_size") or "default nβ, γ"
         by_group[label].append(row)
-    for label, members in sorted(by_group.items()):
-        members = sorted((r for r in members if r.get("status") == "ok"), key=lambda r: r["step_size"])
+    markers = "os^vD<>"
+    for (label, members), marker in zip(sorted(by_group.items()), markers * len(by_group), strict=False):
+        members = sorted(members, key=lambda r: r["step_size"])
         steps = [r["step_size"] for r in members]
-        color = means.plot(steps, [_num(r.get("llc_mean")) for r in members], "-", label=label)[0].get_color()
+        means.plot(steps, [_num(r.get("llc_mean")) for r in members], "-", color="0.6", lw=1, zorder=1)
         for r in members:
-            fill = color if healthy(r) else "none"
-            means.plot(r["step_size"], _num(r.get("llc_mean")), "o", color=color, markerfacecolor=fill)
+            c, fill = colour[r["step_size"]], colour[r["step_size"]] if healthy(r) else "none"
+            means.errorbar(r["step_size"], _num(r.get("llc_mean")), yerr=_num(r.get("llc_se")), fmt=marker,
+                           color=c, markerfacecolor=fill, capsize=3, zorder=2)  # fmt: skip
             running = _running_mean(Path(r["run_dir"]))
             if running is not None:
-                traces.plot(running, color=color, alpha=0.4 + 0.6 * healthy(r), lw=1)
+                traces.plot(running, color=c, alpha=1.0 if healthy(r) else 0.3, lw=1)
         chains = [max(_num(r.get("chains_used")) + _num(r.get("chains_diverged")), 1) for r in members]
         diverged = [_num(r.get("chains_diverged")) / c for r, c in zip(members, chains, strict=True)]
-        health.plot(steps, diverged, "x--", color=color, label=f"{label}: diverged")
-        health.plot(steps, [_num(r.get("mala_acceptance_mean")) for r in members], "o-", color=color)
+        health.plot(steps, diverged, "x--", color="tab:red", label=f"diverged ({label})")
+        mala = [_num(r.get("mala_acceptance_mean")) for r in members]
+        health.plot(steps, mala, marker + "-", color="tab:blue", label=f"MALA acceptance ({label})")
+    for s in step_sizes:
+        traces.plot([], [], color=colour[s], label=f"step {s:g}")
     true = next((r.get("llc_true") for r in rows if r.get("llc_true")), None)
     if true:
         means.axhline(true, color="k", ls=":", label="true λ")
-    means.set(xscale="log", xlabel="step size", ylabel="mean LLC", title="estimate (hollow: not healthy)")
-    means.legend(fontsize=7)
+        means.legend(fontsize=7)
+    means.set(xscale="log", xlabel="step size", ylabel="mean LLC ± se",
+              title="estimate (hollow: not healthy)")  # fmt: skip
     traces.set(xlabel="draw", ylabel="running mean LLC", title="traces (faint: not healthy)")
-    health.set(xscale="log", xlabel="step size", ylim=(-0.05, 1.05),
-               title="diverged fraction (x) and MALA acceptance (o)")  # fmt: skip
+    traces.legend(fontsize=7, title="colour = step size", title_fontsize=7)
+    health.set(xscale="log", xlabel="step size", ylabel="fraction", ylim=(-0.05, 1.05),
+               title="diverged chains and MALA acceptance")  # fmt: skip
+    health.legend(fontsize=7)
     fig.savefig(path, dpi=110)
     return path
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llc.cells.experiments import LLC_EXPERIMENT
+from llc.config import read_config_file
 from llc.errors import ConfigError, Loc, format_loc, problems
 from llc.settings import STUDY_OPTIONS, overrides
 
@@ -118,7 +119,7 @@ class StudySource:
         if not isinstance(data, dict):
             raise StudyError(f"{path}:1: a study is a mapping of keys (base, problems, samplers, seeds, ...)")
         data.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem))
-        return cls(data, str(path), lines, path.parent.resolve())
+        return cls(_base_from_file(data, path.parent), str(path), lines, path.parent.resolve())
 
     def where(self, loc: Loc) -> str:
         """`FILE:LINE` of the deepest known key on `loc`."""
@@ -137,6 +138,19 @@ class StudySource:
         except ValidationError as exc:
             issues = [self.error(loc, msg) for loc, msg in problems(exc.errors(), fields_at(Study))]
             raise StudyError("invalid study:\n  " + "\n  ".join(issues)) from None
+
+
+def _base_from_file(data: dict[str, Any], root: Path) -> dict[str, Any]:
+    """`base: FILE`: the base keys from a config file beside the study (llc calibrate's
+    recommended.yaml), its `preset` the study's unless the study names one."""
+    if not isinstance(data.get("base"), str):
+        return data
+    try:
+        base = read_config_file(root / data["base"])
+    except ConfigError as exc:
+        raise StudyError(f"base: {exc}") from None
+    preset = base.pop("preset", None)
+    return {**data, "base": base, "preset": data.get("preset", preset)}
 
 
 def fields_at(model: type[BaseModel]) -> Callable[[Loc], list[str]]:
