@@ -6,6 +6,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from llc.cli import app
+from llc.rundir import RunDir
 
 runner = CliRunner()
 TINY = [
@@ -62,3 +63,21 @@ def test_analyze_redraws_plots(tmp_path):
     )
     missing = runner.invoke(app, ["analyze", str(tmp_path)])
     assert missing.exit_code == 2
+
+
+def test_runs_ls_lists_the_local_runs_directory_with_state_estimate_and_trust(tmp_path):
+    sealed = RunDir(tmp_path, "a" * 16)
+    sealed.prepare()
+    sealed.write_json("config.json", {"sampler": "hmc"})
+    sealed.write_json("metrics.json", {"llc_mean": 7.91234, "trusted": False})
+    sealed.seal()
+    partial = RunDir(tmp_path, "b" * 16)
+    partial.prepare()
+    partial.write_json("config.json", {"sampler": "sgld"})
+    (tmp_path / "sweeps").mkdir()  # the sweeps' tables are no run
+    result = CliRunner().invoke(app, ["runs", "ls", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1:5] for line in result.stdout.splitlines()[1:]}
+    assert rows == {"a" * 16: ["sealed", "hmc", "7.912", "no"], "b" * 16: ["partial", "sgld", "-", "-"]}
+    empty = CliRunner().invoke(app, ["runs", "ls", "--runs-dir", str(tmp_path / "none")])
+    assert empty.exit_code == 0 and "no run directories" in empty.output and "--modal" in empty.output

@@ -15,7 +15,7 @@ from modal_standin import StandInModal
 from sweep_probe import PROBE, ProbeConfig, probe_study, rows_by_cell
 from typer.testing import CliRunner
 
-from llc.backends import modal as modal_backend
+from llc.backends.modal import client as modal_backend
 from llc.backends.modal import app as modal_app
 from llc.backends.modal.client import handshake
 from llc.cells.cell import Cell
@@ -143,7 +143,7 @@ def test_runs_ls_lists_the_volume_and_rm_deletes_only_what_is_named(standin: Sta
     (standin.volume_root / "families").mkdir()
     (standin.volume_root / "partial").mkdir()
     (standin.volume_root / "partial" / "config.json").write_text("{}")
-    listed = runner.invoke(app, ["runs", "ls"])
+    listed = runner.invoke(app, ["runs", "ls", "--modal"])
     assert listed.exit_code == 0, listed.output
     states = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[1:]}
     assert states == {keep: "sealed", drop: "sealed", "partial": "partial"}
@@ -162,5 +162,5 @@ def test_runs_commands_without_a_token_say_how_to_get_one(tmp_path: Path, monkey
     monkeypatch.setenv("HOME", str(tmp_path))
     for key in [k for k in os.environ if k.startswith("MODAL_")]:
         monkeypatch.delenv(key)
-    done = runner.invoke(app, ["runs", "ls"])
+    done = runner.invoke(app, ["runs", "ls", "--modal"])
     assert done.exit_code == 2 and "modal token new" in done.output

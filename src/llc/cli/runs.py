@@ -1,4 +1,5 @@
-"""`llc pull-runs` and `llc runs ls | rm`: run directories kept on the Modal runs volume (or in S3)."""
+"""`llc pull-runs` and `llc runs ls | rm`: the local run directories, and those kept on the Modal runs volume
+(or in S3)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from rich.console import Console
 
 from llc.settings import load_settings
 
-runs_app = typer.Typer(help="Run directories on the Modal runs volume.", no_args_is_help=True)
+runs_app = typer.Typer(
+    help="Run directories: local (ls), on the Modal runs volume (ls --modal, rm).", no_args_is_help=True
+)
 err = Console(stderr=True, soft_wrap=True)  # a message stays one line, whatever the width
 
 VolumeOption = Annotated[
@@ -63,8 +66,15 @@ def pull_runs(
 
 
 @runs_app.command("ls")
-def runs_ls(volume: VolumeOption = None) -> None:
-    """List the run directories on the volume, oldest first."""
+def runs_ls(
+    modal: Annotated[bool, typer.Option("--modal", help="list the Modal runs volume instead")] = False,
+    runs_dir: Annotated[Path | None, typer.Option(help="the local runs directory (env LLC_RUNS_DIR)")] = None,
+    volume: VolumeOption = None,
+) -> None:
+    """List run directories, oldest first: the local runs directory, or the Modal volume with --modal."""
+    if not modal:
+        _local_ls(runs_dir or load_settings().runs_dir)
+        return
     from llc.backends.modal.volume import list_runs
 
     with _volume(volume) as opened:
@@ -77,6 +87,38 @@ def runs_ls(volume: VolumeOption = None) -> None:
         state = "sealed" if run.complete else "partial"
         modified = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.mtime))
         typer.echo(f"{run.run_id:<18} {state:<9} {len(run.files):>5} {_size(run.size):>9}  {modified}")
+
+
+def _local_ls(root: Path) -> None:
+    """The run directories under `root` (those with a config.json): state, sampler, estimate, trust."""
+    from llc.rundir import MANIFEST, RunDir
+
+    runs = sorted(
+        (p for p in Path(root).glob("*/config.json") if p.parent.name != "sweeps"),
+        key=lambda p: p.parent.stat().st_mtime,
+    )
+    if not runs:
+        err.print(f"no run directories in {root} (another folder: --runs-dir; the Modal volume: --modal)")
+        return
+    typer.echo(f"{'run_id':<18} {'state':<9} {'sampler':<7} {'llc':>10} {'trusted':<8} modified")
+    for config in runs:
+        run = RunDir(config.parent.parent, config.parent.name)
+        state = "sealed" if (run.path / MANIFEST).exists() else "partial"
+        sampler = _read(run, "config.json").get("sampler", "?")
+        metrics = _read(run, "metrics.json")
+        llc = metrics.get("llc_mean")
+        shown = f"{llc:.4g}" if isinstance(llc, int | float) else "-"
+        trusted = {True: "yes", False: "no"}.get(metrics.get("trusted"), "-")
+        modified = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.path.stat().st_mtime))
+        typer.echo(f"{run.run_id:<18} {state:<9} {sampler:<7} {shown:>10} {trusted:<8} {modified}")
+
+
+def _read(run: Any, name: str) -> dict[str, Any]:
+    try:
+        data = run.read_json(name)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @runs_app.command("rm")
