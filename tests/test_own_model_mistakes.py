@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import llc
+from llc.config import build_config
 from llc.errors import ConfigError
+from llc.run.experiment import run_llc
 
 RUN = {"chains": 2, "steps": 10, "batch_size": 8}
 gen = torch.Generator().manual_seed(0)
@@ -149,6 +151,16 @@ MISTAKES: list[tuple[str, Callable[[Path], object], list[str]]] = [
         ["output= is for a model whose forward returns a tuple or dict"],
     ),
     (
+        "output= naming no element",
+        lambda d: llc.estimate(WithHidden(), (X, LABELS), loss="cross_entropy", output=2, runs_dir=d, **RUN),
+        ["output=2: the model's tuple has no such element (0 to 1)"],
+    ),
+    (
+        "integer x into a float model",
+        lambda d: llc.estimate(regressor(), (TOKENS[:, :1].repeat(1, 3), Y), runs_dir=d, **RUN),
+        ["the model's forward fails on row 0 of x", "dtype"],
+    ),
+    (
         "NaN in x",
         lambda d: llc.estimate(regressor(), (with_nan(X, 7), Y), runs_dir=d, **RUN),
         ["x holds NaN or inf at row 7"],
@@ -254,3 +266,21 @@ def test_output_is_part_of_the_run_id(tmp_path):
     first = llc.estimate(WithHidden(), (X, LABELS), loss="cross_entropy", output=0, runs_dir=tmp_path, **RUN)
     other = llc.estimate(WithHidden(), (X, LABELS), loss="cross_entropy", output=1, runs_dir=tmp_path, **RUN)
     assert first.run_dir != other.run_dir
+
+
+def test_a_module_run_from_a_config_refuses_its_model_before_the_run_directory(tmp_path, monkeypatch):
+    package = tmp_path / "wrong_width"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import torch\n\n"
+        "def model():\n    return torch.nn.Linear(5, 1)\n\n"
+        "def data():\n    return torch.randn(20, 3), torch.randn(20, 1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = build_config(
+        None, {"problem": "module", "model": "wrong_width:model", "data": "wrong_width:data"}
+    )
+    runs_dir = tmp_path / "runs"
+    with pytest.raises(ConfigError, match="expects inputs of width 5; x has width 3"):
+        run_llc(config, runs_dir)
+    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []

@@ -164,7 +164,13 @@ class OutputElement(torch.nn.Module):
             raise ConfigError(
                 "output= is for a model whose forward returns a tuple or dict; this one returns a tensor"
             )
-        return out[self.output]
+        try:
+            return out[self.output]
+        except (IndexError, KeyError, TypeError):
+            held = list(out) if isinstance(out, dict) else f"0 to {len(out) - 1}"
+            raise ConfigError(
+                f"output={self.output!r}: the model's {type(out).__name__} has no such element ({held})"
+            ) from None
 
     def extra_repr(self) -> str:
         return f"output={self.output!r}"

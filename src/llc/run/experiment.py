@@ -74,7 +74,10 @@ def run_llc(
     run_dir = RunDir(runs_dir, config.run_id)
     if skip and run_dir.is_complete():
         return RunResult(run_dir.path, run_dir.read_json("metrics.json"), cached=True)
-    resolve_device(config)  # a device this machine lacks is refused before the directory exists
+    # A device this machine lacks, or a model that cannot run on its data, is refused before the
+    # directory exists.
+    resolve_device(config)
+    problem = problem or build_problem(config)
     experiment = LLCExperiment(runs_dir / "families", checkpoint_every_s)
     metrics = experiment.run(config, run_dir.prepare(), progress, problem)
     run_dir.seal()
