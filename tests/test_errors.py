@@ -44,7 +44,9 @@ def test_an_unknown_key_names_the_closest_known_key_at_its_own_level():
 
 
 def test_a_hint_names_the_key_meant_where_spelling_alone_would_not():
-    ((_, message),) = problems(errors(walkers=8), keys_at, hints={"walkers": "chains"})
-    assert message.startswith("unknown key (did you mean 'chains'?)")
+    ((_, message),) = problems(
+        errors(walkers=8), keys_at, hints={"walkers": "did you mean 'chains'? walkers are chains"}
+    )
+    assert message.startswith("unknown key (did you mean 'chains'? walkers are chains); known keys")
     ((_, unhinted),) = problems(errors(walkers=8), keys_at)
     assert unhinted.startswith("unknown key; known keys: chains, inner")

@@ -17,8 +17,8 @@ from modal_standin import StandInModal
 from sweep_probe import PROBE, ProbeConfig, executions
 
 from llc.backends import BackendUnavailable, get_backend, run_on
-from llc.backends.modal import client as modal_backend
 from llc.backends.base import JobState
+from llc.backends.modal import client as modal_backend
 from llc.backends.modal.client import ModalBackend
 from llc.cells.cell import Cell
 from llc.cells.experiments import run_id

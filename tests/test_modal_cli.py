@@ -15,8 +15,8 @@ from modal_standin import StandInModal
 from sweep_probe import PROBE, ProbeConfig, probe_study, rows_by_cell
 from typer.testing import CliRunner
 
-from llc.backends.modal import client as modal_backend
 from llc.backends.modal import app as modal_app
+from llc.backends.modal import client as modal_backend
 from llc.backends.modal.client import handshake
 from llc.cells.cell import Cell
 from llc.cells.experiments import run_id

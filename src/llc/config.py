@@ -368,9 +368,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {path}: expected a mapping of keys, got {data!r}"
-        )
+        raise ConfigError(f"config file {path}: expected a mapping of keys, got {data!r}")
     return data
 
 
@@ -388,7 +386,9 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem: the key, what was given, and what is allowed."""
     known = list(RunConfig.model_fields)
-    return describe(_union_branches_merged(exc.errors()), lambda _: known, "invalid configuration")
+    return describe(
+        _union_branches_merged(exc.errors()), lambda _: known, "invalid configuration", DEVINTERP_NAMES
+    )
 
 
 def _union_branches_merged(errors: list[Any]) -> list[Any]:
@@ -407,3 +407,24 @@ def _union_branches_merged(errors: list[Any]) -> list[Any]:
         else:
             merged.append({**err, "loc": loc[:1], "ctx": {}})
     return merged
+
+
+# devinterp's argument names (estimate_learning_coeff_with_summary, its SGLD's optimizer_kwargs), read
+# before the closest spelling: `localization` is `gamma`, not `activation` (docs/from-devinterp.md).
+DEVINTERP_NAMES: dict[str, str] = {
+    "lr": "did you mean 'step_size'? devinterp's lr is the same ε",
+    "localization": "did you mean 'gamma'? devinterp's localization is the same γ",
+    "elasticity": "did you mean 'gamma'? devinterp's old name for the localization γ",
+    "temperature": "did you mean 'nbeta'? devinterp's deprecated name for nβ",
+    "num_chains": "did you mean 'chains'?",
+    "num_draws": "did you mean 'steps'? steps = num_draws × num_steps_bw_draws, thin = num_steps_bw_draws",
+    "num_steps_bw_draws": "did you mean 'thin'? and steps = num_draws × thin",
+    "num_burnin_steps": "did you mean 'warmup'?",
+    "optimizer_kwargs": "give its keys directly: lr as step_size, localization as gamma, nbeta as nbeta",
+    "sampling_method": "did you mean 'sampler'? sgld, sghmc, hmc or mclmc",
+    "noise_level": "no such setting: the noise is always N(0, ε), devinterp's noise_level=1",
+    "weight_decay": "no such setting: the posterior's only prior is the localization gamma",
+    "cores": "did you mean 'threads'? all chains run at once in one process",
+    "grad_accum_steps": "did you mean 'batch_size'? one gradient takes the whole minibatch",
+    "init_loss": "no such setting: L0 is the loss at w* over all the data",
+}

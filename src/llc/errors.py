@@ -20,16 +20,18 @@ KnownKeys = Callable[[Loc], Sequence[str]]  # the keys allowed at a location, fo
 def problems(
     errors: Iterable[Mapping[str, Any]], known_keys: KnownKeys, hints: Mapping[str, str] | None = None
 ) -> list[tuple[Loc, str]]:
-    """(location, message) per pydantic validation error: an unknown key with the closest known one
-    (or its entry in `hints`, a key users write mapped to the one meant), else pydantic's message with
-    the value given and what is allowed."""
+    """(location, message) per pydantic validation error: an unknown key with its entry in `hints` (a
+    key users write, such as devinterp's names, mapped to what to write instead) or the closest known
+    one, else pydantic's message with the value given and what is allowed."""
     issues = []
     for err in errors:
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
             known, key = known_keys(loc[:-1]), str(loc[-1])
-            close = (hints or {}).get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
-            hint = f" (did you mean {close!r}?)" if close else ""
+            close = next(iter(difflib.get_close_matches(key, known, n=1)), None)
+            hint = (
+                f" ({hints[key]})" if key in (hints or {}) else f" (did you mean {close!r}?)" if close else ""
+            )
             issues.append((loc, f"unknown key{hint}; known keys: {', '.join(known)}"))
             continue
         msg = err["msg"].removeprefix("Value error, ")

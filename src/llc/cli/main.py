@@ -85,9 +85,7 @@ def _config(
 
 ConfigFileOption = Annotated[
     Path | None,
-    typer.Option(
-        "--config", help="a YAML file of keys and `preset` (llc calibrate's recommended.yaml)"
-    ),
+    typer.Option("--config", help="a YAML file of keys and `preset` (llc calibrate's recommended.yaml)"),
 ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target
 # Full-data passes (hmc, mclmc, evaluation) run over at most this many points at once, so memory stays
 # chains × CHUNK × activations however large the data set.
 CHUNK = 2048
+# The points the model and the loss are first tried on: a batch whose size no class count is likely to be.
+PROBE = 3
 
 
 def per_example_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -316,6 +319,70 @@ class ModuleModel:
     def _chain_batch(self, x: torch.Tensor, y: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (x[c], y[c]) if self._per_chain(x) else (x, y)
 
+    def check_on_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Run the model and the loss at w* on the data as they are (its first points, then all of it),
+        then as the sampler will: each mistake gets one ConfigError naming it and the fix, and an error
+        raised by the model's own code is reported as that, with its own message."""
+        bad = next((n for n, p in self.module.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise ConfigError(f"the model's weights hold NaN or inf (in {bad!r}): w* must be finite")
+        losses = self._eager_losses(x[:PROBE], y[:PROBE], 0)
+        if not isinstance(losses, torch.Tensor) or losses.shape != (min(PROBE, x.shape[0]),):
+            got = f"shape {_shape(losses)}" if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise ConfigError(
+                f"the loss must return one value per example, shape [batch] (use reduction='none', and "
+                f"sum any other dimensions); on a batch of {min(PROBE, x.shape[0])} it returned {got}"
+            )
+        for start in range(0, x.shape[0], CHUNK):
+            losses = self._eager_losses(x[start : start + CHUNK], y[start : start + CHUNK], start)
+            if not torch.isfinite(losses).all():
+                row = start + int((~torch.isfinite(losses)).nonzero()[0])
+                raise ConfigError(
+                    f"the loss at the model's weights is {float(losses[row - start])} on row {row} of the "
+                    "data: L0 and the estimate would be too; check the model's output there"
+                )
+        try:  # one chain with plain autograd: what gpu_mode=sequential runs
+            self.autograd_loss_and_grad(self.flat_parameters().unsqueeze(0), x[:PROBE], y[:PROBE])
+        except Exception as exc:
+            raise ConfigError(f"the gradient of the loss cannot be taken: {_first_line(exc)}") from exc
+        self.check_batchable(x, y)
+
+    def _eager_losses(self, xs: torch.Tensor, ys: torch.Tensor, start: int) -> torch.Tensor:
+        """The loss of each of rows start.. at w*, the module called as it is; its errors as ConfigErrors."""
+        with torch.no_grad():
+            try:
+                output = self.module(xs)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                row = start + self._first_failing_row(xs)
+                raise ConfigError(_forward_failed(exc, row, xs.shape)) from exc
+            if not isinstance(output, torch.Tensor):
+                raise ConfigError(_not_a_tensor(output))
+            if self.loss_fn is per_example_cross_entropy:
+                _check_labels(ys, output.shape[-1], start)
+            try:
+                return self.loss_fn(output, ys)
+            except Exception as exc:
+                mse = "; mse needs y with the output's shape (labels take loss='cross_entropy')"
+                raise ConfigError(
+                    f"the loss fails on the model's output {_shape(output)} and y {_shape(ys)} "
+                    f"({_first_line(exc)}); it takes (output, target) and returns one value per example"
+                    + (mse if self.loss_fn is per_example_mse else "")
+                ) from exc
+
+    def _first_failing_row(self, xs: torch.Tensor) -> int:
+        """The first row of xs on which the forward fails alone or with the rows before it (bisection)."""
+        lo, hi = 0, xs.shape[0]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                self.module(xs[lo:mid])
+                lo = mid
+            except Exception:
+                hi = mid
+        return lo
+
     def check_batchable(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Evaluate two chains on two points through vmap; a model it cannot batch gets one ConfigError
         naming the failing construct and the fix."""
@@ -326,12 +393,11 @@ class ModuleModel:
         try:  # through functional_call: a forward that torch.export cannot take may still batch
             self._loss_and_grad(w, xs, ys, graph=False)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConfigError(
-                f"the model cannot run all chains at once under torch.func.vmap ({type(exc).__name__}: "
-                f"{first}). vmap needs a forward pass without .item()/float()/bool() of tensors, Python "
-                "control flow on tensor values, or in-place updates of buffers or inputs. Rewrite that "
-                "construct, or set gpu_mode=sequential to run one chain at a time (slower)"
+                f"the model cannot run all chains at once under torch.func.vmap ({_first_line(exc)}). vmap "
+                "needs a forward pass without .item()/float()/bool() of tensors, Python control flow on "
+                "tensor values, or in-place updates of buffers or inputs. Rewrite that construct, or set "
+                "gpu_mode=sequential to run one chain at a time (slower)"
             ) from exc
 
 
@@ -346,3 +412,56 @@ def _own_version(t: torch.Tensor) -> torch.Tensor:
 
 def _chunks(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i : i + CHUNK], y[i : i + CHUNK]) for i in range(0, x.shape[0], CHUNK)]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return str(list(t.shape))
+
+
+def _forward_failed(exc: Exception, row: int, shape: torch.Size) -> str:
+    """The model's own error on the data, with the input width it expects where torch names it."""
+    message = (
+        f"the model's forward fails on row {row} of x (x[i] of shape {list(shape[1:])}): {_first_line(exc)}"
+    )
+    widths = re.search(r"mat1 and mat2 shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)", str(exc))
+    if widths:
+        return f"{message}. The model expects inputs of width {widths[2]}; x has width {widths[1]}"
+    return f"{message}. Check that x has the shape, dtype and values the model takes"
+
+
+def _not_a_tensor(output: object) -> str:
+    if isinstance(output, dict):
+        parts = [f"{k!r}: {_describe(v)}" for k, v in output.items()]
+        which = f"output={next(iter(output))!r}"
+    elif isinstance(output, tuple | list):
+        parts = [f"[{i}] {_describe(v)}" for i, v in enumerate(output)]
+        which = "output=0"
+    else:
+        parts, which = [], "output=..."
+    held = f" ({', '.join(parts)})" if parts else ""
+    return (
+        f"the model's output must be a tensor, got a {type(output).__name__}{held}: say which element holds "
+        f"the predictions, llc.estimate(..., {which}) (an index or a key), or wrap the model so that its "
+        "forward returns that tensor"
+    )
+
+
+def _describe(value: object) -> str:
+    return f"tensor {_shape(value)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_labels(y: torch.Tensor, classes: int, start: int) -> None:
+    """cross_entropy's targets are class indices below the number of logits."""
+    outside = ((y < 0) | (y >= classes) | (y != y.long())).reshape(y.shape[0], -1)
+    if outside.any():
+        row = int(outside.any(dim=1).nonzero()[0])
+        value = y.reshape(y.shape[0], -1)[row][outside[row]][0].item()
+        raise ConfigError(
+            f"cross_entropy takes integer class labels in [0, {classes}) (the model's last dimension); "
+            f"y holds {value} at row {start + row}"
+        )

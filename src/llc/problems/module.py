@@ -23,10 +23,18 @@ from llc.modules.model import LOSSES, LossFn, ModuleModel
 Data = Any  # a torch Dataset (or DataLoader) of (x, y) pairs, or an (x, y) pair of tensors
 
 
-def object_fingerprint(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | LossFn) -> str:
+def object_fingerprint(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str | LossFn,
+    output: int | str | None = None,
+) -> str:
     """Hash of a module given as an object (its class's source file, architecture and weights), the
-    data and the loss: what llc.estimate adds to the ids."""
+    data, the loss and the output element read: what llc.estimate adds to the ids."""
     digest = hashlib.sha256()
+    if output is not None:
+        digest.update(f"output:{output!r}".encode())
     source = inspect.getsourcefile(type(module))
     if source is not None:
         digest.update(Path(source).read_bytes())
@@ -107,9 +115,51 @@ def module_problem(
     x, y = (t.detach().to(dtype) if t.is_floating_point() else t.detach() for t in (x, y))
     module = module.to(dtype=dtype, device="cpu")
     loss_fn = loss_function(loss if loss is not None else config.loss)
+    check_finite(x, y)
     model = ModuleModel(module, loss_fn, x.dim() - 1, vectorized=config.gpu_mode != "sequential")
-    model.check_batchable(x, y)
+    model.check_on_data(x, y)
     return model, x, y
+
+
+def check_finite(x: torch.Tensor, y: torch.Tensor) -> None:
+    """NaN or inf in the data is a ConfigError naming the first row that holds one."""
+    for name, t in (("x", x), ("y", y)):
+        if not t.is_floating_point():
+            continue
+        bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+        if bad.any():
+            rows = bad.nonzero().flatten()
+            raise ConfigError(
+                f"data: {name} holds NaN or inf at row {int(rows[0])} ({len(rows)} of {t.shape[0]} rows); "
+                "drop or fill those rows"
+            )
+
+
+class OutputElement(torch.nn.Module):
+    """A model whose forward returns a tuple, list or dict, reduced to the element that holds the
+    predictions (llc.estimate's `output=`: an index or a key)."""
+
+    def __init__(self, model: torch.nn.Module, output: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, torch.Tensor):
+            raise ConfigError(
+                "output= is for a model whose forward returns a tuple or dict; this one returns a tensor"
+            )
+        try:
+            return out[self.output]
+        except (IndexError, KeyError, TypeError):
+            held = list(out) if isinstance(out, dict) else f"0 to {len(out) - 1}"
+            raise ConfigError(
+                f"output={self.output!r}: the model's {type(out).__name__} has no such element ({held})"
+            ) from None
+
+    def extra_repr(self) -> str:
+        return f"output={self.output!r}"
 
 
 def _call_factory(reference: str, key: str) -> Any:

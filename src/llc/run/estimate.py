@@ -18,7 +18,7 @@ from llc.config import FAMILY_KEYS, IN_MEMORY_MODULE, RunConfig, describe_valida
 from llc.errors import ConfigError
 from llc.modules.model import LossFn
 from llc.problems.build import Problem
-from llc.problems.module import Data, as_tensors, module_problem, object_fingerprint
+from llc.problems.module import Data, OutputElement, as_tensors, module_problem, object_fingerprint
 from llc.run.experiment import run_llc
 
 # Keys the model and data decide, which an estimate's overrides cannot set (seed and dtype they can).
@@ -43,20 +43,24 @@ def estimate(
     loss: str | LossFn = "mse",
     sampler: str = "sgld",
     runs_dir: str | Path | None = None,
+    output: int | str | None = None,
     **overrides: Any,
 ) -> Estimate:
     """Estimate the LLC of `model` at its current weights (w*) on `data`, with L0 the loss there.
 
-    `loss` is "mse", "cross_entropy" or a callable (output, target) -> per-example losses; `overrides`
-    are the run's sampling keys (chains, steps, warmup, step_size, gamma, nbeta, batch_size, precond,
-    seed, device, dtype, gpu_mode, compile, ...). With `runs_dir`, the run directory is written as
-    `llc run` writes it, and a later call with the same weights, data and settings reuses it.
+    `loss` is "mse", "cross_entropy" or a callable (output, target) -> per-example losses [batch];
+    `output` the index or key of the predictions in a model whose forward returns a tuple or dict;
+    `overrides` are the run's sampling keys (chains, steps, warmup, step_size, gamma, nbeta,
+    batch_size, precond, seed, device, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
+    directory is written as `llc run` writes it, and a later call with the same weights, data and
+    settings reuses it. A mistake in any of these is one ConfigError, raised before anything is written.
     """
     config = _config(loss, sampler, overrides)
     x, y = as_tensors(data)
-    fingerprint = object_fingerprint(model, x, y, loss)
+    fingerprint = object_fingerprint(model, x, y, loss, output)
     config = config.with_module_fingerprint(fingerprint)
-    module, x, y = module_problem(config, model, (x, y), loss)
+    chosen = model if output is None else OutputElement(model, output)
+    module, x, y = module_problem(config, chosen, (x, y), loss)
     problem = Problem(module, x, y, None, module.flat_parameters())
     if runs_dir is not None:
         result = run_llc(config, Path(runs_dir), problem=problem)

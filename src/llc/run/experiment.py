@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from llc.config import RunConfig
+from llc.errors import ConfigError
 from llc.model import gram
 from llc.model.network import MLP
 from llc.model.posterior import LocalizedPosterior
@@ -53,9 +54,7 @@ def resolve_device(config: RunConfig) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={config.device} was asked for but CUDA is not available; use device=auto or cpu"
-        )
+        raise ConfigError(f"device={config.device}: CUDA is not available here; set device=auto or cpu")
     return torch.device(config.device)
 
 
@@ -75,6 +74,10 @@ def run_llc(
     run_dir = RunDir(runs_dir, config.run_id)
     if skip and run_dir.is_complete():
         return RunResult(run_dir.path, run_dir.read_json("metrics.json"), cached=True)
+    # A device this machine lacks, or a model that cannot run on its data, is refused before the
+    # directory exists.
+    resolve_device(config)
+    problem = problem or build_problem(config)
     experiment = LLCExperiment(runs_dir / "families", checkpoint_every_s)
     metrics = experiment.run(config, run_dir.prepare(), progress, problem)
     run_dir.seal()
