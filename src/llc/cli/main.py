@@ -197,7 +197,9 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) ->
     metrics = (
         json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     )
-    written = plots.draw_plots(az.from_netcdf(traces[0]), run_dir, metrics.get("llc_true"))
+    written = plots.draw_plots(
+        az.from_netcdf(traces[0]), run_dir, metrics.get("llc_true"), metrics.get("flags", [])
+    )
     for path in written:
         typer.echo(str(path))
 

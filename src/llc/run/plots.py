@@ -7,7 +7,7 @@ GUI backend, changes no global backend setting, and leaves no figure open in pyp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +75,13 @@ _LLC_PLOTS = (
 _ENERGY_PLOT = _Plot("energy.png", "Energy, marginal vs transition: low BFMI means poor exploration", _energy)
 
 
-def draw_plots(idata: az.InferenceData, out_dir: Path, llc_true: float | None = None) -> list[Path]:
-    """Write the diagnostic PNGs into out_dir and return their paths; plots it cannot draw are logged."""
+def draw_plots(
+    idata: az.InferenceData, out_dir: Path, llc_true: float | None = None, flags: Sequence[str] = ()
+) -> list[Path]:
+    """Write the diagnostic PNGs into out_dir and return their paths; plots it cannot draw are logged.
+
+    `flags`, the checks the run failed, head every figure's title in red: its estimate is not to be trusted.
+    """
     total = idata.posterior.sizes["chain"]
     kept_chains = finite_chains(idata.posterior["llc"].values)
     kept = idata.isel(chain=kept_chains)
@@ -101,7 +106,11 @@ def draw_plots(idata: az.InferenceData, out_dir: Path, llc_true: float | None = 
             continue
         fig = Figure(figsize=plot.figsize, layout="constrained")
         plot.draw(fig, kept, llc_true)
-        fig.suptitle(plot.title + note)
+        if flags:
+            fig.suptitle(f"UNTRUSTED ({', '.join(flags)}): see metrics.json flag_reasons\n{plot.title}{note}",
+                         color="firebrick")  # fmt: skip
+        else:
+            fig.suptitle(plot.title + note)
         fig.savefig(out_dir / plot.name, dpi=110)
         written.append(out_dir / plot.name)
     return written
