@@ -53,7 +53,7 @@ def llc_over_training(curves: list[Curve]) -> Figure:
     problems = sorted({c.problem for c in curves})
     samplers = sorted({c.sampler for c in curves})
     colors = _colors(sorted({c.series for c in curves}))
-    fig = Figure(figsize=(7 * len(problems), 0.6 + 3.4 * len(samplers)), layout="constrained")
+    fig = Figure(figsize=(9.5 * len(problems), 0.6 + 3.4 * len(samplers)), layout="constrained")
     grid = fig.subplots(len(samplers), len(problems), squeeze=False, sharex="col")
     for col, problem in enumerate(problems):
         for row, sampler in enumerate(samplers):
@@ -69,9 +69,10 @@ def llc_over_training(curves: list[Curve]) -> Figure:
             ax.set(title=label or "all cells", ylabel="LLC estimate ± se")
             _value_axis(ax, {c.series: c.llc_mean for c in members}, _lows(members))
             _step_scale(ax, sorted({s for c in members for s in c.steps}))
-            _loss_axis(ax, members)
             handles = [_handle(colors[c.series], _short(c.series, problem, sampler)) for c in members]
-            ax.legend(handles=handles + _trust_handles(members), fontsize="small", loc="upper left")
+            handles += _loss_axis(ax, members) + _trust_handles(members)
+            # Beside the panel, past the L0 axis: inside, a legend hides the points of some checkpoint.
+            ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.15, 1))
         grid[-1][col].set_xlabel("training step")
     fig.suptitle("LLC over training (one point per checkpoint; one panel per sampler)")
     return fig
@@ -91,7 +92,7 @@ def llc_by_step(curves: list[Curve]) -> Figure:
         steps = sorted({s for c in members for s in c.steps})
         at = {step: i for i, step in enumerate(steps)}
         for k, curve in enumerate(members):
-            shift = 0.6 * (k / (len(members) - 1) - 0.5) if len(members) > 1 else 0.0
+            shift = 0.4 * (k / (len(members) - 1) - 0.5) if len(members) > 1 else 0.0
             x = [at[s] + shift for s in curve.steps]
             _points(ax, x, curve.llc_mean, curve.llc_se, _trust(curve), colors[curve.sampler])
         by_sampler: dict[str, list[float]] = defaultdict(list)
@@ -99,6 +100,8 @@ def llc_by_step(curves: list[Curve]) -> Figure:
             by_sampler[curve.sampler] += curve.llc_mean
         _value_axis(ax, by_sampler, _lows(members))
         ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=45 if len(steps) > 8 else 0)
+        for boundary in range(len(steps) - 1):  # which checkpoint a point belongs to, at a glance
+            ax.axvline(boundary + 0.5, color="0.9", lw=0.8, zorder=0)
         ax.set(title=problem or "all cells", xlabel="checkpoint (training step)", ylabel="LLC estimate ± se")
         handles = [_handle(colors[s], s) for s in samplers if any(c.sampler == s for c in members)]
         ax.legend(handles=handles + _trust_handles(members), fontsize="small")
@@ -231,26 +234,27 @@ def _step_scale(ax: Axes, steps: list[int]) -> None:
         ax.set_xscale("log")
 
 
-def _loss_axis(ax: Axes, curves: list[Curve]) -> None:
+def _loss_axis(ax: Axes, curves: list[Curve]) -> list[Line2D]:
     """L0 at each checkpoint, dashed on a second axis: one line per panel, since every cell of a checkpoint
-    on the same data reports the same L0 (where a grid changes the data, the mean at each step)."""
+    on the same data reports the same L0 (where a grid changes the data, the mean at each step). Returns
+    the line for the legend (none without L0)."""
     at_step: dict[int, list[float]] = defaultdict(list)
     for curve in curves:
         for step, loss in zip(curve.steps, curve.loss, strict=True):
             if loss is not None:
                 at_step[step].append(loss)
     if not at_step:
-        return
+        return []
     steps = sorted(at_step)
     losses = [sum(at_step[s]) / len(at_step[s]) for s in steps]
     twin = ax.twinx()
     ax.set_zorder(twin.get_zorder() + 1)  # the estimates drawn over the loss, on a see-through panel
     ax.patch.set_visible(False)
-    twin.plot(steps, losses, ls="--", color="0.45", marker=".", label="L0 (training loss)")
+    (line,) = twin.plot(steps, losses, ls="--", color="0.45", marker=".", label="L0 (training loss)")
     if min(losses) > 0 and max(losses) >= 100 * min(losses):
         twin.set_yscale("log")
     twin.set_ylabel("L0 (training loss at the checkpoint)", color="0.35")
-    twin.legend(fontsize="small", loc="upper right")
+    return [line]
 
 
 def _durations(rows: list[dict[str, Any]], path: Path) -> Path:
