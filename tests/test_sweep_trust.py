@@ -67,9 +67,13 @@ def has_zero_line(ax: Axes) -> bool:
     return any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())
 
 
-def legend_texts(ax: Axes) -> list[str]:
-    legend = ax.get_legend()
-    return [text.get_text() for text in legend.get_texts()] if legend else []
+def legend_texts(where: Axes | Figure) -> list[str]:
+    """The entries of an axes' legend, or of every legend of a figure and its axes."""
+    if isinstance(where, Axes):
+        legends = [where.get_legend()]
+    else:
+        legends = [*where.legends, *(ax.get_legend() for ax in where.axes)]
+    return [text.get_text() for legend in legends if legend for text in legend.get_texts()]
 
 
 def test_the_summary_counts_trusted_and_untrusted_cells_and_the_most_common_flags() -> None:
@@ -133,7 +137,7 @@ def test_llc_by_sampler_draws_untrusted_cells_hollow_with_a_key_and_a_zero_line(
     figure = llc_by_sampler(ROWS)
     (ax,) = figure.axes
     assert sorted(hollow(ax)) == [-0.4, 5.5, 9.0] and sorted(filled(ax)) == [4.8, 5.0]
-    assert UNTRUSTED_LABEL in legend_texts(ax)
+    assert UNTRUSTED_LABEL in legend_texts(figure)
     assert has_zero_line(ax)  # an estimate is negative
     positive = [r for r in ROWS if r["llc_mean"] > 0]
     assert not has_zero_line(llc_by_sampler(positive).axes[0])
@@ -141,8 +145,8 @@ def test_llc_by_sampler_draws_untrusted_cells_hollow_with_a_key_and_a_zero_line(
 
 def test_llc_by_sampler_of_trusted_cells_has_no_hollow_marker_nor_key() -> None:
     trusted = [{**r, "trusted": True, "flags": None} for r in ROWS]
-    (ax,) = llc_by_sampler(trusted).axes
-    assert hollow(ax) == [] and UNTRUSTED_LABEL not in legend_texts(ax)
+    figure = llc_by_sampler(trusted)
+    assert hollow(figure.axes[0]) == [] and UNTRUSTED_LABEL not in legend_texts(figure)
 
 
 def test_a_sampler_reading_decades_above_the_others_gets_a_log_axis() -> None:
@@ -174,7 +178,7 @@ def test_checkpoint_sweeps_draw_every_sampler_at_each_step_instead_of_a_mean_ove
     (ax,) = figure.axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10", "100", "1000"]
     assert sorted(hollow(ax)) == [-1.0, -1.0] and ax.get_yscale() == "symlog"  # 80 against 0.5, signed
-    assert {"sgld", "sghmc", UNTRUSTED_LABEL} <= set(legend_texts(ax)) and has_zero_line(ax)
+    assert {"sgld", "sghmc", UNTRUSTED_LABEL} <= set(legend_texts(figure)) and has_zero_line(ax)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
 
 

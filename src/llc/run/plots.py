@@ -39,6 +39,8 @@ def _running(fig: Figure, idata: az.InferenceData, llc_true: float | None) -> No
         ax.plot(llc["draw"].values, mean, lw=1, label=f"chain {chain}")
     if llc_true is not None:
         ax.axhline(llc_true, color="k", ls="--", label=f"true LLC = {llc_true:g}")
+    if np.nanmin(running, initial=np.inf) < 0:  # a negative estimate: where zero is matters
+        ax.axhline(0, color="0.25", lw=0.8, zorder=0)
     ax.set(xlabel="draw", ylabel="running mean of LLC")
     ax.legend(fontsize="small")
 

@@ -103,8 +103,9 @@ def llc_by_step(curves: list[Curve]) -> Figure:
         for boundary in range(len(steps) - 1):  # which checkpoint a point belongs to, at a glance
             ax.axvline(boundary + 0.5, color="0.9", lw=0.8, zorder=0)
         ax.set(title=problem or "all cells", xlabel="checkpoint (training step)", ylabel="LLC estimate ± se")
-        handles = [_handle(colors[s], s) for s in samplers if any(c.sampler == s for c in members)]
-        ax.legend(handles=handles + _trust_handles(members), fontsize="small")
+        ax.legend(handles=[_handle(colors[s], s) for s in samplers if any(c.sampler == s for c in members)],
+                  fontsize="small", loc="best")  # fmt: skip
+    _trust_key(fig, curves)
     fig.suptitle("LLC of each sampler at each checkpoint (one point per cell)")
     return fig
 
@@ -139,9 +140,9 @@ def llc_by_sampler(rows: list[dict[str, Any]]) -> Figure:
         _value_axis(ax, by_sampler, lows)
         ax.set(title=problem or "all cells", ylabel="LLC estimate ± se")
         ax.set_xticks(range(len(samplers)), samplers)
-        handles += _trust_handles([r.get("trusted") for r in members])
         if handles:
-            ax.legend(handles=handles, fontsize="small")
+            ax.legend(handles=handles, fontsize="small", loc="best")
+    _trust_key(fig, [r.get("trusted") for r in rows])
     fig.suptitle("LLC by problem and sampler (one point per cell)")
     return fig
 
@@ -173,6 +174,12 @@ def _trust_handles(trusted: Sequence[Any]) -> list[Line2D]:
         Line2D([], [], color="0.3", marker="o", ls="", label="filled: trusted"),
         Line2D([], [], color="0.3", marker="o", mfc="none", ls="", label=UNTRUSTED_LABEL),
     ]
+
+
+def _trust_key(fig: Figure, trusted: Sequence[Any]) -> None:
+    """The key to hollow markers once for the whole figure, under its panels, where it hides no point."""
+    if handles := _trust_handles(trusted):
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
 
 
 def _value_axis(ax: Axes, groups: dict[str, list[float]], lows: list[float]) -> None:
