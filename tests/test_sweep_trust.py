@@ -190,21 +190,28 @@ def test_untrusted_marks_survive_results_csv(tmp_path: Path) -> None:
     assert "| 0 | 1 | 80 ± 0.1 | -1 ± 0.1 † |" in markdown and "† untrusted" in markdown
 
 
-def test_a_flagged_runs_plots_say_untrusted_in_their_title(tmp_path: Path, monkeypatch: Any) -> None:
-    titles: list[str] = []
+def test_a_flagged_runs_plots_say_untrusted_in_their_title_and_zero_is_drawn_when_negative(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    drawn: dict[str, Figure] = {}
     save = Figure.savefig
 
-    def spy(self: Figure, *args: Any, **kwargs: Any) -> None:
-        titles.append(self.get_suptitle())
-        save(self, *args, **kwargs)
+    def spy(self: Figure, path: Path, *args: Any, **kwargs: Any) -> None:
+        drawn[Path(path).name] = self
+        save(self, path, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", spy)
     rng = np.random.default_rng(0)
-    idata = to_inference_data(
-        rng.normal(3, 1, size=(2, 200)), rng.normal(size=(2, 200)), rng.normal(size=(2, 200, 3))
-    )
-    draw_plots(idata, tmp_path / "flagged", flags=["chains_disagree", "negative_llc"])
+
+    def run(mean: float) -> Any:
+        llc = rng.normal(mean, 0.5, size=(2, 200))
+        return to_inference_data(llc, rng.normal(size=(2, 200)), rng.normal(size=(2, 200, 3)))
+
+    draw_plots(run(-2.0), tmp_path / "flagged", flags=["chains_disagree", "negative_llc"])
+    titles = [figure.get_suptitle() for figure in drawn.values()]
     assert titles and all(t.startswith("UNTRUSTED (chains_disagree, negative_llc)") for t in titles)
-    titles.clear()
-    draw_plots(idata, tmp_path / "healthy")
-    assert titles and not any("UNTRUSTED" in t for t in titles)
+    assert has_zero_line(drawn["llc_running.png"].axes[0])
+    drawn.clear()
+    draw_plots(run(3.0), tmp_path / "healthy")
+    assert drawn and not any("UNTRUSTED" in figure.get_suptitle() for figure in drawn.values())
+    assert not has_zero_line(drawn["llc_running.png"].axes[0])
