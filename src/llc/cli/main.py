@@ -261,8 +261,7 @@ def sweep_status(
     sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
     runs_dir: RunsDirOption = None,
 ) -> None:
-    """Summarize a sweep from its results.csv: counts, trusted cells and flags, durations, best cell, LLC by
-    sampler, failures."""
+    """Summarize a sweep from its results.csv: counts, trust and flags, best cell, LLC by sampler, errors."""
     from llc.sweeps.results import read_results
     from llc.sweeps.summary import summarize, to_markdown
 
