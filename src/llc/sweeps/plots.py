@@ -116,7 +116,7 @@ def llc_by_sampler(rows: list[dict[str, Any]]) -> Figure:
     for row in rows:
         by_problem[str(row["problem"] or "")].append(row)
     colors = _colors(sorted({str(r["sampler"]) for r in rows}))
-    fig = Figure(figsize=(4.5 * len(by_problem), 4.5), layout="constrained")
+    fig = Figure(figsize=(max(7.0, 4.5 * len(by_problem)), 4.5), layout="constrained")
     axes = fig.subplots(1, len(by_problem), squeeze=False)[0]
     for ax, (problem, members) in zip(axes, sorted(by_problem.items()), strict=True):
         samplers = sorted({str(r["sampler"]) for r in members})
@@ -196,6 +196,7 @@ def _value_axis(ax: Axes, groups: dict[str, list[float]], lows: list[float]) -> 
         ax.set_yscale("log")
     else:
         ax.set_yscale("symlog", linthresh=min(typical))
+    ax.margins(y=0.1)  # in decades now: the outermost points off the frame
 
 
 def _lows(curves: list[Curve]) -> list[float]:
