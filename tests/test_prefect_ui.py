@@ -96,14 +96,13 @@ def test_the_summary_artifact_shows_the_sweep_s_figures_inline(
     )  # fmt: skip
     out = next((runs / "sweeps").iterdir())
     plots = {
-        name: Image.open(out / "plots" / name).size
-        for name in ("llc_by_sampler.png", "llc_over_training.png")
+        name: Image.open(out / "plots" / name).size for name in ("llc_by_step.png", "llc_over_training.png")
     }
     key = f"sweep-{out.name}-summary"
     with live_prefect_server.client() as client:
         (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     expected = {
-        "LLC by problem and sampler": plots["llc_by_sampler.png"],
+        "LLC of each sampler at each checkpoint": plots["llc_by_step.png"],
         "LLC over training": plots["llc_over_training.png"],
     }
     with chromium(tmp_path / "profile", height=1400) as page:
@@ -122,7 +121,9 @@ def test_the_summary_artifact_shows_the_sweep_s_figures_inline(
 
 def figures_shown(page: Page) -> dict[str, tuple[int, int]]:
     """Each inline figure of the page by title, at the size the browser decoded it (0 wide: broken)."""
-    page.wait_for(lambda text: "LLC over training" in text and "LLC by problem and sampler" in text)
+    page.wait_for(
+        lambda text: "LLC over training" in text and "LLC of each sampler at each checkpoint" in text
+    )
     deadline = time.monotonic() + 30
     while not (images := page.evaluate(IMAGES_JS)) or not all(i["complete"] for i in images):
         assert time.monotonic() < deadline, f"images still loading: {images}"

@@ -140,6 +140,6 @@ def test_the_figures_that_summary_md_links_are_stored_beside_it(
     _, result = run(study, tmp_path / "runs")
     out, stored = Path(result["results"]).parent, s3_server.objects(s3_prefix)
     summary = stored[f"sweeps/{result['sweep_id']}/summary.md"].decode()
-    for name in ("llc_by_sampler.png", "llc_over_training.png"):
+    for name in ("llc_by_step.png", "llc_over_training.png"):
         assert f"](plots/{name})" in summary
         assert stored[f"sweeps/{result['sweep_id']}/plots/{name}"] == (out / "plots" / name).read_bytes()

@@ -143,17 +143,22 @@ def test_the_figure_over_training_plots_each_checkpoint_of_each_line_with_l0_bes
         ("net-hmc-s0-gamma=10", 2), ("net-sgld-s0-gamma=10", 4), ("net-sgld-s0-gamma=100", 4),
     ]  # fmt: skip
     figure = llc_over_training(curves)
-    ax, loss_axis = figure.axes
-    lines = {bars.get_label(): bars.lines[0] for bars in ax.containers}  # λ̂ ± se: one errorbar per line
-    assert set(lines) == {"hmc-s0-gamma=10", "sgld-s0-gamma=10", "sgld-s0-gamma=100"}
-    assert list(lines["sgld-s0-gamma=100"].get_xdata()) == [0, 10, 100, 1000]
-    assert list(lines["sgld-s0-gamma=100"].get_ydata()) == [2.0, 2.01, 2.1, 3.0]
-    assert ax.get_xscale() == "symlog"  # steps span decades and start at 0
+    # A panel per sampler (hmc's, then sgld's), then each panel's L0 axis.
+    hmc, sgld, _, loss_axis = figure.axes
+    assert (hmc.get_title(), sgld.get_title()) == ("net · hmc", "net · sgld")
+    lines = {line.get_label(): line for line in sgld.get_lines() if line.get_linestyle() == "-"}
+    assert len(lines) == 2  # one line per series of the panel: the two gammas
+    ydata = sorted(list(line.get_ydata()) for line in lines.values())
+    assert ydata == [[1.0, 1.01, 1.1, 2.0], [2.0, 2.01, 2.1, 3.0]]
+    assert all(list(line.get_xdata()) == [0, 10, 100, 1000] for line in lines.values())
+    legend = [text.get_text() for text in sgld.get_legend().get_texts()]
+    assert legend == ["s0-gamma=10", "s0-gamma=100", "L0 (training loss)"]
+    assert sgld.get_xscale() == "symlog"  # steps span decades and start at 0
     # One L0 line (all series share the checkpoints' loss), on its own axis, log as it spans decades.
     (loss,) = loss_axis.get_lines()
     assert list(loss.get_ydata()) == [2.0, 2 / 11, 2 / 101, 2 / 1001] and loss_axis.get_yscale() == "log"
     paths = draw_llc_plots(rows, tmp_path)
-    assert [p.name for p in paths] == ["llc_by_sampler.png", "llc_over_training.png"]
+    assert [p.name for p in paths] == ["llc_over_training.png", "llc_by_step.png"]
 
 
 def test_steps_within_two_decades_keep_a_linear_axis() -> None:

@@ -219,7 +219,9 @@ def analyze(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) ->
     metrics = (
         json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     )
-    written = plots.draw_plots(az.from_netcdf(traces[0]), run_dir, metrics.get("llc_true"))
+    written = plots.draw_plots(
+        az.from_netcdf(traces[0]), run_dir, metrics.get("llc_true"), metrics.get("flags", [])
+    )
     for path in written:
         typer.echo(str(path))
 
@@ -282,7 +284,7 @@ def sweep_status(
     sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
     runs_dir: RunsDirOption = None,
 ) -> None:
-    """Summarize a sweep from its results.csv: counts, durations, best cell, LLC by sampler, failures."""
+    """Summarize a sweep from its results.csv: counts, trust and flags, best cell, LLC by sampler, errors."""
     from llc.sweeps.results import read_results
     from llc.sweeps.summary import summarize, to_markdown
 

@@ -147,7 +147,7 @@ class LLCExperiment:
         idata = diagnostics.to_inference_data(trace.llc, trace.loss, trace.w_proj, trace.stats or None, attrs)
         diagnostics.write_netcdf(idata, run_dir / f"{config.sampler}.nc")
         out.write_json("metrics.json", metrics)
-        plots.draw_plots(idata, run_dir, problem.llc_true)
+        plots.draw_plots(idata, run_dir, problem.llc_true, metrics.get("flags", []))
         return metrics
 
     def _erm(self, config: RunConfig, problem: Problem) -> tuple[torch.Tensor, float]:

@@ -32,6 +32,21 @@ HEATING_CEILING = 0.1
 LAMBDA_GAMMA_FRACTION = 0.1
 
 
+# Each flag in a few words with its fix, for the tables that count flags over many runs (a run's own
+# reason carries its numbers; docs/diagnostics.md#flags-runs-that-cannot-be-trusted has the detail).
+FIXES = {
+    "no_healthy_chain": "every chain diverged: lower step_size (or step_size=auto)",
+    "most_chains_diverged": "most chains diverged: lower step_size (or step_size=auto)",
+    "chains_disagree": "R-hat > 1.1, the chains have not mixed: raise steps and warmup, or use hmc",
+    "mala_acceptance_low": "MALA acceptance < 0.85, the step is too large: lower step_size",
+    "hmc_acceptance_low": "HMC acceptance far under its target: raise warmup",
+    "mclmc_energy_error_high": "MCLMC energy error high: raise warmup",
+    "erm_not_converged": "w* is not a minimum: raise erm_steps",
+    "minibatch_noise_heats": "minibatch noise raises the LLC > 10%: lower step_size or raise batch_size",
+    "negative_llc": "the chains found losses below L0: raise erm_steps, or gamma",
+}
+
+
 @dataclass(frozen=True)
 class Flag:
     name: str

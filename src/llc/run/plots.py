@@ -7,7 +7,7 @@ GUI backend, changes no global backend setting, and leaves no figure open in pyp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,8 @@ def _running(fig: Figure, idata: az.InferenceData, llc_true: float | None) -> No
         ax.plot(llc["draw"].values, mean, lw=1, label=f"chain {chain}")
     if llc_true is not None:
         ax.axhline(llc_true, color="k", ls="--", label=f"true LLC = {llc_true:g}")
+    if np.nanmin(running, initial=np.inf) < 0:  # a negative estimate: where zero is matters
+        ax.axhline(0, color="0.25", lw=0.8, zorder=0)
     ax.set(xlabel="draw", ylabel="running mean of LLC")
     ax.legend(fontsize="small")
 
@@ -75,8 +77,13 @@ _LLC_PLOTS = (
 _ENERGY_PLOT = _Plot("energy.png", "Energy, marginal vs transition: low BFMI means poor exploration", _energy)
 
 
-def draw_plots(idata: az.InferenceData, out_dir: Path, llc_true: float | None = None) -> list[Path]:
-    """Write the diagnostic PNGs into out_dir and return their paths; plots it cannot draw are logged."""
+def draw_plots(
+    idata: az.InferenceData, out_dir: Path, llc_true: float | None = None, flags: Sequence[str] = ()
+) -> list[Path]:
+    """Write the diagnostic PNGs into out_dir and return their paths; plots it cannot draw are logged.
+
+    `flags`, the checks the run failed, head every figure's title in red: its estimate is not to be trusted.
+    """
     total = idata.posterior.sizes["chain"]
     kept_chains = finite_chains(idata.posterior["llc"].values)
     kept = idata.isel(chain=kept_chains)
@@ -101,7 +108,11 @@ def draw_plots(idata: az.InferenceData, out_dir: Path, llc_true: float | None = 
             continue
         fig = Figure(figsize=plot.figsize, layout="constrained")
         plot.draw(fig, kept, llc_true)
-        fig.suptitle(plot.title + note)
+        if flags:
+            fig.suptitle(f"UNTRUSTED ({', '.join(flags)}): see metrics.json flag_reasons\n{plot.title}{note}",
+                         color="firebrick")  # fmt: skip
+        else:
+            fig.suptitle(plot.title + note)
         fig.savefig(out_dir / plot.name, dpi=110)
         written.append(out_dir / plot.name)
     return written

@@ -1,4 +1,5 @@
-"""Prefect artifacts of a sweep: results table, markdown summary, live progress, a link per cell."""
+"""Prefect artifacts of a sweep: results table, markdown summary, live progress, a link per cell (with
+whether its estimate can be trusted)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+
+from llc.sweeps.summary import flag_names
 
 
 def artifact_key(sweep_id: str, kind: str) -> str:
@@ -91,6 +94,8 @@ def run_links(rows: list[dict[str, Any]], stored: dict[str, str | None] | None =
         lines = ["| cell | status | run directory | stored |", "| --- | --- | --- | --- |"]
     for row in rows:
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['error_type']}"
+        if row["status"] == "ok" and row.get("trusted") is False:
+            status += f", untrusted: {', '.join(flag_names(row))}"
         status += " (cached)" if row["cached"] else ""
         run_dir = Path(row["run_dir"] or "")
         link = f"[{run_dir}]({run_dir.as_uri()})" if run_dir.is_absolute() else "-"

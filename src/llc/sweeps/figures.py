@@ -15,6 +15,7 @@ from typing import Any
 LLC_FIGURES = {
     "llc_by_sampler.png": "LLC by problem and sampler",
     "llc_over_training.png": "LLC over training",
+    "llc_by_step.png": "LLC of each sampler at each checkpoint",
 }
 KEY_FILE = ".figures.json"
 # What changes between runs of the same results without changing a figure.
@@ -37,7 +38,7 @@ def llc_figures(rows: list[dict[str, Any]], plots_dir: Path) -> dict[str, Path]:
 
 def _key(rows: list[dict[str, Any]]) -> str:
     shown = [{k: v for k, v in row.items() if k not in UNDRAWN} for row in rows]
-    code = (Path(__file__).parent / "plots.py").read_bytes()
+    code = b"".join((Path(__file__).parent / name).read_bytes() for name in ("plots.py", "summary.py"))
     data = json.dumps(shown, sort_keys=True, default=str).encode()
     return hashlib.sha256(code + data).hexdigest()
 

@@ -1,16 +1,28 @@
-"""Figures of a whole sweep from its results table: LLC by problem and sampler, LLC over training (a
-sweep over checkpoints), and cell durations."""
+"""Figures of a whole sweep from its results table: LLC by problem and sampler, LLC over training and by
+checkpoint (a sweep over checkpoints), and cell durations.
+
+Every LLC figure marks an estimate whose run failed a check (results.csv `trusted`, `flags`) with a hollow
+marker, draws zero when an estimate reaches it, and gives each sampler an axis it can be read on.
+"""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from llc.sweeps.summary import Curve, training_curves
+
+UNTRUSTED_LABEL = "hollow: untrusted (a check failed; results.csv flags)"
+# Values spanning this factor share one axis on a log scale (symlog when some are not positive).
+DECADES = 100.0
 
 
 def draw_sweep_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -19,38 +31,204 @@ def draw_sweep_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 def draw_llc_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """The LLC by sampler when a cell has an estimate, and over training when cells have steps."""
+    """The LLC by sampler of cells without a checkpoint; over training and by checkpoint of those with."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    estimated = [r for r in rows if r["status"] == "ok" and isinstance(r.get("llc_mean"), int | float)]
-    if estimated:
-        written.append(_llc_by_sampler(estimated, out_dir / "llc_by_sampler.png"))
+    figures = []
+    single = [r for r in rows if r["status"] == "ok" and _number(r.get("llc_mean")) and r.get("step") is None]
+    if single:
+        figures.append(("llc_by_sampler.png", llc_by_sampler(single)))
     if curves := training_curves(rows):
-        figure = llc_over_training(curves)
-        figure.savefig(out_dir / "llc_over_training.png", dpi=110)
-        written.append(out_dir / "llc_over_training.png")
-    return written
+        figures += [
+            ("llc_over_training.png", llc_over_training(curves)),
+            ("llc_by_step.png", llc_by_step(curves)),
+        ]
+    for name, figure in figures:
+        figure.savefig(out_dir / name, dpi=110)
+    return [out_dir / name for name, _ in figures]
 
 
 def llc_over_training(curves: list[Curve]) -> Figure:
-    """λ̂ ± se against step, a line per series, and L0 (dashed, right axis); one panel per problem."""
-    by_problem: dict[str, list[Curve]] = defaultdict(list)
-    for curve in curves:
-        by_problem[curve.problem].append(curve)
-    fig = Figure(figsize=(7 * len(by_problem), 4.5), layout="constrained")
+    """λ̂ ± se against step, a line per series, and L0 (dashed, right axis); a panel per problem (columns)
+    and sampler (rows), so that each sampler's curve has an axis of its own."""
+    problems = sorted({c.problem for c in curves})
+    samplers = sorted({c.sampler for c in curves})
+    colors = _colors(sorted({c.series for c in curves}))
+    fig = Figure(figsize=(9.5 * len(problems), 0.6 + 3.4 * len(samplers)), layout="constrained")
+    grid = fig.subplots(len(samplers), len(problems), squeeze=False, sharex="col")
+    for col, problem in enumerate(problems):
+        for row, sampler in enumerate(samplers):
+            ax = grid[row][col]
+            members = [c for c in curves if c.problem == problem and c.sampler == sampler]
+            if not members:
+                ax.set_axis_off()
+                continue
+            for curve in members:
+                ax.plot(curve.steps, curve.llc_mean, "-", color=colors[curve.series], lw=1.2)
+                _points(ax, curve.steps, curve.llc_mean, curve.llc_se, _trust(curve), colors[curve.series])
+            label = " · ".join(part for part in (problem, sampler) if part)
+            ax.set(title=label or "all cells", ylabel="LLC estimate ± se")
+            _value_axis(ax, {c.series: c.llc_mean for c in members}, _lows(members))
+            _step_scale(ax, sorted({s for c in members for s in c.steps}))
+            handles = [_handle(colors[c.series], _short(c.series, problem, sampler)) for c in members]
+            handles += _loss_axis(ax, members) + _trust_handles(members)
+            # Beside the panel, past the L0 axis: inside, a legend hides the points of some checkpoint.
+            ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.15, 1))
+        grid[-1][col].set_xlabel("training step")
+    fig.suptitle("LLC over training (one point per checkpoint; one panel per sampler)")
+    return fig
+
+
+def llc_by_step(curves: list[Curve]) -> Figure:
+    """Every sampler's λ̂ ± se side by side at each checkpoint (evenly spaced), a panel per problem: where
+    the samplers agree on a checkpoint, and which of them can be trusted there."""
+    problems = sorted({c.problem for c in curves})
+    samplers = sorted({c.sampler for c in curves})
+    colors = _colors(samplers)
+    fig = Figure(
+        figsize=(max(7.0, 1.0 + 0.6 * _most_steps(curves)) * len(problems), 4.5), layout="constrained"
+    )
+    for ax, problem in zip(fig.subplots(1, len(problems), squeeze=False)[0], problems, strict=True):
+        members = [c for c in curves if c.problem == problem]
+        steps = sorted({s for c in members for s in c.steps})
+        at = {step: i for i, step in enumerate(steps)}
+        for k, curve in enumerate(members):
+            shift = 0.4 * (k / (len(members) - 1) - 0.5) if len(members) > 1 else 0.0
+            x = [at[s] + shift for s in curve.steps]
+            _points(ax, x, curve.llc_mean, curve.llc_se, _trust(curve), colors[curve.sampler])
+        by_sampler: dict[str, list[float]] = defaultdict(list)
+        for curve in members:
+            by_sampler[curve.sampler] += curve.llc_mean
+        _value_axis(ax, by_sampler, _lows(members))
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=45 if len(steps) > 8 else 0)
+        for boundary in range(len(steps) - 1):  # which checkpoint a point belongs to, at a glance
+            ax.axvline(boundary + 0.5, color="0.9", lw=0.8, zorder=0)
+        ax.set(title=problem or "all cells", xlabel="checkpoint (training step)", ylabel="LLC estimate ± se")
+        ax.legend(handles=[_handle(colors[s], s) for s in samplers if any(c.sampler == s for c in members)],
+                  fontsize="small", loc="best")  # fmt: skip
+    _trust_key(fig, curves)
+    fig.suptitle("LLC of each sampler at each checkpoint (one point per cell)")
+    return fig
+
+
+def llc_by_sampler(rows: list[dict[str, Any]]) -> Figure:
+    """One panel per problem: each cell's LLC ± standard error per sampler, the true LLC dashed."""
+    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_problem[str(row["problem"] or "")].append(row)
+    colors = _colors(sorted({str(r["sampler"]) for r in rows}))
+    fig = Figure(figsize=(max(7.0, 4.5 * len(by_problem)), 4.5), layout="constrained")
     axes = fig.subplots(1, len(by_problem), squeeze=False)[0]
     for ax, (problem, members) in zip(axes, sorted(by_problem.items()), strict=True):
-        for curve in members:
-            label = curve.series.removeprefix(f"{problem}-")
-            ax.errorbar(
-                curve.steps, curve.llc_mean, yerr=curve.llc_se, fmt="o-", ms=4, capsize=3, label=label
-            )
-        ax.set(title=problem or "all cells", xlabel="training step", ylabel="LLC estimate ± se")
-        _step_scale(ax, sorted({s for c in members for s in c.steps}))
-        _loss_axis(ax, members)
-        ax.legend(fontsize="small", loc="upper left")
-    fig.suptitle("LLC over training (one point per checkpoint)")
+        samplers = sorted({str(r["sampler"]) for r in members})
+        for i, sampler in enumerate(samplers):
+            cells = [r for r in members if str(r["sampler"]) == sampler]
+            offsets = [
+                i + 0.3 * (k / max(len(cells) - 1, 1) - 0.5) * (len(cells) > 1) for k in range(len(cells))
+            ]
+            means = [float(r["llc_mean"]) for r in cells]
+            errors = [float(r["llc_se"]) if _number(r.get("llc_se")) else 0.0 for r in cells]
+            _points(ax, offsets, means, errors, [r.get("trusted") for r in cells], colors[sampler])
+        handles = []
+        truth = next((r["llc_true"] for r in members if _number(r.get("llc_true"))), None)
+        if truth is not None:
+            ax.axhline(truth, color="k", ls="--", lw=1)
+            handles.append(Line2D([], [], color="k", ls="--", lw=1, label=f"true LLC = {truth:g}"))
+        by_sampler = {s: [float(r["llc_mean"]) for r in members if str(r["sampler"]) == s] for s in samplers}
+        lows = [
+            float(r["llc_mean"]) - (float(r["llc_se"]) if _number(r.get("llc_se")) else 0.0) for r in members
+        ]
+        _value_axis(ax, by_sampler, lows)
+        ax.set(title=problem or "all cells", ylabel="LLC estimate ± se")
+        ax.set_xticks(range(len(samplers)), samplers)
+        if handles:
+            ax.legend(handles=handles, fontsize="small", loc="best")
+    _trust_key(fig, [r.get("trusted") for r in rows])
+    fig.suptitle("LLC by problem and sampler (one point per cell)")
     return fig
+
+
+def _points(
+    ax: Axes,
+    x: Sequence[float],
+    means: Sequence[float],
+    errors: Sequence[float],
+    trusted: Sequence[bool | None],
+    color: Any,
+) -> None:
+    """λ̂ ± se as markers: filled where the run passed its checks (or was not checked), hollow where not."""
+    for hollow in (False, True):
+        kept = [i for i, t in enumerate(trusted) if (t is False) == hollow]
+        if kept:
+            ax.errorbar(
+                [x[i] for i in kept], [means[i] for i in kept], yerr=[errors[i] for i in kept], fmt="o",
+                ms=6 if hollow else 5, capsize=3, color=color, mfc="none" if hollow else color, mew=1.3,
+            )  # fmt: skip
+
+
+def _trust_handles(trusted: Sequence[Any]) -> list[Line2D]:
+    """The legend's key to the markers, when some are hollow: curves or a row's `trusted` values."""
+    flags = [t for item in trusted for t in (_trust(item) if isinstance(item, Curve) else [item])]
+    if not any(t is False for t in flags):
+        return []
+    return [
+        Line2D([], [], color="0.3", marker="o", ls="", label="filled: trusted"),
+        Line2D([], [], color="0.3", marker="o", mfc="none", ls="", label=UNTRUSTED_LABEL),
+    ]
+
+
+def _trust_key(fig: Figure, trusted: Sequence[Any]) -> None:
+    """The key to hollow markers once for the whole figure, under its panels, where it hides no point."""
+    if handles := _trust_handles(trusted):
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
+
+
+def _value_axis(ax: Axes, groups: dict[str, list[float]], lows: list[float]) -> None:
+    """A zero line when an estimate less its se (`lows`) reaches zero; a log axis when one group's (a
+    sampler's, a line's) typical size is decades from another's (symlog around zero when some values are
+    not positive), so that a sampler far from the others leaves them readable."""
+    values = [v for members in groups.values() for v in members]
+    if min(lows) <= 0:
+        ax.axhline(0, color="0.25", lw=0.8, zorder=0)
+    typical = [statistics.median(s) for m in groups.values() if (s := [abs(v) for v in m if v != 0])]
+    if len(typical) < 2 or max(typical) < DECADES * min(typical):
+        return
+    if min(values) > 0:
+        ax.set_yscale("log")
+    else:
+        ax.set_yscale("symlog", linthresh=min(typical))
+    ax.margins(y=0.1)  # in decades now: the outermost points off the frame
+
+
+def _lows(curves: list[Curve]) -> list[float]:
+    return [m - se for c in curves for m, se in zip(c.llc_mean, c.llc_se, strict=True)]
+
+
+def _trust(curve: Curve) -> list[bool | None]:
+    return curve.trusted or [None] * len(curve.steps)
+
+
+def _colors(names: list[str]) -> dict[str, Any]:
+    return {name: f"C{i % 10}" for i, name in enumerate(names)}
+
+
+def _handle(color: Any, label: str) -> Line2D:
+    return Line2D([], [], color=color, marker="o", label=label)
+
+
+def _short(series: str, problem: str, sampler: str) -> str:
+    """A series' name less what its panel's title says: `net-sgld-s0-gamma=10` → `s0-gamma=10`."""
+    return series.removeprefix(f"{problem}-").removeprefix(f"{sampler}-") or series
+
+
+def _most_steps(curves: list[Curve]) -> int:
+    by_problem: dict[str, set[int]] = defaultdict(set)
+    for curve in curves:
+        by_problem[curve.problem].update(curve.steps)
+    return max(len(steps) for steps in by_problem.values())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _step_scale(ax: Axes, steps: list[int]) -> None:
@@ -64,62 +242,27 @@ def _step_scale(ax: Axes, steps: list[int]) -> None:
         ax.set_xscale("log")
 
 
-def _loss_axis(ax: Axes, curves: list[Curve]) -> None:
+def _loss_axis(ax: Axes, curves: list[Curve]) -> list[Line2D]:
     """L0 at each checkpoint, dashed on a second axis: one line per panel, since every cell of a checkpoint
-    on the same data reports the same L0 (where a grid changes the data, the mean at each step)."""
+    on the same data reports the same L0 (where a grid changes the data, the mean at each step). Returns
+    the line for the legend (none without L0)."""
     at_step: dict[int, list[float]] = defaultdict(list)
     for curve in curves:
         for step, loss in zip(curve.steps, curve.loss, strict=True):
             if loss is not None:
                 at_step[step].append(loss)
     if not at_step:
-        return
+        return []
     steps = sorted(at_step)
     losses = [sum(at_step[s]) / len(at_step[s]) for s in steps]
     twin = ax.twinx()
     ax.set_zorder(twin.get_zorder() + 1)  # the estimates drawn over the loss, on a see-through panel
     ax.patch.set_visible(False)
-    twin.plot(steps, losses, ls="--", color="0.45", marker=".", label="L0 (training loss)")
+    (line,) = twin.plot(steps, losses, ls="--", color="0.45", marker=".", label="L0 (training loss)")
     if min(losses) > 0 and max(losses) >= 100 * min(losses):
         twin.set_yscale("log")
     twin.set_ylabel("L0 (training loss at the checkpoint)", color="0.35")
-    twin.legend(fontsize="small", loc="upper right")
-
-
-def _llc_by_sampler(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One panel per problem: each cell's LLC ± standard error per sampler, the true LLC dashed."""
-    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_problem[str(row["problem"] or "")].append(row)
-    fig = Figure(figsize=(4 * len(by_problem), 4), layout="constrained")
-    axes = fig.subplots(1, len(by_problem), squeeze=False)[0]
-    for ax, (problem, members) in zip(axes, sorted(by_problem.items()), strict=True):
-        samplers = sorted({str(r["sampler"]) for r in members})
-        for i, sampler in enumerate(samplers):
-            cells = [r for r in members if str(r["sampler"]) == sampler]
-            offsets = [
-                i + 0.3 * (k / max(len(cells) - 1, 1) - 0.5) * (len(cells) > 1) for k in range(len(cells))
-            ]
-            ax.errorbar(
-                offsets,
-                [r["llc_mean"] for r in cells],
-                yerr=[r.get("llc_se") or 0 for r in cells],
-                fmt="o",
-                capsize=3,
-            )
-        truth = next((r["llc_true"] for r in members if isinstance(r.get("llc_true"), int | float)), None)
-        if truth is not None:
-            ax.axhline(truth, color="k", ls="--", lw=1, label=f"true LLC = {truth:g}")
-            ax.legend(fontsize="small")
-        ax.set(
-            title=problem or "all cells",
-            xticks=range(len(samplers)),
-            xticklabels=samplers,
-            ylabel="LLC estimate ± se",
-        )
-    fig.suptitle("LLC by problem and sampler (one point per cell)")
-    fig.savefig(path, dpi=110)
-    return path
+    return [line]
 
 
 def _durations(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -1,16 +1,21 @@
-"""Summarize a results table: counts, durations, the best cell, LLC by problem and sampler, and LLC
-over training (a sweep over checkpoints)."""
+"""Summarize a results table: counts, how many estimates can be trusted and why not, durations, the best
+cell, LLC by problem and sampler, and LLC over training (a sweep over checkpoints)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from llc.run.health import FIXES
+
 MAX_LISTED_ERRORS = 20
 MAX_LISTED_STEPS = 40
+MAX_LISTED_FLAGS = 5
+FLAGS_DOC = "docs/diagnostics.md#flags-runs-that-cannot-be-trusted"
+UNTRUSTED_MARK = "†"
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class Curve:
     llc_mean: list[float]
     llc_se: list[float]
     loss: list[float | None]  # L0, the training loss at each checkpoint
+    sampler: str = ""
+    trusted: list[bool | None] = field(default_factory=list)  # None: the experiment does not say
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class Summary:
     total_duration_s: float
     best_by: str
     best: dict[str, Any] | None
+    trusted: int = 0  # estimates whose run passed every check
+    untrusted: int = 0  # estimates that a check flagged (results.csv `flags`)
+    flags: list[tuple[str, int]] = field(default_factory=list)  # flag and cells, most common first
     by_sampler: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     over_training: list[Curve] = field(default_factory=list)
@@ -60,6 +70,9 @@ def summarize(rows: list[dict[str, Any]], best_by: str) -> Summary:
         total_duration_s=sum(durations),
         best_by=best_by,
         best=_best(ok, best_by),
+        trusted=sum(r.get("trusted") is True for r in ok),
+        untrusted=sum(r.get("trusted") is False for r in ok),
+        flags=Counter(flag for r in ok if r.get("trusted") is False for flag in flag_names(r)).most_common(),
         by_sampler=_by_sampler(ok),
         errors=[r for r in rows if r["status"] == "error"],
         over_training=training_curves(rows),
@@ -81,8 +94,15 @@ def training_curves(rows: list[dict[str, Any]]) -> list[Curve]:
             llc_mean=[float(r["llc_mean"]) for r in members],
             llc_se=[float(r["llc_se"]) if _number(r.get("llc_se")) else 0.0 for r in members],
             loss=[float(r["L0"]) if _number(r.get("L0")) else None for r in members],
+            sampler=str(members[0]["sampler"]), trusted=[r.get("trusted") for r in members],
         ))  # fmt: skip
     return curves
+
+
+def flag_names(row: dict[str, Any]) -> list[str]:
+    """The checks a row's run failed: results.csv joins them with `;`."""
+    flags = row.get("flags")
+    return [name for name in str(flags).split(";") if name] if flags else []
 
 
 def _best(rows: list[dict[str, Any]], best_by: str) -> dict[str, Any] | None:
@@ -106,6 +126,7 @@ def _by_sampler(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         errors = [abs(r["llc_rel_error"]) for r in members if isinstance(r.get("llc_rel_error"), int | float)]
         out.append({
             "problem": problem, "sampler": sampler, "cells": len(members),
+            "trusted": _trusted_of(members),
             "llc_mean": statistics.fmean(r["llc_mean"] for r in members),
             "llc_true": members[0].get("llc_true"),
             "mean_abs_rel_error": statistics.fmean(errors) if errors else None,
@@ -129,12 +150,17 @@ def to_markdown(
         counts.insert(3, s.cancelled)
         header.insert(3, "cancelled")
     lines = [f"# Sweep `{sweep_id}`", "", *_table(header, [counts]), "", f"Results: `{results_path}`", ""]
+    lines += _trust(s)
     if s.best is not None:
         metric = s.best_by.partition(":")[2]
-        lines += [f"Best cell by {s.best_by}: **{s.best['cell']}** ({metric} = {_fmt(s.best[metric])})", ""]
+        untrusted = f"; untrusted: {', '.join(flag_names(s.best))}" if s.best.get("trusted") is False else ""
+        lines += [
+            f"Best cell by {s.best_by}: **{s.best['cell']}** ({metric} = {_fmt(s.best[metric])}{untrusted})",
+            "",
+        ]
     if s.by_sampler:
-        keys = ["problem", "sampler", "cells", "llc_mean", "llc_true", "mean_abs_rel_error"]
-        header = ["problem", "sampler", "cells", "mean LLC", "true LLC", "mean abs rel. error"]
+        keys = ["problem", "sampler", "cells", "trusted", "llc_mean", "llc_true", "mean_abs_rel_error"]
+        header = ["problem", "sampler", "cells", "trusted", "mean LLC", "true LLC", "mean abs rel. error"]
         lines += ["## LLC by sampler", "", *_table(header, [[g[k] for k in keys] for g in s.by_sampler]), ""]
     if s.over_training:
         lines += ["## LLC over training", "", *_over_training(s.over_training), ""]
@@ -152,10 +178,39 @@ def to_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _trust(s: Summary) -> list[str]:
+    """How many finished cells passed every check of their run, and the checks the others failed most."""
+    if not s.trusted and not s.untrusted:
+        return []  # an experiment that does not check its runs
+    checked = s.trusted + s.untrusted
+    lines = ["## Trust", "", f"**{s.trusted} of {checked} cells trusted, {s.untrusted} untrusted**"]
+    if not s.flags:
+        return [*lines, ""]
+    lines[-1] += (
+        f": their runs failed a check, so their numbers are not to be read as estimates (each cell's "
+        f"checks are in results.csv `flags`; {FLAGS_DOC})."
+    )
+    listed = [[f"`{name}`", cells, FIXES.get(name, "-")] for name, cells in s.flags[:MAX_LISTED_FLAGS]]
+    lines += ["", *_table(["flag", "cells", "what it means, what to change"], listed)]
+    if len(s.flags) > MAX_LISTED_FLAGS:
+        lines += ["", f"... and {len(s.flags) - MAX_LISTED_FLAGS} more flags in results.csv"]
+    return [*lines, ""]
+
+
+def _trusted_of(rows: list[dict[str, Any]]) -> str | None:
+    """`trusted/checked` over the rows whose run was checked; None when none was."""
+    checked = [r["trusted"] for r in rows if isinstance(r.get("trusted"), bool)]
+    return f"{sum(checked)}/{len(checked)}" if checked else None
+
+
 def _over_training(curves: list[Curve]) -> list[str]:
-    """λ̂ ± se of each series (a column) at each checkpoint's step (a row), with L0 there."""
-    cells = {(c.series, step): f"{m:.4g} ± {se:.2g}" for c in curves
-             for step, m, se in zip(c.steps, c.llc_mean, c.llc_se, strict=True)}  # fmt: skip
+    """λ̂ ± se of each series (a column) at each checkpoint's step (a row), with L0 there; an untrusted
+    estimate carries a mark."""
+    cells = {
+        (c.series, step): f"{m:.4g} ± {se:.2g}" + (f" {UNTRUSTED_MARK}" if trusted is False else "")
+        for c in curves
+        for step, m, se, trusted in zip(c.steps, c.llc_mean, c.llc_se, _trust_of(c), strict=True)
+    }
     losses: dict[int, list[float]] = defaultdict(list)
     for curve in curves:
         for step, loss in zip(curve.steps, curve.loss, strict=True):
@@ -172,7 +227,13 @@ def _over_training(curves: list[Curve]) -> list[str]:
         if len(steps) > MAX_LISTED_STEPS
         else []
     )
+    if any(t is False for c in curves for t in c.trusted):
+        more += ["", f"{UNTRUSTED_MARK} untrusted: the run failed a check (results.csv `flags`)"]
     return [*_table(["step", "L0", *(c.series for c in curves)], rows), *more]
+
+
+def _trust_of(curve: Curve) -> list[bool | None]:
+    return curve.trusted or [None] * len(curve.steps)
 
 
 def _number(value: Any) -> bool:
