@@ -65,7 +65,7 @@ def test_a_deployment_run_takes_the_study_to_completed_with_one_task_run_per_cel
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     assert flow_run.state_name == "Completed", sweep_run.worker_output
-    assert flow_run.name == "sweep-server-probe"
+    assert flow_run.name == f"server-probe-{str(flow_run_id)[:6]}"  # the study's name and a short id
     assert flow_run.deployment_id == deployment.id
     assert flow_run.parameters["backend"] == "local"  # the deployment's default, merged with the run's
     assert {t.name: t.state_name for t in task_runs} == CELLS

@@ -47,7 +47,7 @@ def test_the_ui_shows_the_flow_run_with_its_cells_logs_and_artifacts(
         page.goto(flow_run_page)
         # The header and the default Logs tab: the run's name, state, deployment and the flow's own log.
         logs = page.wait_for(lambda text: f"sweep {sweep_id} finished in" in text)
-        assert "sweep-server-probe" in logs and "Completed" in logs
+        assert f"server-probe-{sweep_run.flow_run_id[:6]}" in logs and "Completed" in logs
         assert "llc-process" in logs and "3 Task runs" in logs
         tasks = open_tab(page, "Task Runs", *CELLS)
         assert "(2 Completed, 1 Failed)" in tasks or ("2 Completed" in tasks and "1 Failed" in tasks)

@@ -211,3 +211,13 @@ def test_the_cli_runs_a_study_prints_the_results_path_and_summarizes_it(tmp_path
     assert "| 2 | 2 | 0 | 0 | 100.0% |" in status.stdout
     bad = CliRunner().invoke(app, ["sweep", "--study", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "cannot read study file" in bad.output
+
+
+def test_a_flow_run_is_named_after_its_studys_name_or_file(tmp_path: Path) -> None:
+    from llc.sweeps.flow import study_name
+
+    named, unnamed = tmp_path / "study.yaml", tmp_path / "digits-over-training.yaml"
+    named.write_text("name: digits\nbase: {chains: 2}\n")
+    unnamed.write_text("base: {chains: 2}\n")
+    assert study_name(named) == "digits" and study_name(str(unnamed)) == "digits-over-training"
+    assert study_name({"name": "calibrate-sgld"}) == "calibrate-sgld" and study_name({}) == "inline"

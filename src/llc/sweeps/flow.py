@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
@@ -86,8 +87,24 @@ def run_cell_task(cell: Cell, runs_dir: Path, skip: bool, backend: Backend, time
 
 
 def _run_name() -> str:
+    """`<study name>-<short id>`: the study's `name` (else its file's stem), so that the Prefect UI tells
+    apart sweeps whose files are all called study.yaml."""
     study = flow_run.parameters.get("study") or load_settings().study
-    return f"sweep-{Path(study).stem}" if isinstance(study, str | Path) else "sweep-inline"
+    return f"{study_name(study)}-{str(flow_run.id or '')[:6] or 'local'}"
+
+
+def study_name(study: str | Path | dict[str, Any] | None) -> str:
+    """A study's `name` as its file or mapping gives it, else its file's stem (`inline` for a mapping)."""
+    if isinstance(study, dict):
+        return str(study.get("name") or "inline")
+    if study is None:
+        return "sweep"
+    try:
+        data = yaml.safe_load(Path(study).read_text())
+    except (OSError, yaml.YAMLError):
+        data = None
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name or Path(study).stem)
 
 
 @flow(name="sweep", flow_run_name=_run_name, persist_result=False)
