@@ -14,6 +14,7 @@ import importlib.util
 from pathlib import Path
 
 from llc.errors import ConfigError
+from llc.imports import check_reference
 
 
 def reference_fingerprint(model: str | None, data: str | None, loss: str, weights: str | None) -> str:
@@ -21,6 +22,7 @@ def reference_fingerprint(model: str | None, data: str | None, loss: str, weight
     digest = hashlib.sha256()
     for key, reference in (("model", model), ("data", data), ("loss", loss)):
         if reference is not None and ":" in reference:
+            check_reference(reference, key)
             digest.update(_package_source_hash(reference.partition(":")[0], key).encode())
     if weights is not None:
         digest.update(_file_hash(weights).encode())
