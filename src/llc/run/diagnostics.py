@@ -67,6 +67,23 @@ def summarize(llc: np.ndarray) -> dict[str, float]:
     }
 
 
+def trend(llc: np.ndarray) -> dict[str, float]:
+    """Whether the estimate was still rising: the mean LLC of the last quarter of the draws over the
+    second quarter's, as a fraction of the estimate (`llc_rise`) and in standard errors (`llc_rise_z`),
+    with the chains' spread of that rise as its standard error (chains are independent, draws are not)."""
+    draws = np.asarray(llc, dtype=float)[finite_chains(llc)]
+    if draws.shape[0] < 2 or draws.shape[1] < 8:
+        return {}
+    quarters = np.stack([q.mean(axis=1) for q in np.array_split(draws, 4, axis=1)], axis=1)
+    rise = quarters[:, 3] - quarters[:, 1]
+    se = float(np.std(rise, ddof=1)) / math.sqrt(rise.size)
+    scale = abs(float(np.mean(draws)))
+    return {
+        "llc_rise": float(np.mean(rise)) / scale if scale > 0 else math.nan,
+        "llc_rise_z": float(np.mean(rise)) / se if se > 0 else math.nan,
+    }
+
+
 def write_netcdf(idata: az.InferenceData, path: Path) -> Path:
     """Write idata to path atomically: a reader sees the old file or the complete new one, never a part."""
     path = Path(path)

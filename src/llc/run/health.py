@@ -30,6 +30,12 @@ HEATING_CEILING = 0.1
 # localization γ shrinks the estimate by about γ/(2·nβ): at γ ≤ 0.1·nβ by 5% or less, and the run
 # estimates λ, not the localized LLC (γ = 100 at n = 5000 is 0.17·nβ, and read 10-35% low).
 LAMBDA_GAMMA_FRACTION = 0.1
+# Chains still filling the posterior: the last quarter's mean LLC above the second quarter's by this many
+# standard errors (the chains' spread of that rise) and by this fraction of the estimate. MEASURED_RISE
+RISE_Z = 3.0
+RISE_FRACTION = 0.05
+# An estimate within this many standard errors of 0: the chains never climbed measurably above L0.
+NEVER_LEFT_Z = 5.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ def assess(metrics: dict[str, Any], chains: int, sampler: str, target_accept: fl
                 f"of it) where the chains ended: {fix}",
             )
         )
+    flags += _unfilled(metrics)
     if llc is not None and llc < 0:
         flags.append(
             Flag(
@@ -133,3 +140,29 @@ def lambda_note(gamma: float, nbeta: float) -> str:
         f"LLC, which lies below λ (by 10-35% on the built-in linear networks at gamma=100); set "
         f"gamma <= {LAMBDA_GAMMA_FRACTION * nbeta:.3g} to estimate λ and get llc_rel_error"
     )
+
+
+def _unfilled(metrics: dict[str, Any]) -> list[Flag]:
+    """The chains have not filled the posterior: the estimate still rising, or the chains never left w*."""
+    flags = []
+    llc, se = metrics.get("llc_mean"), metrics.get("llc_se")
+    rise, rise_z = metrics.get("llc_rise"), metrics.get("llc_rise_z")
+    if rise is not None and rise_z is not None and rise > RISE_FRACTION and rise_z > RISE_Z:
+        flags.append(
+            Flag(
+                "still_rising",
+                f"the mean LLC of the last quarter of draws is {rise:.0%} above the second quarter's "
+                f"({rise_z:.1f} standard errors): the chains are still filling the posterior; raise steps "
+                "(or step_size)",
+            )
+        )
+    if llc is not None and se is not None and 0 <= llc < NEVER_LEFT_Z * se:
+        flags.append(
+            Flag(
+                "never_left_w_star",
+                f"the LLC {llc:.3g} is within {NEVER_LEFT_Z:g} standard errors ({se:.2g}) of 0: the chains "
+                "never rose measurably above L0; lower gamma (the localization may hold them at w*) or "
+                "raise step_size and steps",
+            )
+        )
+    return flags
