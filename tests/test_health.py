@@ -14,9 +14,9 @@ from llc.config import build_config
 from llc.model.network import MLP
 from llc.problems import build_problem
 from llc.problems.optimum import best_linear_loss
+from llc.run.diagnostics import summarize, trend
 from llc.run.erm import train
 from llc.run.experiment import run_llc
-from llc.run.diagnostics import summarize, trend
 from llc.run.health import MALA_FLOOR, assess
 from llc.sweeps.results import result_rows
 
