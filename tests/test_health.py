@@ -14,7 +14,7 @@ from llc.config import build_config
 from llc.model.network import MLP
 from llc.problems import build_problem
 from llc.problems.optimum import best_linear_loss
-from llc.run.diagnostics import summarize, trend
+from llc.run.diagnostics import spread, summarize, trend
 from llc.run.erm import train
 from llc.run.experiment import run_llc
 from llc.run.health import MALA_FLOOR, assess
@@ -123,9 +123,10 @@ def test_chains_the_minibatch_noise_heats_are_flagged_with_the_heating(tmp_path)
     assert "minibatch_noise_heats" not in cool["flags"]
 
 
-def _flags_of(llc: np.ndarray) -> list[str]:
-    """The flags a trace of per-draw LLC raises through a run's path: its summary and trend, then assess."""
-    metrics = {**summarize(llc), **trend(llc), "chains_diverged": 0}
+def _flags_of(llc: np.ndarray, w_proj: np.ndarray | None = None, gamma: float = 1.0) -> list[str]:
+    """The flags a trace raises through a run's path: its summary, trend and spread, then assess."""
+    w_proj = np.zeros((*llc.shape, 0)) if w_proj is None else w_proj
+    metrics = {**summarize(llc), **trend(llc), **spread(llc, w_proj, gamma), "chains_diverged": 0}
     return [f.name for f in assess(metrics, llc.shape[0], "sgld", 0.8)]
 
 
@@ -143,6 +144,19 @@ def test_an_estimate_still_rising_through_the_run_is_flagged_and_a_settled_one_i
     # Rising by a significant but small amount (2%) is within what a run of this length may keep.
     slight = _settled(rng) + np.linspace(-0.2, 0.2, 2000)[None, :]
     assert "still_rising" not in _flags_of(slight)
+
+
+def test_chains_still_diffusing_far_inside_the_localization_radius_are_flagged_as_leaving_soft_directions():
+    rng = np.random.default_rng(1)
+    llc = _settled(rng)
+    # A free random walk of step 1e-3 (the distance a tiny SGLD step covers in 2,000 steps): at 1/1000 of
+    # the localization's 1/gamma = 1, still growing.
+    walking = np.cumsum(rng.normal(0.0, 1e-3, size=(8, 2000, 3)), axis=1)
+    assert _flags_of(llc, walking) == ["soft_directions_unfilled"]
+    # As close to w*, but settled (a regular model's stiff directions): filled.
+    assert _flags_of(llc, rng.normal(0.0, 0.03, size=(8, 2000, 3))) == []
+    # Still spreading, but out to a good part of the localization radius: the soft directions are reached.
+    assert _flags_of(llc, 10 * walking, gamma=1.0) == []
 
 
 def test_chains_whose_loss_never_rose_above_l0_are_flagged_as_never_leaving_w_star():

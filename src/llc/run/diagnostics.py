@@ -84,6 +84,18 @@ def trend(llc: np.ndarray) -> dict[str, float]:
     }
 
 
+def spread(llc: np.ndarray, w_proj: np.ndarray, gamma: float) -> dict[str, float]:
+    """How far the chains went from w* along the trace's random directions: γ·E[((w - w*)·u)²] over the
+    last quarter of the draws (`spread_gamma`: 1 where the localization alone bounds them) and its growth
+    from the second quarter (`spread_growth`: about 2 for a free random walk, 1 once bounded)."""
+    proj = np.asarray(w_proj, dtype=float)[finite_chains(llc)]
+    if gamma <= 0 or proj.shape[0] == 0 or proj.shape[1] < 8 or proj.shape[2] == 0:
+        return {}
+    quarters = [float(np.mean(np.square(q))) for q in np.array_split(proj, 4, axis=1)]
+    growth = quarters[3] / quarters[1] if quarters[1] > 0 else math.nan
+    return {"spread_gamma": gamma * quarters[3], "spread_growth": growth}
+
+
 def write_netcdf(idata: az.InferenceData, path: Path) -> Path:
     """Write idata to path atomically: a reader sees the old file or the complete new one, never a part."""
     path = Path(path)
