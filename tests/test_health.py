@@ -123,10 +123,12 @@ def test_chains_the_minibatch_noise_heats_are_flagged_with_the_heating(tmp_path)
     assert "minibatch_noise_heats" not in cool["flags"]
 
 
-def _flags_of(llc: np.ndarray, w_proj: np.ndarray | None = None, gamma: float = 1.0) -> list[str]:
+def _flags_of(
+    llc: np.ndarray, w_proj: np.ndarray | None = None, gamma: float = 1.0, d: int = 100
+) -> list[str]:
     """The flags a trace raises through a run's path: its summary, trend and spread, then assess."""
     w_proj = np.zeros((*llc.shape, 0)) if w_proj is None else w_proj
-    metrics = {**summarize(llc), **trend(llc), **spread(llc, w_proj, gamma), "chains_diverged": 0}
+    metrics = {**summarize(llc), **trend(llc), **spread(llc, w_proj, gamma), "chains_diverged": 0, "d": d}
     return [f.name for f in assess(metrics, llc.shape[0], "sgld", 0.8)]
 
 
@@ -164,3 +166,10 @@ def test_chains_whose_loss_never_rose_above_l0_are_flagged_as_never_leaving_w_st
     # Minibatch noise around L0 and nothing else: the estimate is 0 within its standard error.
     assert _flags_of(rng.normal(0.001, 0.05, size=(8, 2000))) == ["never_left_w_star"]
     assert "never_left_w_star" not in _flags_of(_settled(rng, level=0.5))
+
+
+def test_an_estimate_above_d_half_is_flagged_and_one_a_few_percent_above_it_is_not():
+    rng = np.random.default_rng(4)
+    # Regular models: SGLD reads a few % above d/2 and is within 10%; three times d/2 is the sampler's heat.
+    assert _flags_of(_settled(rng, level=10.5), d=20) == []
+    assert _flags_of(_settled(rng, level=30.0), d=20) == ["llc_above_d_half"]

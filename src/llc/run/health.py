@@ -45,6 +45,11 @@ RISE_FRACTION = 0.05
 # model's chains sit at 0.001 without growing (linear [4,3], growth 1.01).
 SPREAD_GAMMA_FLOOR = 0.01
 SPREAD_GROWTH = 1.3
+# No learning coefficient exceeds d/2 (a regular model's); an estimate above it by more than this factor is
+# the sampler's heat. Measured: SGLD reads regular models up to 7% above d/2 (linear [4,3] and [6,5], full
+# preset, both within 10%), while a fixed step of 1e-4 without warm-up read dln [10,20,20,10] at 2.7·d/2
+# (1071 against λ = 50) and dln [8,6,6,6,8] at 200·d/2, both trusted before.
+D_HALF_CEILING = 1.2
 # An estimate within this many standard errors of 0: the chains never climbed measurably above L0, and no
 # relative error can be claimed. Measured with llc.estimate's defaults (γ = 100, nβ = 145) on devinterp's
 # normal crossing x·w1·w2 (λ = 0.5): SGLD 0.014 ± 0.009 and HMC 0.043 ± 0.012 (3.8 se) were trusted; the
@@ -130,7 +135,7 @@ def assess(metrics: dict[str, Any], chains: int, sampler: str, target_accept: fl
                 f"of it) where the chains ended: {fix}",
             )
         )
-    flags += _unfilled(metrics)
+    flags += _unsettled(metrics)
     if llc is not None and llc < 0:
         flags.append(
             Flag(
@@ -156,8 +161,8 @@ def lambda_note(gamma: float, nbeta: float) -> str:
     )
 
 
-def _unfilled(metrics: dict[str, Any]) -> list[Flag]:
-    """The chains have not filled the posterior: still rising, soft directions unfilled, or never left w*."""
+def _unsettled(metrics: dict[str, Any]) -> list[Flag]:
+    """Estimates a filled posterior cannot give: still rising, soft directions unfilled, above d/2, 0."""
     flags = []
     llc, se = metrics.get("llc_mean"), metrics.get("llc_se")
     rise, rise_z = metrics.get("llc_rise"), metrics.get("llc_rise_z")
@@ -179,6 +184,16 @@ def _unfilled(metrics: dict[str, Any]) -> list[Flag]:
                 f"draws to the last) and reached {reach:.2g} of the localization's 1/gamma along random "
                 "directions: the soft directions are not filled and the estimate reads low; raise steps, "
                 "or use a sampler that moves further per step (hmc, or sgld with a preconditioner)",
+            )
+        )
+    d = metrics.get("d")
+    if llc is not None and d and llc > D_HALF_CEILING * d / 2:
+        flags.append(
+            Flag(
+                "llc_above_d_half",
+                f"the LLC {llc:.4g} exceeds d/2 = {d / 2:g}, which no learning coefficient does: the step "
+                "size (or the minibatch noise) heats the chains; lower step_size, or use step_size=auto "
+                "with warmup (and eval_every for the MALA check)",
             )
         )
     if llc is not None and se is not None and 0 <= llc < NEVER_LEFT_Z * se:
