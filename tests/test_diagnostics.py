@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llc.run.diagnostics import summarize, to_inference_data, write_netcdf
+from llc.run.diagnostics import summarize, to_inference_data, trend, write_netcdf
 from llc.run.plots import draw_plots
 
 C, T, P = 4, 1000, 3
@@ -175,3 +175,13 @@ def test_plots_drop_diverged_chains_and_skip_what_needs_more_chains(
     assert {p.name for p in one_left} == LLC_PLOTS - {"llc_rank.png"}
     _assert_pngs(one_left)
     assert draw_plots(_run(np.full((2, 100), np.nan), rng), tmp_path / "none") == []
+
+
+def test_the_trend_compares_the_last_quarter_with_the_second_in_the_chains_standard_errors() -> None:
+    rng = np.random.default_rng(3)
+    flat = rng.normal(10.0, 1.0, size=(C, T))
+    steps = flat + np.repeat([0.0, 0.0, 1.0, 2.0], T // 4)[None, :]  # +2 from quarter 2 to quarter 4
+    assert trend(steps)["llc_rise"] == pytest.approx(2.0 / np.mean(steps), rel=0.05)
+    assert trend(steps)["llc_rise_z"] > 10 and abs(trend(flat)["llc_rise_z"]) < 3
+    # One chain gives no standard error of the rise, and a short trace no quarters.
+    assert trend(flat[:1]) == {} and trend(flat[:, :4]) == {}

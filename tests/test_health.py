@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from typer.testing import CliRunner
 
@@ -13,9 +14,10 @@ from llc.config import build_config
 from llc.model.network import MLP
 from llc.problems import build_problem
 from llc.problems.optimum import best_linear_loss
+from llc.run.diagnostics import spread, summarize, trend
 from llc.run.erm import train
 from llc.run.experiment import run_llc
-from llc.run.health import MALA_FLOOR
+from llc.run.health import MALA_FLOOR, assess
 from llc.sweeps.results import result_rows
 
 RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "n_data": 500, "chains": 4, "steps": 100}
@@ -98,8 +100,6 @@ def test_a_known_lambda_run_under_strong_localization_carries_a_note_not_a_relat
 
 
 def test_chains_that_disagree_are_flagged():
-    from llc.run.health import assess
-
     def flags(r_hat: float) -> list[str]:
         metrics = {"chains_used": 8, "chains_diverged": 0, "r_hat": r_hat, "llc_mean": 5.0}
         return [f.name for f in assess(metrics, 8, "sgld", 0.8)]
@@ -121,3 +121,55 @@ def test_chains_the_minibatch_noise_heats_are_flagged_with_the_heating(tmp_path)
     cool = run(friction=0.3, batch_size=16)
     assert cool["minibatch_heating"] < hot["minibatch_heating"] / 10
     assert "minibatch_noise_heats" not in cool["flags"]
+
+
+def _flags_of(
+    llc: np.ndarray, w_proj: np.ndarray | None = None, gamma: float = 1.0, d: int = 100
+) -> list[str]:
+    """The flags a trace raises through a run's path: its summary, trend and spread, then assess."""
+    w_proj = np.zeros((*llc.shape, 0)) if w_proj is None else w_proj
+    metrics = {**summarize(llc), **trend(llc), **spread(llc, w_proj, gamma), "chains_diverged": 0, "d": d}
+    return [f.name for f in assess(metrics, llc.shape[0], "sgld", 0.8)]
+
+
+def _settled(rng: np.random.Generator, level: float = 10.0, chains: int = 8, draws: int = 2000) -> np.ndarray:
+    return level + rng.normal(0.0, 2.0, size=(chains, draws))
+
+
+def test_an_estimate_still_rising_through_the_run_is_flagged_and_a_settled_one_is_not():
+    rng = np.random.default_rng(0)
+    # Half a standard deviation per quarter, lost in the noise draw by draw: +20% from quarter 2 to 4.
+    rising = _settled(rng) + np.linspace(8.0, 12.0, 2000)[None, :] - 10.0
+    assert "still_rising" in _flags_of(rising)
+    for seed in range(5):
+        assert _flags_of(_settled(np.random.default_rng(seed))) == []
+    # Rising by a significant but small amount (2%) is within what a run of this length may keep.
+    slight = _settled(rng) + np.linspace(-0.2, 0.2, 2000)[None, :]
+    assert "still_rising" not in _flags_of(slight)
+
+
+def test_chains_still_diffusing_far_inside_the_localization_radius_are_flagged_as_leaving_soft_directions():
+    rng = np.random.default_rng(1)
+    llc = _settled(rng)
+    # A free random walk of step 1e-3 (the distance a tiny SGLD step covers in 2,000 steps): at 1/1000 of
+    # the localization's 1/gamma = 1, still growing.
+    walking = np.cumsum(rng.normal(0.0, 1e-3, size=(8, 2000, 3)), axis=1)
+    assert _flags_of(llc, walking) == ["soft_directions_unfilled"]
+    # As close to w*, but settled (a regular model's stiff directions): filled.
+    assert _flags_of(llc, rng.normal(0.0, 0.03, size=(8, 2000, 3))) == []
+    # Still spreading, but out to a good part of the localization radius: the soft directions are reached.
+    assert _flags_of(llc, 10 * walking, gamma=1.0) == []
+
+
+def test_chains_whose_loss_never_rose_above_l0_are_flagged_as_never_leaving_w_star():
+    rng = np.random.default_rng(2)
+    # Minibatch noise around L0 and nothing else: the estimate is 0 within its standard error.
+    assert _flags_of(rng.normal(0.001, 0.05, size=(8, 2000))) == ["never_left_w_star"]
+    assert "never_left_w_star" not in _flags_of(_settled(rng, level=0.5))
+
+
+def test_an_estimate_above_d_half_is_flagged_and_one_a_few_percent_above_it_is_not():
+    rng = np.random.default_rng(4)
+    # Regular models: SGLD reads a few % above d/2 and is within 10%; three times d/2 is the sampler's heat.
+    assert _flags_of(_settled(rng, level=10.5), d=20) == []
+    assert _flags_of(_settled(rng, level=30.0), d=20) == ["llc_above_d_half"]

@@ -67,6 +67,35 @@ def summarize(llc: np.ndarray) -> dict[str, float]:
     }
 
 
+def trend(llc: np.ndarray) -> dict[str, float]:
+    """Whether the estimate was still rising: the mean LLC of the last quarter of the draws over the
+    second quarter's, as a fraction of the estimate (`llc_rise`) and in standard errors (`llc_rise_z`),
+    with the chains' spread of that rise as its standard error (chains are independent, draws are not)."""
+    draws = np.asarray(llc, dtype=float)[finite_chains(llc)]
+    if draws.shape[0] < 2 or draws.shape[1] < 8:
+        return {}
+    quarters = np.stack([q.mean(axis=1) for q in np.array_split(draws, 4, axis=1)], axis=1)
+    rise = quarters[:, 3] - quarters[:, 1]
+    se = float(np.std(rise, ddof=1)) / math.sqrt(rise.size)
+    scale = abs(float(np.mean(draws)))
+    return {
+        "llc_rise": float(np.mean(rise)) / scale if scale > 0 else math.nan,
+        "llc_rise_z": float(np.mean(rise)) / se if se > 0 else math.nan,
+    }
+
+
+def spread(llc: np.ndarray, w_proj: np.ndarray, gamma: float) -> dict[str, float]:
+    """How far the chains went from w* along the trace's random directions: γ·E[((w - w*)·u)²] over the
+    last quarter of the draws (`spread_gamma`: 1 where the localization alone bounds them) and its growth
+    from the second quarter (`spread_growth`: about 2 for a free random walk, 1 once bounded)."""
+    proj = np.asarray(w_proj, dtype=float)[finite_chains(llc)]
+    if gamma <= 0 or proj.shape[0] == 0 or proj.shape[1] < 8 or proj.shape[2] == 0:
+        return {}
+    quarters = [float(np.mean(np.square(q))) for q in np.array_split(proj, 4, axis=1)]
+    growth = quarters[3] / quarters[1] if quarters[1] > 0 else math.nan
+    return {"spread_gamma": gamma * quarters[3], "spread_growth": growth}
+
+
 def write_netcdf(idata: az.InferenceData, path: Path) -> Path:
     """Write idata to path atomically: a reader sees the old file or the complete new one, never a part."""
     path = Path(path)

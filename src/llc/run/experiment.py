@@ -195,6 +195,8 @@ def build_metrics(
         "L0": loss0,
         "llc_true": problem.llc_true,
         **summary,
+        **diagnostics.trend(trace.llc),
+        **diagnostics.spread(trace.llc, trace.w_proj, config.gamma),
         "chains_diverged": int((trace.diverged_at >= 0).sum()),
         "diverged_chains": [int(c) for c in np.flatnonzero(trace.diverged_at >= 0)],
         "t_erm_s": t_erm,

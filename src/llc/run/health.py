@@ -30,6 +30,31 @@ HEATING_CEILING = 0.1
 # localization γ shrinks the estimate by about γ/(2·nβ): at γ ≤ 0.1·nβ by 5% or less, and the run
 # estimates λ, not the localized LLC (γ = 100 at n = 5000 is 0.17·nβ, and read 10-35% low).
 LAMBDA_GAMMA_FRACTION = 0.1
+# Chains still filling the posterior: the last quarter's mean LLC above the second quarter's by this many
+# standard errors (the chains' spread of that rise) and by this fraction of the estimate. Measured (full
+# preset, γ = 1): the known-λ runs within 10% rose at most 7.6% at 3.0 se (SGHMC, dln [8,6,6,6,8]) and
+# mostly fell; synthetic traces rising 20% over the run are caught (tests/test_health.py).
+RISE_Z = 3.0
+RISE_FRACTION = 0.05
+# Soft directions unfilled: along random directions (mostly the soft ones in a large model) the chains are
+# still spreading outwards like a free random walk, yet have reached a small fraction of the localization's
+# radius 1/sqrt(γ), so every direction between the loss's stiff ones and γ is only partly filled.
+# Measured (full preset, γ = 1, SGLD with step_size=auto): γ·E[proj²] 0.001 on a 947-parameter DLN
+# (widths [18,13,11,14,13,18], r = 2) reading -51%, 0.0046 on dln [8,6,6,6,8] r = 2 reading -22%, both
+# growing 2-fold; 0.021 on dln [10,20,20,10] r = 3 reading -7.8%, 0.14 on dln [4,3,3,4] (-5%); a regular
+# model's chains sit at 0.001 without growing (linear [4,3], growth 1.01).
+SPREAD_GAMMA_FLOOR = 0.01
+SPREAD_GROWTH = 1.3
+# No learning coefficient exceeds d/2 (a regular model's); an estimate above it by more than this factor is
+# the sampler's heat. Measured: SGLD reads regular models up to 7% above d/2 (linear [4,3] and [6,5], full
+# preset, both within 10%), while a fixed step of 1e-4 without warm-up read dln [10,20,20,10] at 2.7·d/2
+# (1071 against λ = 50) and dln [8,6,6,6,8] at 200·d/2, both trusted before.
+D_HALF_CEILING = 1.2
+# An estimate within this many standard errors of 0: the chains never climbed measurably above L0, and no
+# relative error can be claimed. Measured with llc.estimate's defaults (γ = 100, nβ = 145) on devinterp's
+# normal crossing x·w1·w2 (λ = 0.5): SGLD 0.014 ± 0.009 and HMC 0.043 ± 0.012 (3.8 se) were trusted; the
+# known-λ problems' runs within 10% (full preset) sit 38-155 se above 0.
+NEVER_LEFT_Z = 5.0
 
 
 # Each flag in a few words with its fix, for the tables that count flags over many runs (a run's own
@@ -125,6 +150,7 @@ def assess(metrics: dict[str, Any], chains: int, sampler: str, target_accept: fl
                 f"of it) where the chains ended: {fix}",
             )
         )
+    flags += _unsettled(metrics)
     if llc is not None and llc < 0:
         flags.append(
             Flag(
@@ -148,3 +174,50 @@ def lambda_note(gamma: float, nbeta: float) -> str:
         f"LLC, which lies below λ (by 10-35% on the built-in linear networks at gamma=100); set "
         f"gamma <= {LAMBDA_GAMMA_FRACTION * nbeta:.3g} to estimate λ and get llc_rel_error"
     )
+
+
+def _unsettled(metrics: dict[str, Any]) -> list[Flag]:
+    """Estimates a filled posterior cannot give: still rising, soft directions unfilled, above d/2, 0."""
+    flags = []
+    llc, se = metrics.get("llc_mean"), metrics.get("llc_se")
+    rise, rise_z = metrics.get("llc_rise"), metrics.get("llc_rise_z")
+    if rise is not None and rise_z is not None and rise > RISE_FRACTION and rise_z > RISE_Z:
+        flags.append(
+            Flag(
+                "still_rising",
+                f"the mean LLC of the last quarter of draws is {rise:.0%} above the second quarter's "
+                f"({rise_z:.1f} standard errors): the chains are still filling the posterior; raise steps "
+                "(or step_size)",
+            )
+        )
+    reach, growth = metrics.get("spread_gamma"), metrics.get("spread_growth")
+    if reach is not None and growth is not None and reach < SPREAD_GAMMA_FLOOR and growth > SPREAD_GROWTH:
+        flags.append(
+            Flag(
+                "soft_directions_unfilled",
+                f"the chains are still spreading from w* ({growth:.1f}-fold from the second quarter of "
+                f"draws to the last) and reached {reach:.2g} of the localization's 1/gamma along random "
+                "directions: the soft directions are not filled and the estimate reads low; raise steps, "
+                "or use a sampler that moves further per step (hmc, or sgld with a preconditioner)",
+            )
+        )
+    d = metrics.get("d")
+    if llc is not None and d and llc > D_HALF_CEILING * d / 2:
+        flags.append(
+            Flag(
+                "llc_above_d_half",
+                f"the LLC {llc:.4g} exceeds d/2 = {d / 2:g}, which no learning coefficient does: the step "
+                "size (or the minibatch noise) heats the chains; lower step_size, or use step_size=auto "
+                "with warmup (and eval_every for the MALA check)",
+            )
+        )
+    if llc is not None and se is not None and 0 <= llc < NEVER_LEFT_Z * se:
+        flags.append(
+            Flag(
+                "never_left_w_star",
+                f"the LLC {llc:.3g} is within {NEVER_LEFT_Z:g} standard errors ({se:.2g}) of 0: the chains "
+                "never rose measurably above L0; lower gamma (the localization may hold them at w*) or "
+                "raise step_size and steps",
+            )
+        )
+    return flags
