@@ -112,6 +112,9 @@ def test_every_flag_the_checks_raise_has_its_fix_in_the_tables() -> None:
             ),
             ({"chains_used": 4, "acceptance_rate_mean": 0.1, "llc_mean": -1.0}, "hmc"),
             ({"chains_used": 4, "energy_change_var_per_dim": 1.0}, "mclmc"),
+            ({"chains_used": 4, "llc_mean": 2.0, "llc_se": 1.0, "llc_rise": 0.5, "llc_rise_z": 9.0}, "hmc"),
+            ({"chains_used": 4, "spread_gamma": 1e-4, "spread_growth": 4.0}, "hmc"),
+            ({"chains_used": 4, "llc_mean": 100.0, "llc_se": 1.0, "d": 10}, "hmc"),
         ]
         for flag in assess(metrics, 4, sampler, 0.8)
     }

@@ -69,6 +69,10 @@ FIXES = {
     "erm_not_converged": "w* is not a minimum: raise erm_steps",
     "minibatch_noise_heats": "minibatch noise raises the LLC > 10%: lower step_size or raise batch_size",
     "negative_llc": "the chains found losses below L0: raise erm_steps, or gamma",
+    "still_rising": "the estimate still rises through the run: raise steps (or step_size)",
+    "soft_directions_unfilled": "the chains have not filled the soft directions: raise steps, or use hmc",
+    "llc_above_d_half": "the LLC exceeds d/2, the chains are heated: lower step_size, or step_size=auto",
+    "never_left_w_star": "the LLC is within 5 se of 0: lower gamma, or raise step_size and steps",
 }
 
 
