@@ -47,8 +47,8 @@ def calibrate(
         recommend,
         write_recommendation,
     )
-    from llc.sweeps.flow import sweep as sweep_flow
-    from llc.sweeps.plan import plan_sweep
+    from llc.sweeps.flow import run_prepared
+    from llc.sweeps.options import prepare, sweep_options
     from llc.sweeps.results import read_results
 
     if sampler not in STEP_SIZES:
@@ -61,13 +61,12 @@ def calibrate(
             sampler, parse_pairs(set_, "--set", "problem=rrr"), preset,
             _floats(step_sizes) or STEP_SIZES[sampler], _floats(nbetas), _floats(gammas),
         )  # fmt: skip
-        plan_sweep(study)  # a bad setting is reported here, before a Prefect server starts
+        # A bad setting is reported here, before a Prefect server starts; the flow runs this prepared sweep.
+        prepared = prepare(sweep_options(study=study, backend=backend, runs_dir=runs_dir))
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    state = sweep_flow(
-        study=study, backend=backend, runs_dir=str(runs_dir) if runs_dir else None, return_state=True
-    )
+    state = run_prepared(prepared)
     if not state.is_completed():
         err.print(f"[red]error:[/red] the calibration sweep could not run: {state.message}")
         raise typer.Exit(1)

@@ -8,6 +8,7 @@ detected before any cell is submitted.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,8 @@ from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
 from llc.sweeps import artifacts, interrupt
 from llc.sweeps.figures import llc_figures
-from llc.sweeps.options import resolve_options
-from llc.sweeps.plan import Plan, plan_sweep
+from llc.sweeps.options import Sweep, prepare, sweep_options
+from llc.sweeps.plan import Plan
 from llc.sweeps.results import JOBS_FILE, error_rows, result_rows, sweep_dir, write_results
 from llc.sweeps.summary import summarize, to_markdown
 
@@ -85,6 +86,27 @@ def run_cell_task(cell: Cell, runs_dir: Path, skip: bool, backend: Backend, time
     return record
 
 
+# The sweep that `run_prepared` hands to the flow, prepared (planned and resolved) by the launcher already.
+_PREPARED: ContextVar[Sweep | None] = ContextVar("prepared_sweep", default=None)
+
+
+def run_prepared(prepared: Sweep) -> State[Any]:
+    """Run the flow on a sweep the launcher prepared: it is not planned or resolved again; its options
+    become the flow run's parameters, as Prefect shows them. Returns the final state."""
+    options = prepared.options
+    study, runs_dir = options.study, options.runs_dir
+    token = _PREPARED.set(prepared)
+    try:
+        return sweep(
+            study=str(study) if isinstance(study, Path) else study, backend=options.backend,
+            runs_dir=str(runs_dir) if runs_dir else None, skip=options.skip,
+            max_parallel=options.max_parallel, timeout_s=options.timeout_s, retries=options.retries,
+            backend_options=options.backend_options or None, return_state=True,
+        )  # fmt: skip
+    finally:
+        _PREPARED.reset(token)
+
+
 def _run_name() -> str:
     study = flow_run.parameters.get("study") or load_settings().study
     return f"sweep-{Path(study).stem}" if isinstance(study, str | Path) else "sweep-inline"
@@ -103,33 +125,35 @@ def sweep(
 ) -> dict[str, Any] | State[Any]:
     """Run every cell of a study (a YAML path or an inline mapping); returns counts and the results path.
 
-    A study or option that cannot run fails the flow with one message and no traceback; SIGINT or
-    SIGTERM (Ctrl-C, a cancelled flow run) stops it: the flow ends Cancelled with every finished result.
+    The parameters are SweepOptions' fields. A study or option that cannot run fails the flow with one
+    message and no traceback; SIGINT or SIGTERM (Ctrl-C, a cancelled flow run) stops it: the flow ends
+    Cancelled with every finished result.
     """
     started = time.perf_counter()
     logger = get_run_logger()
-    settings = load_settings()
-    try:
-        plan = plan_sweep(study if study is not None else settings.study)
-        options = resolve_options(
-            settings, plan.study.execution, backend=backend, runs_dir=runs_dir,
-            max_parallel=max_parallel, timeout_s=timeout_s, retries=retries,
-        )  # fmt: skip
-    except ConfigError as exc:
-        return Failed(message=str(exc))
-    backend_options = {**plan.study.execution.backend_options, **(backend_options or {})}
-    if options.threads_per_cell is not None:
-        backend_options = {"threads_per_cell": options.threads_per_cell, **backend_options}
-    tracking.export_api_key(settings, options.wandb_mode)
+    prepared = _PREPARED.get()
+    if prepared is None:  # a deployment's run or a Python call: the options enter here
+        try:
+            prepared = prepare(
+                sweep_options(
+                    study=study, backend=backend, runs_dir=runs_dir, skip=skip, max_parallel=max_parallel,
+                    timeout_s=timeout_s, retries=retries, backend_options=backend_options or {},
+                )
+            )  # fmt: skip
+        except ConfigError as exc:
+            return Failed(message=str(exc))
+    options, skip = prepared.settings, prepared.options.skip
+    tracking.export_api_key(options, options.wandb_mode)
+    plan = prepared.plan
     plan = replace(plan, cells=[c.model_copy(update={"wandb_mode": options.wandb_mode}) for c in plan.cells])
-    bucket = s3.open_bucket(settings)
+    bucket = s3.open_bucket(options)
     if bucket is not None:
         earlier = sync(bucket, options.runs_dir, missing=False)
         if earlier.runs or earlier.sweeps:
             logger.info("uploaded %d runs and %d sweeps left pending by earlier runs",
                         len(earlier.runs), len(earlier.sweeps))  # fmt: skip
     try:
-        opened = get_backend(options.backend, options.max_parallel, backend_options)
+        opened = get_backend(options.backend, options.max_parallel, prepared.backend_options)
     except (ValueError, BackendUnavailable) as exc:
         return Failed(message=str(exc))
     with interrupt.on_signals(), opened as cell_backend, interrupt.cancels(cell_backend.cancel_all):
