@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,38 +141,36 @@ def sweep(
             )  # fmt: skip
         except ConfigError as exc:
             return Failed(message=str(exc))
-    options, skip = prepared.settings, prepared.options.skip
-    tracking.export_api_key(options, options.wandb_mode)
-    plan = prepared.plan
-    plan = replace(plan, cells=[c.model_copy(update={"wandb_mode": options.wandb_mode}) for c in plan.cells])
-    bucket = s3.open_bucket(options)
+    plan, settings, skip = prepared.plan, prepared.settings, prepared.settings.skip
+    tracking.export_api_key(settings, settings.wandb_mode)
+    bucket = s3.open_bucket(settings)
     if bucket is not None:
-        earlier = sync(bucket, options.runs_dir, missing=False)
+        earlier = sync(bucket, settings.runs_dir, missing=False)
         if earlier.runs or earlier.sweeps:
             logger.info("uploaded %d runs and %d sweeps left pending by earlier runs",
                         len(earlier.runs), len(earlier.sweeps))  # fmt: skip
     try:
-        opened = get_backend(options.backend, options.max_parallel, prepared.backend_options)
+        opened = get_backend(settings.backend, settings.max_parallel, prepared.backend_options)
     except (ValueError, BackendUnavailable) as exc:
         return Failed(message=str(exc))
     with interrupt.on_signals(), opened as cell_backend, interrupt.cancels(cell_backend.cancel_all):
-        out = sweep_dir(options.runs_dir, plan.sweep_id)
+        out = sweep_dir(settings.runs_dir, plan.sweep_id)
         atomic_write(out / "study.json", plan.study.model_dump_json(indent=2).encode())
         logger.info(
             "sweep %s: %d cells on the %s backend, %d at once; results in %s",
-            plan.sweep_id, len(plan.cells), options.backend, options.max_parallel, out,
+            plan.sweep_id, len(plan.cells), settings.backend, settings.max_parallel, out,
         )  # fmt: skip
         # Every cell that must compute goes to the backend at once (one SLURM job array per shape);
         # each task then claims its cell's job, and a retry submits its cell again on its own.
-        todo = [cell for cell in plan.cells if not (skip and cached_record(cell, options.runs_dir))]
-        cell_backend.submit_all(todo, options.runs_dir, skip, options.timeout_s, out / JOBS_FILE)
-        records, stored = _run_cells(plan, options, skip, cell_backend, out, bucket, logger)
-    return _finish(plan, options, records, out, logger, started, bucket, stored)
+        todo = [cell for cell in plan.cells if not (skip and cached_record(cell, settings.runs_dir))]
+        cell_backend.submit_all(todo, settings.runs_dir, skip, settings.timeout_s, out / JOBS_FILE)
+        records, stored = _run_cells(plan, settings, skip, cell_backend, out, bucket, logger)
+    return _finish(plan, settings, records, out, logger, started, bucket, stored)
 
 
 def _run_cells(
     plan: Plan,
-    options: Settings,
+    settings: Settings,
     skip: bool,
     backend: Backend,
     out: Path,
@@ -186,9 +183,9 @@ def _run_cells(
     """
     cell_task = run_cell_task.with_options(
         task_run_name="{cell.name}",
-        retries=options.retries,
-        retry_delay_seconds=exponential_backoff(options.retry_delay_s) if options.retry_delay_s else 0,
-        retry_jitter_factor=options.retry_jitter or None,
+        retries=settings.retries,
+        retry_delay_seconds=exponential_backoff(settings.retry_delay_s) if settings.retry_delay_s else 0,
+        retry_jitter_factor=settings.retry_jitter or None,
     )
     if bucket is not None:
         # The cached-results machinery stays off (refresh_cache): the result is written, never looked up.
@@ -197,27 +194,27 @@ def _run_cells(
             result_storage_key=TASK_RESULT_KEY, cache_policy=None, refresh_cache=True,
         )  # fmt: skip
     stored: dict[str, str | None] = {}
-    progress = artifacts.ProgressArtifact(plan.sweep_id, len(plan.cells), options.progress_every_s)
+    progress = artifacts.ProgressArtifact(plan.sweep_id, len(plan.cells), settings.progress_every_s)
     records: dict[str, CellRecord] = {}
     # The backend lets at most max_parallel cells compute; a few more task threads keep Prefect's
     # per-task bookkeeping, cache checks and artifacts overlapping with the computing cells.
-    with ThreadPoolTaskRunner(max_workers=options.max_parallel + EXTRA_TASK_THREADS) as runner:
+    with ThreadPoolTaskRunner(max_workers=settings.max_parallel + EXTRA_TASK_THREADS) as runner:
         futures = runner.map(
             cell_task,
             {
                 "cell": plan.cells,
-                "runs_dir": unmapped(options.runs_dir),
+                "runs_dir": unmapped(settings.runs_dir),
                 "skip": unmapped(skip),
                 "backend": unmapped(backend),
-                "timeout_s": unmapped(options.timeout_s),
+                "timeout_s": unmapped(settings.timeout_s),
             },
         )
         cells = {future.task_run_id: cell for future, cell in zip(futures, plan.cells, strict=True)}
         for future in as_completed(futures):
-            record = _record(future, cells[future.task_run_id], options.runs_dir)
+            record = _record(future, cells[future.task_run_id], settings.runs_dir)
             records[record.cell] = record
             if bucket is not None and record.status == "ok":
-                runs_dir = options.runs_dir
+                runs_dir = settings.runs_dir
                 stored[record.run_id] = store_run(bucket, runs_dir, record.run_id, record.cached, logger)
             if progress.due(len(records)):
                 _write(plan, records, out)  # a partial table survives an interrupted sweep
@@ -265,7 +262,7 @@ def _figures(rows: list[dict[str, Any]], out: Path, logger: Any) -> dict[str, Pa
 
 def _finish(
     plan: Plan,
-    options: Settings,
+    settings: Settings,
     records: dict[str, CellRecord],
     out: Path,
     logger: Any,
@@ -274,7 +271,7 @@ def _finish(
     stored: dict[str, str | None],
 ) -> dict[str, Any] | State[Any]:
     path, rows = _write(plan, records, out)
-    summary = summarize(rows, options.best_by)
+    summary = summarize(rows, settings.best_by)
     figures = _figures(rows, out, logger)
     relative = {title: str(file.relative_to(out)) for title, file in figures.items()}
     atomic_write(out / "summary.md", to_markdown(plan.sweep_id, summary, str(path), relative).encode())
@@ -282,8 +279,8 @@ def _finish(
     markdown = to_markdown(plan.sweep_id, summary, str(path), inline)
     stored_results, waiting = None, 0
     if bucket is not None:
-        stored_results = store_sweep(bucket, options.runs_dir, plan.sweep_id, logger)
-        waiting = len(pending.pending(options.runs_dir))
+        stored_results = store_sweep(bucket, settings.runs_dir, plan.sweep_id, logger)
+        waiting = len(pending.pending(settings.runs_dir))
         markdown += artifacts.storage_markdown(stored_results, waiting)
     artifacts.publish(plan.sweep_id, rows, markdown, stored if bucket is not None else None, stored_results)
     wall_s = time.perf_counter() - started

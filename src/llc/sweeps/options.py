@@ -3,7 +3,7 @@ once per sweep: flags over the study's `execution` block over LLC_* settings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,9 @@ def sweep_options(**given: Any) -> SweepOptions:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A sweep ready to run, made once by `prepare`: the options asked for, the study's plan, the settings
-    resolved for it, and the backend's options (the study's, then the flags')."""
+    """A sweep ready to run, made once by `prepare`: the options asked for, the study's plan (each cell
+    with its W&B mode), the settings resolved for it, and the backend's options (the study's, then the
+    flags')."""
 
     options: SweepOptions
     plan: Plan
@@ -70,4 +71,5 @@ def prepare(options: SweepOptions, settings: Settings | None = None) -> Sweep:
     backend_options = {**execution.backend_options, **options.backend_options}
     if resolved.threads_per_cell is not None:
         backend_options = {"threads_per_cell": resolved.threads_per_cell, **backend_options}
-    return Sweep(options, plan, resolved, backend_options)
+    cells = [cell.model_copy(update={"wandb_mode": resolved.wandb_mode}) for cell in plan.cells]
+    return Sweep(options, replace(plan, cells=cells), resolved, backend_options)
