@@ -141,7 +141,7 @@ def sweep(
             )  # fmt: skip
         except ConfigError as exc:
             return Failed(message=str(exc))
-    plan, settings, skip = prepared.plan, prepared.settings, prepared.settings.skip
+    plan, settings, skip = prepared.plan, prepared.settings, prepared.options.skip
     tracking.export_api_key(settings, settings.wandb_mode)
     bucket = s3.open_bucket(settings)
     if bucket is not None:
