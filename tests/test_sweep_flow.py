@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ from typer.testing import CliRunner
 
 from llc.cli import app
 from llc.rundir import RunDir
+from llc.sweeps import options
 from llc.sweeps.flow import sweep
+from llc.sweeps.plan import plan_sweep
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -164,6 +167,52 @@ def test_a_bad_study_fails_the_flow_with_the_line_before_any_cell_is_submitted(t
     assert f"{study}:6: sleep_sec: unknown key (did you mean 'sleep_s'?)" in state.message
     assert task_states(state) == {}
     assert not markers.exists() and not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_parallel": 0}, "max_parallel: Input should be greater than or equal to 1 (got 0)"),
+        ({"backend": "lokal"}, "unknown backend 'lokal'; choose one of local, modal, slurm"),
+    ],
+)
+def test_a_bad_option_given_to_the_flow_fails_it_with_one_line_before_anything_is_written(
+    tmp_path: Path, params: dict[str, Any], message: str
+) -> None:
+    markers, runs = tmp_path / "markers", tmp_path / "runs"
+    state, _ = run(probe_study(markers, [{"name": "a"}]), runs, **params)
+    assert state.is_failed() and state.message == message
+    assert task_states(state) == {}
+    assert not markers.exists() and not runs.exists()
+
+
+def test_a_sweep_from_the_cli_is_planned_once_and_its_flow_run_shows_the_options_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, runs = tmp_path / "probe.yaml", tmp_path / "runs"
+    study.write_text(f"experiment: sweep_probe:Probe\nbase: {{markers: {tmp_path}/m}}\nseeds: [0, 1]\n")
+    planned: list[Any] = []
+
+    def counted(source: Any) -> Any:
+        planned.append(source)
+        return plan_sweep(source)
+
+    monkeypatch.setattr(options, "plan_sweep", counted)
+    argv = ["sweep", "--study", str(study), "--runs-dir", str(runs), "--max-parallel", "1"]
+    ran = CliRunner().invoke(app, [*argv, "--backend-option", "threads_per_cell=1"])
+    assert ran.exit_code == 0, ran.output
+    assert planned == [study]  # checked by the launcher, then run by the flow as it was planned
+    with get_client(sync_client=True) as client:
+        (flow_run,) = [r for r in client.read_flow_runs() if r.parameters.get("runs_dir") == str(runs)]
+    assert flow_run.name == f"probe-{str(flow_run.id)[:6]}"
+    assert flow_run.parameters == {
+        "study": str(study), "backend": None, "runs_dir": str(runs), "skip": True, "max_parallel": 1,
+        "timeout_s": None, "retries": None, "backend_options": {"threads_per_cell": 1},
+    }  # fmt: skip
+
+
+def test_the_flows_parameters_are_the_sweep_options() -> None:
+    assert set(inspect.signature(sweep.fn).parameters) == set(options.SweepOptions.model_fields)
 
 
 def test_artifacts_hold_the_table_the_summary_full_progress_and_a_link_per_cell(tmp_path: Path) -> None:

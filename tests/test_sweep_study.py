@@ -10,7 +10,7 @@ from sweep_probe import PROBE
 from llc.config import RunConfig, build_config
 from llc.errors import ConfigError
 from llc.settings import ModalOptions, Settings, SlurmOptions
-from llc.sweeps.options import resolve_options
+from llc.sweeps.options import prepare, sweep_options
 from llc.sweeps.plan import plan_sweep
 from llc.sweeps.study import StudyError
 
@@ -174,8 +174,37 @@ def test_a_sweep_option_has_its_settings_checks_in_a_study_and_as_a_flag(tmp_pat
         "base": {"markers": str(tmp_path)},
         "execution": {"retries": 0, "timeout_s": 60},
     }
-    plan = plan_sweep(study)
-    options = resolve_options(Settings(), plan.study.execution, timeout_s=None, max_parallel=3)
+    options = prepare(sweep_options(study=study, timeout_s=None, max_parallel=3), Settings()).settings
     assert (options.timeout_s, options.retries, options.max_parallel) == (60.0, 0, 3)
     with pytest.raises(ConfigError, match="max_parallel: Input should be greater than or equal to 1"):
-        resolve_options(Settings(), plan.study.execution, max_parallel=0)
+        sweep_options(study=study, max_parallel=0)
+
+
+def test_a_backend_name_from_a_flag_a_study_or_the_environment_is_checked_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = {"experiment": PROBE, "base": {"markers": str(tmp_path)}}
+    unknown = "unknown backend 'lokal'; choose one of local, modal, slurm"
+    with pytest.raises(ConfigError, match=unknown):
+        prepare(sweep_options(study=study, backend="lokal"))
+    with pytest.raises(ConfigError, match=unknown):
+        prepare(sweep_options(study={**study, "execution": {"backend": "lokal"}}))
+    monkeypatch.setenv("LLC_BACKEND", "lokal")
+    with pytest.raises(ConfigError, match=unknown):
+        prepare(sweep_options(study=study))
+    assert prepare(sweep_options(study=study, backend="local")).settings.backend == "local"  # the flag wins
+
+
+def test_flags_win_over_the_study_and_backend_options_merge_over_the_studys(tmp_path: Path) -> None:
+    study = {
+        "experiment": PROBE,
+        "base": {"markers": str(tmp_path)},
+        "execution": {"retries": 0, "backend_options": {"poll_s": 1, "job_name": "from-study"}},
+    }
+    flags = sweep_options(
+        study=study, retries=4, runs_dir=tmp_path / "r", backend_options={"job_name": "flag"}
+    )
+    sweep = prepare(flags, Settings(threads_per_cell=2))
+    assert (sweep.settings.retries, sweep.settings.runs_dir) == (4, (tmp_path / "r").resolve())
+    assert sweep.backend_options == {"threads_per_cell": 2, "poll_s": 1, "job_name": "flag"}
+    assert sweep.options is flags and [c.name for c in sweep.plan.cells] == ["s0"]

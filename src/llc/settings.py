@@ -43,7 +43,7 @@ class Settings(BaseSettings):
 
     runs_dir: Path = Field(Path("runs"), description="where run directories and sweep tables are written")
     study: Path = Field(Path("studies/quick.yaml"), description="study YAML; default studies/quick.yaml")
-    backend: str = Field("local", pattern=r"^[a-z]+$", description="where cells run: local | slurm | modal")
+    backend: str = Field("local", description="where cells run: local | slurm | modal")
     max_parallel: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="cells running at once"
     )
@@ -201,8 +201,9 @@ class ModalOptions(BaseSettings):
         return self.timeout_s or TIERS[self.tier].timeout_s
 
 
-# The settings a sweep's flags and its study's `execution` block override (flags first, then the study).
-SWEEP_OPTIONS = (
+# The settings a study's `execution` block may set (llc.sweeps.study.Execution); a sweep's flags set some of
+# them again, and win (llc.sweeps.options.FLAG_OPTIONS).
+STUDY_OPTIONS = (
     "backend",
     "max_parallel",
     "timeout_s",
@@ -210,8 +211,8 @@ SWEEP_OPTIONS = (
     "retry_delay_s",
     "retry_jitter",
     "best_by",
+    "wandb_mode",
 )
-STUDY_OPTIONS = (*SWEEP_OPTIONS, "wandb_mode")
 
 
 def load_settings() -> Settings:
@@ -219,8 +220,8 @@ def load_settings() -> Settings:
 
 
 def overrides(name: str, keys: tuple[str, ...], **more: Any) -> type[BaseModel]:
-    """A model of optional overrides of these settings (a study's `execution` block): each key with the
-    setting's own type, checks and description, None where it is not set."""
+    """A model of optional overrides of these settings (a study's `execution` block, a sweep's flags): each
+    key with the setting's own type, checks and description, None where it is not set."""
     fields: dict[str, Any] = more
     for key in keys:
         info = Settings.model_fields[key]

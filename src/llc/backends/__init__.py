@@ -9,7 +9,9 @@ from llc.backends.base import Backend, BackendUnavailable, Ledger, run_on
 from llc.errors import ConfigError
 from llc.imports import import_path
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "cancel_recorded", "get_backend", "run_on"]
+__all__ = [
+    "BACKENDS", "Backend", "BackendUnavailable", "cancel_recorded", "check_backend", "get_backend", "run_on"
+]  # fmt: skip
 
 # Imported on first use, so a backend's own dependencies (submitit, modal) are needed only when chosen.
 BACKENDS = {
@@ -19,10 +21,15 @@ BACKENDS = {
 }
 
 
-def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = None) -> Backend:
-    """An open backend by name; unknown names and options are errors naming what is allowed."""
+def check_backend(name: str) -> None:
+    """The one check of a backend's name, where a run or sweep is asked for (before anything is written)."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")
+
+
+def get_backend(name: str, max_parallel: int, options: dict[str, Any] | None = None) -> Backend:
+    """An open backend by its name (checked by `check_backend`); a missing dependency or an unknown option
+    is an error naming what is allowed."""
     try:
         cls = import_path(BACKENDS[name], "backend")
     except ConfigError as exc:  # a backend's own dependency is missing: its cause names it

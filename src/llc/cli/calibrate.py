@@ -57,18 +57,20 @@ def calibrate(
     try:
         overrides = parse_pairs(set_, "--set", "problem=rrr")
         studies = [
-            _study(sampler, {**overrides, "steps": steps}, preset, step_sizes, nbetas, gammas)
+            _study(
+                sampler, {**overrides, "steps": steps}, preset, step_sizes, nbetas, gammas, backend, runs_dir
+            )
             for steps in step_schedule(overrides.get("steps"))
         ]
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    for study in studies:
+    for study, prepared in studies:
         steps = study["base"]["steps"]
-        results, rec = _calibrate(study, backend, runs_dir)
+        results, rec = _calibrate(study, prepared)
         if rec.overrides:
             break
-        if study is not studies[-1]:
+        if study is not studies[-1][0]:
             err.print(f"no recommendation with {steps} steps per chain ({rec.reason}); trying longer chains")
     figure = draw_calibration(read_results(results), list(study["grid"]), results.parent / "calibration.png")
     written = write_recommendation(results.parent, sampler, preset, rec)
@@ -88,10 +90,13 @@ def _study(
     step_sizes: str | None,
     nbetas: str | None,
     gammas: str | None,
-) -> dict[str, Any]:
-    """The calibration's study, checked before any Prefect server starts."""
+    backend: str | None,
+    runs_dir: Path | None,
+) -> tuple[dict[str, Any], Any]:
+    """The calibration's study and its prepared sweep: a bad setting is reported here, before a Prefect
+    server starts, and the flow runs this prepared sweep."""
     from llc.sweeps.calibrate import STEP_SIZES, calibration_study
-    from llc.sweeps.plan import plan_sweep
+    from llc.sweeps.options import prepare, sweep_options
 
     study = calibration_study(
         sampler,
@@ -101,19 +106,23 @@ def _study(
         _floats(nbetas),
         _floats(gammas),
     )
-    plan_sweep(study)
-    return study
+    return study, prepare(sweep_options(study=study, backend=backend, runs_dir=runs_dir))
 
 
-def _calibrate(study: dict[str, Any], backend: str | None, runs_dir: Path | None) -> tuple[Path, Any]:
-    """Run the calibration sweep; its results table and the recommendation read from it."""
+def _calibrate(study: dict[str, Any], prepared: Any) -> tuple[Path, Any]:
+    """Run the calibration sweep on the Prefect API a sweep uses (the local server without one); its
+    results table and the recommendation read from it."""
+    from llc.launch.sweep import ServerUnavailable, prefect_api
     from llc.sweeps.calibrate import recommend
-    from llc.sweeps.flow import sweep as sweep_flow
+    from llc.sweeps.flow import run_prepared
     from llc.sweeps.results import read_results
 
-    state = sweep_flow(
-        study=study, backend=backend, runs_dir=str(runs_dir) if runs_dir else None, return_state=True
-    )
+    try:
+        with prefect_api():
+            state = run_prepared(prepared)
+    except ServerUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     if not state.is_completed():
         err.print(f"[red]error:[/red] the calibration sweep could not run: {state.message}")
         raise typer.Exit(1)

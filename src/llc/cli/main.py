@@ -105,8 +105,8 @@ def run(
 
     Exit codes: 0 an estimate, 1 no estimate (every chain diverged, or the run failed), 2 bad input.
     """
+    from llc.backends import check_backend
     from llc.launch.preflight import check_devices, check_runs_dir
-    from llc.launch.sweep import check_backend
 
     config = _config(preset, sampler, set_, gpu_mode, config_file, require_sampler=True)
     settings = load_settings()
@@ -267,16 +267,18 @@ def sweep_command(
     """  # noqa: E501  (one paragraph: the help text keeps a docstring's line breaks)
     if ctx.invoked_subcommand is not None:
         return
-    from llc.launch.sweep import SweepRequest, run_sweep
+    from llc.launch.sweep import run_sweep
+    from llc.sweeps.options import sweep_options
 
     try:
-        options = _backend_options(backend_option)
+        options = sweep_options(
+            study=study, backend=backend, runs_dir=runs_dir, skip=skip, max_parallel=max_parallel,
+            timeout_s=timeout_s, retries=retries, backend_options=_backend_options(backend_option),
+        )  # fmt: skip
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    flags = {"backend": backend, "runs_dir": str(runs_dir) if runs_dir else None,
-             "max_parallel": max_parallel, "timeout_s": timeout_s, "retries": retries}  # fmt: skip
-    raise typer.Exit(run_sweep(SweepRequest(str(study) if study else None, skip, options or None, flags)))
+    raise typer.Exit(run_sweep(options))
 
 
 @sweep_app.command("status")

@@ -11,64 +11,43 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from llc.errors import ConfigError
 from llc.settings import load_settings
 from llc.sweeps import interrupt
 
+if TYPE_CHECKING:
+    from llc.sweeps.options import Sweep, SweepOptions
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class SweepRequest:
-    """A sweep as asked for on the command line: the study, and the settings its flags give (`backend`,
-    `runs_dir`, `max_parallel`, ...; None: from the study's `execution` block, then LLC_*)."""
-
-    study: str | None = None
-    skip: bool = True
-    backend_options: dict[str, Any] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def check(request: SweepRequest) -> None:
-    """Everything about the request that can be checked without Prefect; a ConfigError says what to fix."""
+def check(options: SweepOptions) -> Sweep:
+    """Everything about the sweep that can be checked without Prefect, on the sweep prepared once (planned
+    and resolved) for the flow to run; a ConfigError says what to fix."""
     from llc.launch.preflight import check_devices, check_runs_dir
-    from llc.sweeps.options import resolve_options
-    from llc.sweeps.plan import plan_sweep
+    from llc.sweeps.options import prepare
 
-    settings = load_settings()
-    plan = plan_sweep(request.study or settings.study)
-    options = resolve_options(settings, plan.study.execution, **request.options)
-    check_backend(options.backend)
-    if options.backend == "local":
-        check_devices(str(cell.config.get("device", "auto")) for cell in plan.cells)
-    check_runs_dir(options.runs_dir)
+    sweep = prepare(options)
+    if sweep.settings.backend == "local":
+        check_devices(str(cell.config.get("device", "auto")) for cell in sweep.plan.cells)
+    check_runs_dir(sweep.settings.runs_dir)
+    return sweep
 
 
-def check_backend(name: str) -> None:
-    from llc.backends import BACKENDS
-
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")
-
-
-def run_sweep(request: SweepRequest) -> int:
+def run_sweep(options: SweepOptions) -> int:
     """Check, run and report a sweep; returns the exit code (0 ok, 1 failed, 2 bad input, 130 interrupted)."""
     try:
-        check(request)
+        prepared = check(options)
     except ConfigError as exc:
         return _error(str(exc), EXIT_USAGE)
     interrupt.reset()
     try:
         with prefect_api(), interrupt.on_signals():  # a Ctrl-C while the server starts just leaves
-            from llc.sweeps.flow import sweep
+            from llc.sweeps.flow import run_prepared
 
-            state = sweep(
-                study=request.study, skip=request.skip, backend_options=request.backend_options or None,
-                return_state=True, **request.options,
-            )  # fmt: skip
+            state = run_prepared(prepared)
     except KeyboardInterrupt:  # before the sweep began (or after it ended): nothing to keep
         return _error("interrupted", interrupt.EXIT_INTERRUPTED)
     except ServerUnavailable as exc:

@@ -8,7 +8,7 @@ detected before any cell is submitted.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +35,8 @@ from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
 from llc.sweeps import artifacts, interrupt
 from llc.sweeps.figures import llc_figures
-from llc.sweeps.options import resolve_options
-from llc.sweeps.plan import Plan, plan_sweep
+from llc.sweeps.options import Sweep, prepare, sweep_options
+from llc.sweeps.plan import Plan
 from llc.sweeps.results import JOBS_FILE, error_rows, result_rows, sweep_dir, write_results
 from llc.sweeps.summary import summarize, to_markdown
 
@@ -86,6 +86,27 @@ def run_cell_task(cell: Cell, runs_dir: Path, skip: bool, backend: Backend, time
     return record
 
 
+# The sweep that `run_prepared` hands to the flow, prepared (planned and resolved) by the launcher already.
+_PREPARED: ContextVar[Sweep | None] = ContextVar("prepared_sweep", default=None)
+
+
+def run_prepared(prepared: Sweep) -> State[Any]:
+    """Run the flow on a sweep the launcher prepared: it is not planned or resolved again; its options
+    become the flow run's parameters, as Prefect shows them. Returns the final state."""
+    options = prepared.options
+    study, runs_dir = options.study, options.runs_dir
+    token = _PREPARED.set(prepared)
+    try:
+        return sweep(
+            study=str(study) if isinstance(study, Path) else study, backend=options.backend,
+            runs_dir=str(runs_dir) if runs_dir else None, skip=options.skip,
+            max_parallel=options.max_parallel, timeout_s=options.timeout_s, retries=options.retries,
+            backend_options=options.backend_options or None, return_state=True,
+        )  # fmt: skip
+    finally:
+        _PREPARED.reset(token)
+
+
 def _run_name() -> str:
     """`<study name>-<short id>`: the study's `name` (else its file's stem), so that the Prefect UI tells
     apart sweeps whose files are all called study.yaml."""
@@ -120,53 +141,53 @@ def sweep(
 ) -> dict[str, Any] | State[Any]:
     """Run every cell of a study (a YAML path or an inline mapping); returns counts and the results path.
 
-    A study or option that cannot run fails the flow with one message and no traceback; SIGINT or
-    SIGTERM (Ctrl-C, a cancelled flow run) stops it: the flow ends Cancelled with every finished result.
+    The parameters are SweepOptions' fields. A study or option that cannot run fails the flow with one
+    message and no traceback; SIGINT or SIGTERM (Ctrl-C, a cancelled flow run) stops it: the flow ends
+    Cancelled with every finished result.
     """
     started = time.perf_counter()
     logger = get_run_logger()
-    settings = load_settings()
-    try:
-        plan = plan_sweep(study if study is not None else settings.study)
-        options = resolve_options(
-            settings, plan.study.execution, backend=backend, runs_dir=runs_dir,
-            max_parallel=max_parallel, timeout_s=timeout_s, retries=retries,
-        )  # fmt: skip
-    except ConfigError as exc:
-        return Failed(message=str(exc))
-    backend_options = {**plan.study.execution.backend_options, **(backend_options or {})}
-    if options.threads_per_cell is not None:
-        backend_options = {"threads_per_cell": options.threads_per_cell, **backend_options}
-    tracking.export_api_key(settings, options.wandb_mode)
-    plan = replace(plan, cells=[c.model_copy(update={"wandb_mode": options.wandb_mode}) for c in plan.cells])
+    prepared = _PREPARED.get()
+    if prepared is None:  # a deployment's run or a Python call: the options enter here
+        try:
+            prepared = prepare(
+                sweep_options(
+                    study=study, backend=backend, runs_dir=runs_dir, skip=skip, max_parallel=max_parallel,
+                    timeout_s=timeout_s, retries=retries, backend_options=backend_options or {},
+                )
+            )  # fmt: skip
+        except ConfigError as exc:
+            return Failed(message=str(exc))
+    plan, settings, skip = prepared.plan, prepared.settings, prepared.options.skip
+    tracking.export_api_key(settings, settings.wandb_mode)
     bucket = s3.open_bucket(settings)
     if bucket is not None:
-        earlier = sync(bucket, options.runs_dir, missing=False)
+        earlier = sync(bucket, settings.runs_dir, missing=False)
         if earlier.runs or earlier.sweeps:
             logger.info("uploaded %d runs and %d sweeps left pending by earlier runs",
                         len(earlier.runs), len(earlier.sweeps))  # fmt: skip
     try:
-        opened = get_backend(options.backend, options.max_parallel, backend_options)
+        opened = get_backend(settings.backend, settings.max_parallel, prepared.backend_options)
     except (ValueError, BackendUnavailable) as exc:
         return Failed(message=str(exc))
     with interrupt.on_signals(), opened as cell_backend, interrupt.cancels(cell_backend.cancel_all):
-        out = sweep_dir(options.runs_dir, plan.sweep_id)
+        out = sweep_dir(settings.runs_dir, plan.sweep_id)
         atomic_write(out / "study.json", plan.study.model_dump_json(indent=2).encode())
         logger.info(
             "sweep %s: %d cells on the %s backend, %d at once; results in %s",
-            plan.sweep_id, len(plan.cells), options.backend, options.max_parallel, out,
+            plan.sweep_id, len(plan.cells), settings.backend, settings.max_parallel, out,
         )  # fmt: skip
         # Every cell that must compute goes to the backend at once (one SLURM job array per shape);
         # each task then claims its cell's job, and a retry submits its cell again on its own.
-        todo = [cell for cell in plan.cells if not (skip and cached_record(cell, options.runs_dir))]
-        cell_backend.submit_all(todo, options.runs_dir, skip, options.timeout_s, out / JOBS_FILE)
-        records, stored = _run_cells(plan, options, skip, cell_backend, out, bucket, logger)
-    return _finish(plan, options, records, out, logger, started, bucket, stored)
+        todo = [cell for cell in plan.cells if not (skip and cached_record(cell, settings.runs_dir))]
+        cell_backend.submit_all(todo, settings.runs_dir, skip, settings.timeout_s, out / JOBS_FILE)
+        records, stored = _run_cells(plan, settings, skip, cell_backend, out, bucket, logger)
+    return _finish(plan, settings, records, out, logger, started, bucket, stored)
 
 
 def _run_cells(
     plan: Plan,
-    options: Settings,
+    settings: Settings,
     skip: bool,
     backend: Backend,
     out: Path,
@@ -179,9 +200,9 @@ def _run_cells(
     """
     cell_task = run_cell_task.with_options(
         task_run_name="{cell.name}",
-        retries=options.retries,
-        retry_delay_seconds=exponential_backoff(options.retry_delay_s) if options.retry_delay_s else 0,
-        retry_jitter_factor=options.retry_jitter or None,
+        retries=settings.retries,
+        retry_delay_seconds=exponential_backoff(settings.retry_delay_s) if settings.retry_delay_s else 0,
+        retry_jitter_factor=settings.retry_jitter or None,
     )
     if bucket is not None:
         # The cached-results machinery stays off (refresh_cache): the result is written, never looked up.
@@ -190,27 +211,27 @@ def _run_cells(
             result_storage_key=TASK_RESULT_KEY, cache_policy=None, refresh_cache=True,
         )  # fmt: skip
     stored: dict[str, str | None] = {}
-    progress = artifacts.ProgressArtifact(plan.sweep_id, len(plan.cells), options.progress_every_s)
+    progress = artifacts.ProgressArtifact(plan.sweep_id, len(plan.cells), settings.progress_every_s)
     records: dict[str, CellRecord] = {}
     # The backend lets at most max_parallel cells compute; a few more task threads keep Prefect's
     # per-task bookkeeping, cache checks and artifacts overlapping with the computing cells.
-    with ThreadPoolTaskRunner(max_workers=options.max_parallel + EXTRA_TASK_THREADS) as runner:
+    with ThreadPoolTaskRunner(max_workers=settings.max_parallel + EXTRA_TASK_THREADS) as runner:
         futures = runner.map(
             cell_task,
             {
                 "cell": plan.cells,
-                "runs_dir": unmapped(options.runs_dir),
+                "runs_dir": unmapped(settings.runs_dir),
                 "skip": unmapped(skip),
                 "backend": unmapped(backend),
-                "timeout_s": unmapped(options.timeout_s),
+                "timeout_s": unmapped(settings.timeout_s),
             },
         )
         cells = {future.task_run_id: cell for future, cell in zip(futures, plan.cells, strict=True)}
         for future in as_completed(futures):
-            record = _record(future, cells[future.task_run_id], options.runs_dir)
+            record = _record(future, cells[future.task_run_id], settings.runs_dir)
             records[record.cell] = record
             if bucket is not None and record.status == "ok":
-                runs_dir = options.runs_dir
+                runs_dir = settings.runs_dir
                 stored[record.run_id] = store_run(bucket, runs_dir, record.run_id, record.cached, logger)
             if progress.due(len(records)):
                 _write(plan, records, out)  # a partial table survives an interrupted sweep
@@ -258,7 +279,7 @@ def _figures(rows: list[dict[str, Any]], out: Path, logger: Any) -> dict[str, Pa
 
 def _finish(
     plan: Plan,
-    options: Settings,
+    settings: Settings,
     records: dict[str, CellRecord],
     out: Path,
     logger: Any,
@@ -267,7 +288,7 @@ def _finish(
     stored: dict[str, str | None],
 ) -> dict[str, Any] | State[Any]:
     path, rows = _write(plan, records, out)
-    summary = summarize(rows, options.best_by)
+    summary = summarize(rows, settings.best_by)
     figures = _figures(rows, out, logger)
     relative = {title: str(file.relative_to(out)) for title, file in figures.items()}
     atomic_write(out / "summary.md", to_markdown(plan.sweep_id, summary, str(path), relative).encode())
@@ -275,8 +296,8 @@ def _finish(
     markdown = to_markdown(plan.sweep_id, summary, str(path), inline)
     stored_results, waiting = None, 0
     if bucket is not None:
-        stored_results = store_sweep(bucket, options.runs_dir, plan.sweep_id, logger)
-        waiting = len(pending.pending(options.runs_dir))
+        stored_results = store_sweep(bucket, settings.runs_dir, plan.sweep_id, logger)
+        waiting = len(pending.pending(settings.runs_dir))
         markdown += artifacts.storage_markdown(stored_results, waiting)
     artifacts.publish(plan.sweep_id, rows, markdown, stored if bucket is not None else None, stored_results)
     wall_s = time.perf_counter() - started
