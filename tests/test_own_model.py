@@ -606,7 +606,9 @@ def test_module_keys_are_checked_at_the_edge(values, message):
 
 def test_a_factory_that_cannot_be_imported_is_a_config_error_naming_the_key():
     config = build_config(None, {"problem": "module", "model": "no_such_package.x:model", "data": "a:b"})
-    with pytest.raises(ConfigError, match="model: cannot find module 'no_such_package'"):
+    with pytest.raises(
+        ConfigError, match=r"model 'no_such_package\.x:model': cannot find module 'no_such_package\.x'"
+    ):
         _ = config.run_id
 
 

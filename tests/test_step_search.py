@@ -17,6 +17,7 @@ from llc.samplers.step_search import (
     FRICTION_RANGE,
     FRICTION_SAFETY,
     HEAT,
+    LOSS_SHRINK,
     ROUNDS,
     SAFETY,
     CurvatureStep,
@@ -178,7 +179,7 @@ def test_auto_finds_a_step_that_recovers_lambda_where_the_fixed_default_fails(tm
     assert auto["step_size_auto"] < 5e-5 and abs(auto["llc_rel_error"]) < 0.1, auto
 
 
-def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_the_search_goes_on():
+def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_later_steps_stay_under_a_tenth_of_that_one():
     from llc.samplers.sgld import SGLD
     from llc.samplers.step_search import search_round
 
@@ -198,4 +199,7 @@ def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_the_search_goes_on
     state.w[2] = math.nan
     search_round(search, 10, config.warmup, kernel, state, posterior, gen)
     assert torch.equal(state.w[2], w_star) and len(search.curvatures) == 2
-    assert math.isfinite(state.step_size) and state.step_size == pytest.approx(first, rel=0.05)
+    assert search.ceiling == pytest.approx(first / LOSS_SHRINK)
+    assert state.step_size == pytest.approx(first / LOSS_SHRINK, rel=0.05)
+    search_round(search, 20, config.warmup, kernel, state, posterior, gen)
+    assert state.step_size <= search.ceiling

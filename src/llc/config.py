@@ -53,6 +53,13 @@ KNOWN_LAMBDA_DEFAULTS = {"gamma": 1.0}
 # step_size=auto measures the curvature over 10 rounds of warm-up (samplers/step_search.py): 4 steps each.
 AUTO_MIN_WARMUP = 40
 
+# Your own model (problem module, llc.estimate) gets the known-λ problems' defaults where its λ is unknown:
+# a warm-up of a fifth of the steps and at least MODULE_MIN_WARMUP (step_size=auto's search, HMC's and
+# MCLMC's tuning), step_size=auto for sgld and sghmc, and gamma=auto, decided from w* when the run starts
+# (run/localization.py): weak at a minimum, strong where w* is not one (a checkpoint mid-training).
+MODULE_MIN_WARMUP = 200
+MODULE_WARMUP_FRACTION = 0.2
+
 # Losses of the built-in problems; a module problem takes mse, cross_entropy or "package.module:function".
 BUILTIN_LOSSES = ("mse", "t_regression")
 MODULE_LOSSES = ("mse", "cross_entropy")
@@ -121,7 +128,11 @@ class RunConfig(BaseModel):
     step_size: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
         None, description="defaults per sampler; auto (sgld, sghmc): searched in warm-up (docs/samplers.md)"
     )
-    gamma: float = Field(100.0, ge=0, description="localization strength")
+    gamma: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        100.0,
+        description="localization strength; auto (problem module, its default): weak at a minimum, strong "
+        "where w* is not one, decided from the gradient at w* (docs/own-model.md)",
+    )
     nbeta: float | None = Field(None, gt=0, description="n*beta; defaults to n / log n")
     precond: Literal["none", "rmsprop", "adam"] = Field("none", description="sgld preconditioner")
     friction: Annotated[float, Field(gt=0, lt=1)] | Literal["auto"] = Field(
@@ -150,7 +161,7 @@ class RunConfig(BaseModel):
         """Defaults that depend on other keys; given keys win."""
         if not isinstance(data, dict):
             return data
-        return _auto_friction(_known_lambda_defaults(data))
+        return _auto_friction(_module_defaults(_known_lambda_defaults(data)))
 
     @field_validator("widths", "teacher_widths")
     @classmethod
@@ -215,6 +226,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "friction=auto is set alongside step_size=auto, for sghmc: set step_size=auto, or give a "
                 f"friction in (0, 1) such as {DEFAULT_FRICTION}"
+            )
+        if self.gamma == "auto" and self.problem != "module":
+            raise ValueError(
+                f"gamma=auto is decided from your own model's w* (problem module); give problem "
+                f"{self.problem} a number (its default: {_builtin_gamma(self.problem):g})"
             )
         if self.precond != "none" and "precond" not in SAMPLERS[self.sampler].options:
             raise ValueError(f"precond applies to sgld only; set precond=none for sampler {self.sampler}")
@@ -296,7 +312,26 @@ def _known_lambda_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """Defaults that let the known-λ problems estimate λ (KNOWN_LAMBDA_DEFAULTS)."""
     if data.get("problem") not in KNOWN_LAMBDA_PROBLEMS:
         return data
-    data = {"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data}
+    return _auto_step_size({"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data})
+
+
+def _module_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Defaults that let your own model estimate λ (MODULE_MIN_WARMUP); given keys win."""
+    if data.get("problem") != "module":
+        return data
+    data = {"gamma": "auto", **data}
+    steps = data.get("steps", RunConfig.model_fields["steps"].default)
+    if "warmup" not in data and isinstance(steps, int) and not isinstance(steps, bool):
+        data["warmup"] = max(MODULE_MIN_WARMUP, round(MODULE_WARMUP_FRACTION * steps))
+    return _auto_step_size(data)
+
+
+def _builtin_gamma(problem: str) -> float:
+    return KNOWN_LAMBDA_DEFAULTS["gamma"] if problem in KNOWN_LAMBDA_PROBLEMS else 100.0
+
+
+def _auto_step_size(data: dict[str, Any]) -> dict[str, Any]:
+    """step_size=auto for sgld and sghmc when the warm-up is long enough for its search."""
     searchable = data.get("sampler", "sgld") in MINIBATCH_SAMPLERS
     warmup = data.get("warmup", 0)
     long_enough = isinstance(warmup, int) and warmup >= AUTO_MIN_WARMUP

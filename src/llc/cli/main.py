@@ -150,11 +150,12 @@ def run(
 def _no_estimate(config: RunConfig, metrics: dict[str, Any]) -> str:
     """What to change when no chain is left to estimate from."""
     step = metrics.get("step_size_auto") or config.resolved_step_size
+    gamma = float(metrics.get("gamma_auto") or config.gamma)
     return (
         f"no estimate: {metrics.get('chains_diverged')} of {config.chains} chains diverged "
         f"at step_size={step:g}; "
         f"try a smaller step size (--set step_size={step / 10:g}) or a stronger localization "
-        f"(--set gamma={config.gamma * 10:g}), or let the step be set from the curvature "
+        f"(--set gamma={gamma * 10:g}), or let the step be set from the curvature "
         "(--set step_size=auto, sgld and sghmc)"
     )
 

@@ -22,7 +22,7 @@ from llc.modules.model import ModuleModel
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.optimum import best_linear_loss, is_linear_network
-from llc.run import diagnostics, health, plots
+from llc.run import diagnostics, health, localization, plots
 from llc.run.allocator import ask_platform_now, keep_freed_memory
 from llc.run.erm import train
 from llc.rundir import RunDir, atomic_write
@@ -119,13 +119,19 @@ class LLCExperiment:
             t_erm = time.perf_counter() - t0
         if isinstance(problem.model, ModuleModel):
             problem.model.to(device)
+        x, y, w_star = problem.x.to(device), problem.y.to(device), w_star.to(device)
+        gamma_auto = None
+        if config.gamma == "auto":  # your own model's default: decided from the gradient at w*
+            with cpu_threads(threads):
+                gamma_auto = localization.decide(problem.model, x, y, w_star, nbeta)
+        gamma = gamma_auto.gamma if gamma_auto else float(config.gamma)
         posterior = LocalizedPosterior(
             problem.model,
-            problem.x.to(device),
-            problem.y.to(device),
-            w_star.to(device),
+            x,
+            y,
+            w_star,
             nbeta,
-            config.gamma,
+            gamma,
             config.batch_size if config.sampling.spec.minibatch else None,
         )
         full_batch = (posterior.batch_size or posterior.n) >= posterior.n
@@ -137,7 +143,9 @@ class LLCExperiment:
         if self.checkpoint_every_s is not None and config.gpu_mode != "sequential":
             checkpoint = Checkpointing(out.checkpoint, self.checkpoint_every_s)
         trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint)
-        metrics = build_metrics(config, problem, trace, loss0, t_erm, device)
+        metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma)
+        if gamma_auto is not None:
+            metrics |= {"gamma_auto": gamma_auto.gamma, "gamma_reason": gamma_auto.reason}
         attrs = {
             "run_id": config.run_id,
             "sampler": config.sampler,
@@ -177,8 +185,15 @@ def _trained_point(config: RunConfig, problem: Problem) -> tuple[torch.Tensor, f
 
 
 def build_metrics(
-    config: RunConfig, problem: Problem, trace: Trace, loss0: float, t_erm: float, device: torch.device
+    config: RunConfig,
+    problem: Problem,
+    trace: Trace,
+    loss0: float,
+    t_erm: float,
+    device: torch.device,
+    gamma: float,
 ) -> dict[str, Any]:
+    """metrics.json's values; `gamma` is the localization the run used (gamma=auto's choice)."""
     summary = diagnostics.summarize(trace.llc)
     total_grad_evals = trace.grad_evals * config.chains
     draws = trace.llc.shape[0] * trace.llc.shape[1]
@@ -196,7 +211,7 @@ def build_metrics(
         "llc_true": problem.llc_true,
         **summary,
         **diagnostics.trend(trace.llc),
-        **diagnostics.spread(trace.llc, trace.w_proj, config.gamma),
+        **diagnostics.spread(trace.llc, trace.w_proj, gamma),
         "chains_diverged": int((trace.diverged_at >= 0).sum()),
         "diverged_chains": [int(c) for c in np.flatnonzero(trace.diverged_at >= 0)],
         "t_erm_s": t_erm,
@@ -212,10 +227,10 @@ def build_metrics(
         "torch": torch.__version__,
     }
     if problem.llc_true:
-        if health.estimates_lambda(config.gamma, config.resolved_nbeta):
+        if health.estimates_lambda(gamma, config.resolved_nbeta):
             metrics["llc_rel_error"] = (summary["llc_mean"] - problem.llc_true) / problem.llc_true
         else:
-            metrics["llc_note"] = health.lambda_note(config.gamma, config.resolved_nbeta)
+            metrics["llc_note"] = health.lambda_note(gamma, config.resolved_nbeta)
     if is_linear_network(problem.model):
         # ERM is checked, not assumed: reduced-rank regression gives the best loss in closed form.
         # Rounded: LAPACK's last bit differs between processes (a SLURM job, a local worker), and the

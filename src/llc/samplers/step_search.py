@@ -48,6 +48,10 @@ FRICTION_RANGE = (0.01, 0.5)
 # and how far the chains move depends on η/α only, so a smaller η costs no mixing and halves the step's
 # bias, which adds to the heating's (docs/samplers.md).
 FRICTION_SAFETY = SAFETY / 2
+# A round that threw a chain off to non-finite values had too large a step, whatever the curvature said: at
+# a singular w* (a normal crossing) the curvature there is γ alone, and grows only where the chains go.
+# Later steps stay under the losing step divided by this.
+LOSS_SHRINK = 10.0
 
 
 @dataclass
@@ -61,6 +65,7 @@ class CurvatureStep:
     # friction=auto: per check after the first, tr(V) / (4·HEAT·LLC): the friction per unit of η
     heat_rates: list[float] = field(default_factory=list)
     loss0: float | None = None  # the full-data loss at w*
+    ceiling: float = math.inf  # the largest step allowed: LOSS_SHRINK under the last that lost a chain
 
     @classmethod
     def starting(cls, tunes_friction: bool) -> CurvatureStep:
@@ -73,13 +78,14 @@ class CurvatureStep:
         if not (math.isfinite(h_max) and h_max > 0):
             return None
         self.curvatures.append(h_max)
-        return self.safety / h_max
+        return min(self.safety / h_max, self.ceiling)
 
     @property
     def final(self) -> float | None:
-        """The Langevin step to sample with: SAFETY over the largest h_max of the later half of checks."""
+        """The Langevin step to sample with: SAFETY over the largest h_max of the later half of checks,
+        and under the ceiling."""
         later = self.curvatures[len(self.curvatures) // 2 :]
-        return self.safety / max(later) if later else None
+        return min(self.safety / max(later), self.ceiling) if later else None
 
     def _rate(self, last_only: bool) -> float | None:
         """friction=auto's friction per unit of η, from the last measurement or (for the recorded steps)
@@ -156,6 +162,7 @@ def search_round(
         lost = ~torch.isfinite(position).all(dim=1)
         if lost.any():
             kernel.restart(state, lost.nonzero().squeeze(1))
+            search.ceiling = min(search.ceiling, state.step_size / LOSS_SHRINK)
         scale = kernel.curvature_metric(state)
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
