@@ -118,3 +118,45 @@ def test_a_local_sweep_keeps_no_ledger_of_jobs(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "sweep" / "jobs.jsonl", "local")
     ledger.add([], "")
     assert not ledger.path.exists()
+
+
+def test_a_running_local_sweep_shows_its_pending_cells_and_is_cancelled_from_another_shell(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    """`llc sweep status` on a live local sweep lists what is still to come; `llc sweep cancel` stops its
+    flow as Ctrl-C does: the flow process exits 130, its workers end, finished cells are kept."""
+    from typer.testing import CliRunner
+
+    from llc.cli import app
+
+    markers, runs = tmp_path / "markers", tmp_path / "runs"
+    cells = [{"name": f"c{i}", "overrides": {"sleep_s": 0.2 if i < 2 else 30}} for i in range(6)]
+    study = write_study(tmp_path / "study.yaml", probe_study(markers, cells, max_parallel=2, retries=0))
+    (sweep_id,) = [plan_sweep(study).sweep_id]
+    log = tmp_path / "flow.log"
+    with log.open("w") as out:
+        flow = sweep_process(
+            study, runs, {"PREFECT_API_URL": prefect_server}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(lambda: len(complete_run_ids(runs, study)) >= 2 or flow.poll() is not None, 120, "2 cells")
+        wait_until(lambda: (runs / "sweeps" / sweep_id / "live.json").exists(), 10, "live.json")
+        status = CliRunner().invoke(app, ["sweep", "status", sweep_id, "--runs-dir", str(runs)])
+        assert status.exit_code == 0, status.output
+        assert f"sweep {sweep_id} is running" in status.stdout and "queued or running" in status.stdout
+        assert "c5" in status.stdout  # a sleeping cell, still to come
+        cancelled = CliRunner().invoke(app, ["sweep", "cancel", sweep_id, "--runs-dir", str(runs)])
+        assert cancelled.exit_code == 0 and "stops now" in cancelled.output, cancelled.output
+        assert flow.wait(timeout=60) == 130, log.read_text()[-3000:]
+    finally:
+        if flow.poll() is None:
+            os.killpg(flow.pid, signal.SIGKILL)
+            flow.wait()
+    workers = pids(markers)
+    wait_until(lambda: not any(alive(pid) for pid in workers), 20, "the workers to stop")
+    rows = rows_by_cell(runs / "sweeps" / sweep_id / "results.csv")
+    assert {rows[f"c{i}-s0"]["status"] for i in range(2)} == {"ok"}, rows
+    assert "cancelled" in {row["status"] for row in rows.values()}
+    assert not (runs / "sweeps" / sweep_id / "live.json").exists()
+    after = CliRunner().invoke(app, ["sweep", "cancel", sweep_id, "--runs-dir", str(runs)])
+    assert after.exit_code == 0 and "not running" in after.output

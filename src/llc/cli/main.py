@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -287,15 +289,39 @@ def sweep_status(
     sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
     runs_dir: RunsDirOption = None,
 ) -> None:
-    """Summarize a sweep from its results.csv: counts, trust and flags, best cell, LLC by sampler, errors."""
+    """A sweep's state: while it runs, its finished and pending cells; then its results.csv summarized
+    (counts, trust and flags, best cell, LLC by sampler, errors)."""
+    from llc.sweeps import live
     from llc.sweeps.results import read_results
     from llc.sweeps.summary import summarize, to_markdown
 
-    folder = _sweep_folder(sweep_id, runs_dir)
-    rows = read_results(folder / "results.csv")
-    typer.echo(
-        to_markdown(folder.name, summarize(rows, load_settings().best_by), str(folder / "results.csv"))
-    )
+    folder = _sweep_folder(sweep_id, runs_dir, holding=("results.csv", "study.json"))
+    state = live.read(folder)
+    if state is not None:
+        typer.echo(_live_lines(folder.name, state))
+    if (folder / "results.csv").exists():
+        rows = read_results(folder / "results.csv")
+        summary = summarize(rows, load_settings().best_by)
+        typer.echo(to_markdown(folder.name, summary, str(folder / "results.csv")))
+    elif state is None:
+        err.print(f"sweep {folder.name} has no results.csv yet and is not running (it was stopped early)")
+
+
+def _live_lines(name: str, state: dict[str, Any]) -> str:
+    """A running sweep in a few lines: its process, finished cells by status, and the pending ones."""
+    ended: dict[str, str] = state.get("ended", {})
+    cells: list[str] = state.get("cells", [])
+    pending = [cell for cell in cells if cell not in ended]
+    by_status = ", ".join(f"{n} {s}" for s, n in sorted(Counter(ended.values()).items())) or "none yet"
+    minutes = (time.time() - float(state.get("started", time.time()))) / 60
+    shown = ", ".join(pending[:10]) + (f", ... ({len(pending) - 10} more)" if len(pending) > 10 else "")
+    return "\n".join([
+        f"sweep {name} is running (pid {state.get('pid')}, for {minutes:.1f} min): "
+        f"{len(ended)} of {len(cells)} cells finished ({by_status}), {len(pending)} queued or running",
+        *([f"queued or running: {shown}"] if pending else []),
+        f"stop it, keeping every finished result: llc sweep cancel {name}",
+        "",
+    ])  # fmt: skip
 
 
 @sweep_app.command("cancel")
@@ -303,12 +329,21 @@ def sweep_cancel(
     sweep_id: Annotated[str, typer.Argument(help="a sweep id (or a unique prefix of one), or its directory")],
     runs_dir: RunsDirOption = None,
 ) -> None:
-    """Cancel a sweep's queued and running jobs (SLURM), e.g. after its flow process was killed."""
+    """Stop a sweep from any shell: a running sweep's flow stops as on Ctrl-C (its work cancelled, every
+    finished result kept); the SLURM jobs and Modal calls it recorded are cancelled, e.g. after its flow
+    process was killed."""
     from llc.backends import cancel_recorded
+    from llc.sweeps import live
     from llc.sweeps.results import JOBS_FILE
 
-    folder = _sweep_folder(sweep_id, runs_dir, holding=JOBS_FILE)
-    cancelled = cancel_recorded(folder / JOBS_FILE)
+    folder = _sweep_folder(sweep_id, runs_dir, holding=("study.json", JOBS_FILE))
+    pid = live.stop(folder)
+    if pid is not None:
+        err.print(f"sweep {folder.name}: its flow (pid {pid}) stops now; finished results are kept")
+    cancelled = cancel_recorded(folder / JOBS_FILE) if (folder / JOBS_FILE).exists() else []
+    if pid is None and not (folder / JOBS_FILE).exists():
+        err.print(f"sweep {folder.name} is not running: nothing to cancel")
+        return
     err.print(f"{len(cancelled)} jobs of sweep {folder.name} cancelled")
     for job_id in cancelled:
         typer.echo(job_id)
@@ -328,13 +363,17 @@ def plot_sweep(
         typer.echo(str(path))
 
 
-def _sweep_folder(sweep_id: str, runs_dir: Path | None, holding: str = "results.csv") -> Path:
-    """runs/sweeps/<sweep_id> (one `holding` the file), found by id, unique prefix or path; exits 2
-    naming the known sweeps."""
-    if (Path(sweep_id) / holding).exists():
+def _sweep_folder(sweep_id: str, runs_dir: Path | None, holding: tuple[str, ...] = ("results.csv",)) -> Path:
+    """runs/sweeps/<sweep_id> (one holding any of the files `holding`), found by id, unique prefix or path;
+    exits 2 naming the known sweeps."""
+
+    def held(folder: Path) -> bool:
+        return any((folder / name).exists() for name in holding)
+
+    if held(Path(sweep_id)):
         return Path(sweep_id)
     root = (runs_dir or load_settings().runs_dir) / "sweeps"
-    known = sorted(p.name for p in root.glob("*") if (p / holding).exists())
+    known = sorted(p.name for p in root.glob("*") if held(p))
     matches = [name for name in known if name == sweep_id] or [n for n in known if n.startswith(sweep_id)]
     if len(matches) != 1:
         why = "matches several sweeps" if matches else "is not a sweep"

@@ -8,6 +8,7 @@ detected before any cell is submitted.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from llc.rundir import RunDir, atomic_write
 from llc.settings import Settings, load_settings
 from llc.storage import pending, s3
 from llc.storage.sync import store_run, store_sweep, sync
-from llc.sweeps import artifacts, interrupt
+from llc.sweeps import artifacts, interrupt, live
 from llc.sweeps.figures import llc_figures
 from llc.sweeps.options import Sweep, prepare, sweep_options
 from llc.sweeps.plan import Plan
@@ -179,9 +180,10 @@ def sweep(
         )  # fmt: skip
         # Every cell that must compute goes to the backend at once (one SLURM job array per shape);
         # each task then claims its cell's job, and a retry submits its cell again on its own.
-        todo = [cell for cell in plan.cells if not (skip and cached_record(cell, settings.runs_dir))]
-        cell_backend.submit_all(todo, settings.runs_dir, skip, settings.timeout_s, out / JOBS_FILE)
-        records, stored = _run_cells(plan, settings, skip, cell_backend, out, bucket, logger)
+        with live.running(out, [cell.name for cell in plan.cells]) as ended:  # `llc sweep status|cancel`
+            todo = [cell for cell in plan.cells if not (skip and cached_record(cell, settings.runs_dir))]
+            cell_backend.submit_all(todo, settings.runs_dir, skip, settings.timeout_s, out / JOBS_FILE)
+            records, stored = _run_cells(plan, settings, skip, cell_backend, out, bucket, logger, ended)
     return _finish(plan, settings, records, out, logger, started, bucket, stored)
 
 
@@ -193,8 +195,10 @@ def _run_cells(
     out: Path,
     bucket: S3Bucket | None,
     logger: Any,
+    ended: Callable[[str, str], None],
 ) -> tuple[dict[str, CellRecord], dict[str, str | None]]:
-    """Map one task per cell; collect records as cells finish, storing each run in the bucket if any.
+    """Map one task per cell; collect records as cells finish (telling `ended`), storing each run in the
+    bucket if any.
 
     Returns the records by cell and, with a bucket, each stored run's s3:// folder (None: pending).
     """
@@ -230,6 +234,7 @@ def _run_cells(
         for future in as_completed(futures):
             record = _record(future, cells[future.task_run_id], settings.runs_dir)
             records[record.cell] = record
+            ended(record.cell, record.status)
             if bucket is not None and record.status == "ok":
                 runs_dir = settings.runs_dir
                 stored[record.run_id] = store_run(bucket, runs_dir, record.run_id, record.cached, logger)
