@@ -131,14 +131,15 @@ def draw_flops(model: MLP, batch: int) -> float:
 def time_engine(config: RunConfig, posterior: LocalizedPosterior, loss0: float) -> tuple[float, Trace]:
     """Draws per second of the sampling loop alone; call `warm_up` first so that compilation is not timed."""
     gen = torch.Generator().manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
-    trace = sample(config, posterior, loss0, gen)
+    trace = sample(config.sampling, posterior, loss0, gen)
     return config.chains * config.steps / trace.t_sampling_s, trace
 
 
 def warm_up(config: RunConfig, posterior: LocalizedPosterior, loss0: float) -> float:
     """Seconds of a few-step call: with compile=True, that is torch.compile's first-call cost."""
     start = time.perf_counter()
-    sample(config.model_copy(update={"steps": 2}), posterior, loss0, torch.Generator().manual_seed(0))
+    short = config.model_copy(update={"steps": 2}).sampling
+    sample(short, posterior, loss0, torch.Generator().manual_seed(0))
     return time.perf_counter() - start
 
 
