@@ -19,19 +19,24 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-@pytest.mark.parametrize(("example", "steps"), [("digits", 60), ("modular_addition", 60)])
+# The checkpoints start at --first, log-spaced from there. The transformer's training loss stays above
+# 0.01 until step 297, so the checkpoint due at 250 waits until then (the one due at 292 with it).
+@pytest.mark.parametrize(
+    ("example", "steps", "first", "saved"),
+    [("digits", 60, 6, [6, 13, 28, 60]), ("modular_addition", 400, 250, [297, 342, 400])],
+)
 def test_an_example_trains_and_its_study_gives_a_curve_over_its_checkpoints(
-    example: str, steps: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    example: str, steps: int, first: int, saved: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = EXAMPLES / example
     trained = subprocess.run(
-        [sys.executable, folder / "train.py", "--steps", str(steps), "--checkpoints", "4",
-         "--out", tmp_path / "checkpoints"],
+        [sys.executable, folder / "train.py", "--steps", str(steps), "--first", str(first),
+         "--checkpoints", "4", "--out", tmp_path / "checkpoints"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     written = sorted(int(p.stem.removeprefix("step_")) for p in (tmp_path / "checkpoints").glob("*.pt"))
-    assert written[0] == 0 and written[-1] == steps and len(written) == 4
+    assert written == saved
 
     # The example's own study, beside the checkpoints, with shorter chains.
     study = yaml.safe_load((folder / "study.yaml").read_text())
@@ -63,3 +68,17 @@ def test_an_example_trains_and_its_study_gives_a_curve_over_its_checkpoints(
     torn = [r for r in read_results(Path(again["results"])) if r["step"] == 3 * steps]
     assert {(r["status"], r["error_type"]) for r in torn} == {("error", "ConfigError")}
     assert "cannot be loaded into the model" in Path(again["errors"]).read_text()
+
+
+@pytest.mark.parametrize("example", ["digits", "modular_addition"])
+def test_a_first_checkpoint_past_the_training_is_refused_before_any_is_written(
+    example: str, tmp_path: Path
+) -> None:
+    trained = subprocess.run(
+        [sys.executable, EXAMPLES / example / "train.py", "--steps", "50", "--first", "60",
+         "--out", tmp_path / "checkpoints"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert trained.returncode == 2
+    assert "--first (60) must lie between 0 and --steps (50)" in trained.stderr.splitlines()[-1]
+    assert not (tmp_path / "checkpoints").exists()
