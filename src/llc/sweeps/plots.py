@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 
 from llc.sweeps.summary import Curve, training_curves
 
-UNTRUSTED_LABEL = "hollow: untrusted (a check failed; results.csv flags)"
+UNTRUSTED_LABEL = "hollow: untrusted (see flags)"
 # Values spanning this factor share one axis on a log scale (symlog when some are not positive).
 DECADES = 100.0
 
