@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llc.settings import PREFECT_DEFAULTS
+from llc.sweeps.live import alive
 
 HOST = "127.0.0.1"
 PREFERRED_PORT = 4200  # Prefect's usual address, when free
@@ -64,7 +65,7 @@ def prefect_home() -> Path:
 def status(home: Path | None = None) -> Server | None:
     """The running local server of this Prefect home, if it answers."""
     server = _read(home or prefect_home())
-    if server is not None and _alive(server.pid) and healthy(server.url):
+    if server is not None and alive(server.pid) and healthy(server.url):
         return server
     return None
 
@@ -81,7 +82,7 @@ def ensure(
     home.mkdir(parents=True, exist_ok=True)
     with _locked(home):
         known = _read(home)
-        if known is not None and _alive(known.pid):  # another sweep is starting it: wait for it
+        if known is not None and alive(known.pid):  # another sweep is starting it: wait for it
             return _wait_healthy(known, timeout_s)
         if announce is not None:
             announce(
@@ -97,11 +98,11 @@ def stop(home: Path | None = None, timeout_s: float = 10.0) -> Server | None:
     server = _read(home)
     if server is None:
         return None
-    if _alive(server.pid):
+    if alive(server.pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(server.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(server.pid) and time.monotonic() < deadline:
+        while alive(server.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(server.pid, signal.SIGKILL)
@@ -140,7 +141,7 @@ def _wait_healthy(server: Server, timeout_s: float) -> Server:
     while time.monotonic() < deadline:
         if healthy(server.url, timeout_s=1.0):
             return server
-        if not _alive(server.pid):
+        if not alive(server.pid):
             (Path(server.home) / STATE_FILE).unlink(missing_ok=True)
             raise ServerError(_cannot_start(server, "it exited"))
         time.sleep(0.25)
@@ -168,21 +169,6 @@ def _read(home: Path) -> Server | None:
         return Server(pid=int(data["pid"]), port=int(data["port"]), home=str(home))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own child that exited) still answers kill 0.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    return True
 
 
 def _free(port: int) -> bool:

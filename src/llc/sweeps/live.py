@@ -59,7 +59,7 @@ def read(out: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(state, dict) or state.get("host") != socket.gethostname():
         return None
-    return state if _alive(int(state.get("pid", 0))) else None
+    return state if alive(int(state.get("pid", 0))) else None
 
 
 def stop(out: Path) -> int | None:
@@ -71,7 +71,8 @@ def stop(out: Path) -> int | None:
     return int(state["pid"])
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, our own child that exited, does not)."""
     if pid <= 0:
         return False
     try:
@@ -80,4 +81,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
     return True
