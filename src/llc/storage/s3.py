@@ -22,7 +22,7 @@ CLIENT_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_atte
 # The figures summary.md links, so that its links hold in the bucket too (those the sweep has).
 SWEEP_FILES = (
     "results.csv", "errors.csv", "summary.md", "study.json", "plots/llc_by_sampler.png",
-    "plots/llc_over_training.png",
+    "plots/llc_over_training.png", "plots/llc_by_step.png",
 )  # fmt: skip
 
 
