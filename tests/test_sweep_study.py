@@ -86,7 +86,10 @@ def test_a_bad_value_points_at_the_entry_that_set_it(tmp_path: Path) -> None:
         plan_sweep(path)
     message = str(info.value)
     assert f"{path}:5: sampler: Input should be 'sgld', 'sghmc', 'hmc' or 'mclmc' (got 'nuts')" in message
-    assert f"{path}:7: gamma: Input should be greater than or equal to 0 (got -1)" in message
+    assert (
+        f"{path}:7: gamma: Input should be greater than or equal to 0, or input should be 'auto' (got -1)"
+        in message
+    )
 
 
 def test_an_inconsistent_config_points_at_its_problem_entry(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from llc.errors import ConfigError, describe
+from llc.errors import ConfigError, describe, merge_union_branches
 from llc.fingerprint import code_fingerprint
 from llc.samplers.registry import MINIBATCH_SAMPLERS, SAMPLERS, Sampling
 
@@ -421,27 +421,8 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem: the key, what was given, and what is allowed."""
     known = list(RunConfig.model_fields)
-    return describe(
-        _union_branches_merged(exc.errors()), lambda _: known, "invalid configuration", DEVINTERP_NAMES
-    )
-
-
-def _union_branches_merged(errors: list[Any]) -> list[Any]:
-    """A key that takes one of several forms (a number or "auto") fails once per form, each error's
-    location naming the form: one error per key instead, its messages joined by "or"."""
-    merged: list[Any] = []
-    for err in errors:
-        loc = err["loc"]
-        branch = len(loc) == 2 and isinstance(loc[1], str) and loc[0] in RunConfig.model_fields
-        if not branch:
-            merged.append(err)
-            continue
-        previous = merged[-1] if merged else None
-        if previous is not None and previous["loc"] == loc[:1]:
-            previous["msg"] += f", or {err['msg'][0].lower()}{err['msg'][1:]}"
-        else:
-            merged.append({**err, "loc": loc[:1], "ctx": {}})
-    return merged
+    errors = merge_union_branches(exc.errors(), known)
+    return describe(errors, lambda _: known, "invalid configuration", DEVINTERP_NAMES)
 
 
 # devinterp's argument names (estimate_learning_coeff_with_summary, its SGLD's optimizer_kwargs), read

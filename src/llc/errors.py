@@ -66,3 +66,21 @@ def format_loc(loc: Loc) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def merge_union_branches(errors: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> list[dict[str, Any]]:
+    """A key of `fields` that takes one of several forms (a number or "auto") fails once per form, each
+    error's location naming the form: one error per key instead, its messages joined by "or"."""
+    known = set(fields)
+    merged: list[dict[str, Any]] = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if not (len(loc) == 2 and isinstance(loc[1], str) and loc[0] in known):
+            merged.append(dict(err))
+            continue
+        previous = merged[-1] if merged else None
+        if previous is not None and tuple(previous["loc"]) == loc[:1]:
+            previous["msg"] += f", or {err['msg'][0].lower()}{err['msg'][1:]}"
+        else:
+            merged.append({**err, "loc": loc[:1], "ctx": {}})
+    return merged

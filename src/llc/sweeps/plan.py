@@ -12,7 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from llc.cells.cell import Cell, cell_name
 from llc.cells.experiments import LLC_EXPERIMENT, config_model, family_id, run_id
-from llc.errors import ConfigError, format_loc, problems
+from llc.config import DEVINTERP_NAMES
+from llc.errors import ConfigError, format_loc, merge_union_branches, problems
 from llc.sweeps import checkpoints
 from llc.sweeps.checkpoints import Checkpoint
 from llc.sweeps.study import Entry, Loc, Study, StudyError, StudySource, fields_at
@@ -68,7 +69,8 @@ def plan_sweep(study: str | Path | dict[str, Any]) -> Plan:
             try:
                 config = model.model_validate(cell_values)
             except ValidationError as exc:
-                for loc, msg in problems(exc.errors(), fields_at(model)):
+                errors = merge_union_branches(exc.errors(), model.model_fields)
+                for loc, msg in problems(errors, fields_at(model), DEVINTERP_NAMES):
                     where = origin.get(str(loc[0]), fallback) if loc else fallback
                     issues[(source.where(where), f"{format_loc(loc) or 'config'}: {msg}")].append(name)
                 continue
