@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import typer
 
+from llc.cli import one_line
 from llc.cli.main import sweep_command
 from llc.sweeps.flow import sweep
 
@@ -18,7 +19,7 @@ __all__ = ["sweep"]
 
 
 def main() -> None:
-    typer.run(sweep_command)
+    typer.run(one_line(sweep_command))
 
 
 if __name__ == "__main__":

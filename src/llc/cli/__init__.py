@@ -18,7 +18,9 @@ for _commands in (runs, server, storage, calibrate):
     _commands.register(app)
 
 
-def _one_line(command: Callable[..., Any]) -> Callable[..., Any]:
+def one_line(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The command, its ConfigError (a user's mistake, wherever raised) one line on stderr and exit 2."""
+
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -33,9 +35,9 @@ def _one_line(command: Callable[..., Any]) -> Callable[..., Any]:
 def _guard(group: typer.Typer) -> None:
     for info in group.registered_commands:
         if info.callback is not None:
-            info.callback = _one_line(info.callback)
+            info.callback = one_line(info.callback)
     if group.registered_callback is not None and group.registered_callback.callback is not None:
-        group.registered_callback.callback = _one_line(group.registered_callback.callback)
+        group.registered_callback.callback = one_line(group.registered_callback.callback)
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
             _guard(sub.typer_instance)
@@ -43,4 +45,4 @@ def _guard(group: typer.Typer) -> None:
 
 _guard(app)
 
-__all__ = ["app"]
+__all__ = ["app", "one_line"]

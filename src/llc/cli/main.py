@@ -67,22 +67,16 @@ def _config(
 ) -> RunConfig:
     """The run's config: a config file's keys (its `preset` replacing --preset), then --sampler, --set
     and --gpu-mode."""
-    try:
-        overrides = read_config_file(config_file) if config_file is not None else {}
-        preset = overrides.pop("preset", preset)
-        overrides.update(parse_overrides(pairs))
-        if sampler is not None:
-            overrides["sampler"] = sampler
-        if gpu_mode is not None:
-            overrides["gpu_mode"] = gpu_mode
-        if require_sampler and "sampler" not in overrides:
-            raise ConfigError(
-                f"no sampler: give --sampler ({SAMPLER_CHOICES}) or a sampler in the config file"
-            )
-        return build_config(preset, overrides)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    overrides = read_config_file(config_file) if config_file is not None else {}
+    preset = overrides.pop("preset", preset)
+    overrides.update(parse_overrides(pairs))
+    if sampler is not None:
+        overrides["sampler"] = sampler
+    if gpu_mode is not None:
+        overrides["gpu_mode"] = gpu_mode
+    if require_sampler and "sampler" not in overrides:
+        raise ConfigError(f"no sampler: give --sampler ({SAMPLER_CHOICES}) or a sampler in the config file")
+    return build_config(preset, overrides)
 
 
 ConfigFileOption = Annotated[
@@ -113,14 +107,10 @@ def run(
     config = _config(preset, sampler, set_, gpu_mode, config_file, require_sampler=True)
     settings = load_settings()
     backend = backend or settings.backend
-    try:  # before anything is written
-        check_backend(backend)
-        if backend == "local":
-            check_devices([config.device])
-        root = check_runs_dir(runs_dir or settings.runs_dir)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    check_backend(backend)  # before anything is written
+    if backend == "local":
+        check_devices([config.device])
+    root = check_runs_dir(runs_dir or settings.runs_dir)
     if backend != "local" or backend_option:
         _run_on_backend(config, root, skip, backend, backend_option)
         return
@@ -273,14 +263,10 @@ def sweep_command(
     from llc.launch.sweep import run_sweep
     from llc.sweeps.options import sweep_options
 
-    try:
-        options = sweep_options(
-            study=study, backend=backend, runs_dir=runs_dir, skip=skip, max_parallel=max_parallel,
-            timeout_s=timeout_s, retries=retries, backend_options=_backend_options(backend_option),
-        )  # fmt: skip
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    options = sweep_options(
+        study=study, backend=backend, runs_dir=runs_dir, skip=skip, max_parallel=max_parallel,
+        timeout_s=timeout_s, retries=retries, backend_options=_backend_options(backend_option),
+    )  # fmt: skip
     raise typer.Exit(run_sweep(options))
 
 
