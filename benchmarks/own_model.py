@@ -168,7 +168,7 @@ def engine_setup(work: Workload, steps: int, device: str) -> tuple[RunConfig, Lo
     values = {**SGLD, "problem": "module", "loss": "cross_entropy", "chains": CHAINS, "steps": steps,
               "batch_size": work.batch_size, "compile": False, "device": device}  # fmt: skip
     config = RunConfig.model_validate(values, context={IN_MEMORY_MODULE: True})
-    model, x, y = module_problem(config, work.module, (work.x, work.y))
+    model, x, y, _ = module_problem(config, work.module, (work.x, work.y))
     model.to(torch.device(device))
     x, y = x.to(device), y.to(device)
     w_star = model.flat_parameters()
@@ -221,7 +221,9 @@ def reference_pair(
     hand = LocalizedPosterior(problem.model, problem.x.to(device), problem.y.to(device), w_star.to(device),
                               base.resolved_nbeta, base.gamma, base.batch_size)  # fmt: skip
     as_module_config = RunConfig.model_validate({"problem": "module"}, context={IN_MEMORY_MODULE: True})
-    model, x, y = module_problem(as_module_config, as_module(problem.model, w_star), (problem.x, problem.y))
+    model, x, y, _ = module_problem(
+        as_module_config, as_module(problem.model, w_star), (problem.x, problem.y)
+    )
     model.to(torch.device(device))
     x, y = x.to(device), y.to(device)
     generic = LocalizedPosterior(model, x, y, model.flat_parameters(), base.resolved_nbeta, base.gamma,

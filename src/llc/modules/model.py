@@ -14,7 +14,7 @@ import copy
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -323,29 +323,41 @@ class ModuleModel:
         """Run the model and the loss at w* on the data as they are (its first points, then all of it),
         then as the sampler will: each mistake gets one ConfigError naming it and the fix, and an error
         raised by the model's own code is reported as that, with its own message."""
+        self.check_on_chunks(_chunks(x, y))
+
+    def check_on_chunks(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """`check_on_data` on data given a chunk at a time (streamed data, never held whole)."""
         bad = next((n for n, p in self.module.named_parameters() if not torch.isfinite(p).all()), None)
         if bad is not None:
             raise ConfigError(f"the model's weights hold NaN or inf (in {bad!r}): w* must be finite")
-        losses = self._eager_losses(x[:PROBE], y[:PROBE], 0)
-        if not isinstance(losses, torch.Tensor) or losses.shape != (min(PROBE, x.shape[0]),):
+        start, first = 0, None
+        for xs, ys in chunks:
+            if first is None:
+                first = xs[:PROBE], ys[:PROBE]
+                self._check_probe(*first)
+            losses = self._eager_losses(xs, ys, start)
+            if not torch.isfinite(losses).all():
+                row = int((~torch.isfinite(losses)).nonzero()[0])
+                raise ConfigError(
+                    f"the loss at the model's weights is {float(losses[row])} on row {start + row} of the "
+                    "data: L0 and the estimate would be too; check the model's output there"
+                )
+            start += xs.shape[0]
+        assert first is not None
+        try:  # one chain with plain autograd: what gpu_mode=sequential runs
+            self.autograd_loss_and_grad(self.flat_parameters().unsqueeze(0), *first)
+        except Exception as exc:
+            raise ConfigError(f"the gradient of the loss cannot be taken: {_first_line(exc)}") from exc
+        self.check_batchable(*first)
+
+    def _check_probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        losses = self._eager_losses(x, y, 0)
+        if not isinstance(losses, torch.Tensor) or losses.shape != (x.shape[0],):
             got = f"shape {_shape(losses)}" if isinstance(losses, torch.Tensor) else type(losses).__name__
             raise ConfigError(
                 f"the loss must return one value per example, shape [batch] (use reduction='none', and "
-                f"sum any other dimensions); on a batch of {min(PROBE, x.shape[0])} it returned {got}"
+                f"sum any other dimensions); on a batch of {x.shape[0]} it returned {got}"
             )
-        for start in range(0, x.shape[0], CHUNK):
-            losses = self._eager_losses(x[start : start + CHUNK], y[start : start + CHUNK], start)
-            if not torch.isfinite(losses).all():
-                row = start + int((~torch.isfinite(losses)).nonzero()[0])
-                raise ConfigError(
-                    f"the loss at the model's weights is {float(losses[row - start])} on row {row} of the "
-                    "data: L0 and the estimate would be too; check the model's output there"
-                )
-        try:  # one chain with plain autograd: what gpu_mode=sequential runs
-            self.autograd_loss_and_grad(self.flat_parameters().unsqueeze(0), x[:PROBE], y[:PROBE])
-        except Exception as exc:
-            raise ConfigError(f"the gradient of the loss cannot be taken: {_first_line(exc)}") from exc
-        self.check_batchable(x, y)
 
     def _eager_losses(self, xs: torch.Tensor, ys: torch.Tensor, start: int) -> torch.Tensor:
         """The loss of each of rows start.. at w*, the module called as it is; its errors as ConfigErrors."""

@@ -9,6 +9,7 @@ import torch
 
 from llc.config import RunConfig
 from llc.model.network import MLP
+from llc.model.streaming import Source, streamed_loss
 from llc.modules.model import ModuleModel
 from llc.problems.data import add_noise, sample_inputs
 from llc.problems.truth import true_learning_coefficient
@@ -25,17 +26,25 @@ def stream(seed: int, which: int) -> torch.Generator:
 @dataclass(frozen=True)
 class Problem:
     """Training data and the model whose LLC is estimated; `w_star` when the model comes trained
-    (a module problem), else ERM trains it."""
+    (a module problem), else ERM trains it. With a `source` (streamed data), x and y are its first
+    points only."""
 
     model: MLP | ModuleModel
     x: torch.Tensor
     y: torch.Tensor
     llc_true: float | None
     w_star: torch.Tensor | None = None
+    source: Source | None = None
 
     @property
     def n(self) -> int:
-        return self.x.shape[0]
+        return self.x.shape[0] if self.source is None else self.source.n
+
+    def full_loss(self, w: torch.Tensor) -> torch.Tensor:
+        """The mean loss over all n points at w [chains, d]: [chains]."""
+        if self.source is None:
+            return self.model.batch_loss(w, self.x, self.y)
+        return streamed_loss(self.model, self.source, w)
 
 
 def build_problem(config: RunConfig) -> Problem:
@@ -43,8 +52,8 @@ def build_problem(config: RunConfig) -> Problem:
     if config.problem == "module":
         from llc.problems.module import module_problem
 
-        model, x, y = module_problem(config)
-        return Problem(model, x, y, None, model.flat_parameters())
+        model, x, y, source = module_problem(config)
+        return Problem(model, x, y, None, model.flat_parameters(), source)
     if config.problem == "mlp":
         return _teacher_student(config, dtype)
     return _analytic(config, dtype)

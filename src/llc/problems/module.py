@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,13 @@ import torch
 from llc.config import RunConfig
 from llc.errors import ConfigError
 from llc.imports import import_path
+from llc.model.streaming import Source
 from llc.modules.model import LOSSES, LossFn, ModuleModel
+from llc.problems.stream import SOURCES, as_source, check, check_finite, is_streamed
 
-Data = Any  # a torch Dataset (or DataLoader) of (x, y) pairs, or an (x, y) pair of tensors
+# An (x, y) pair of tensors or a TensorDataset (held in memory), or data read a batch at a time
+# (problems/stream.py): a DataLoader, a map-style or iterable Dataset, a HuggingFace dataset.
+Data = Any
 
 
 def object_fingerprint(
@@ -29,9 +33,11 @@ def object_fingerprint(
     y: torch.Tensor,
     loss: str | LossFn,
     output: int | str | None = None,
+    data_digest: str | None = None,
 ) -> str:
     """Hash of a module given as an object (its class's source file, architecture and weights), the
-    data, the loss and the output element read: what llc.estimate adds to the ids."""
+    data, the loss and the output element read: what llc.estimate adds to the ids. For streamed data,
+    `data_digest` (problems/stream.py's `fingerprint`) stands for the data, and x, y are not hashed."""
     digest = hashlib.sha256()
     if output is not None:
         digest.update(f"output:{output!r}".encode())
@@ -39,7 +45,10 @@ def object_fingerprint(
     if source is not None:
         digest.update(Path(source).read_bytes())
     digest.update(repr(module).encode())
-    for name, tensor in [*module.state_dict().items(), ("x", x), ("y", y)]:
+    data = [("x", x), ("y", y)] if data_digest is None else []
+    if data_digest is not None:
+        digest.update(f"streamed:{data_digest}".encode())
+    for name, tensor in [*module.state_dict().items(), *data]:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     if isinstance(loss, str):
@@ -53,30 +62,22 @@ def object_fingerprint(
 
 
 def as_tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) with the points along the first dimension, from a pair of tensors, a TensorDataset, any
-    Dataset of (x, y) pairs, or a DataLoader over one."""
-    if isinstance(data, torch.utils.data.DataLoader):
-        data = data.dataset
+    """(x, y) with the points along the first dimension, from a pair of tensors or a TensorDataset
+    (data that `is_streamed` is read a batch at a time instead)."""
     if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
     elif isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:
         x, y = data.tensors
-    elif isinstance(data, torch.utils.data.Dataset):
-        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-        x, y = (_stack(items) for items in zip(*pairs, strict=True))
     else:
         raise ConfigError(
-            f"data must be an (x, y) pair of tensors or a Dataset of (x, y) pairs, got {type(data).__name__}"
+            f"data must be an (x, y) pair of tensors, a Dataset or DataLoader of (x, y) pairs or a "
+            f"HuggingFace dataset, got {type(data).__name__}"
         )
     if x.shape[0] != y.shape[0] or x.shape[0] < 2:
         raise ConfigError(
             f"data: x and y need the same number (>= 2) of points, got {x.shape[0]} and {y.shape[0]}"
         )
     return x, y
-
-
-def _stack(items: Iterable[Any]) -> torch.Tensor:
-    return torch.stack([item if isinstance(item, torch.Tensor) else torch.as_tensor(item) for item in items])
 
 
 def loss_function(loss: str | LossFn) -> LossFn:
@@ -91,11 +92,14 @@ def loss_function(loss: str | LossFn) -> LossFn:
 def module_problem(
     config: RunConfig,
     module: torch.nn.Module | None = None,
-    data: Data | None = None,
+    data: Data | Source | None = None,
     loss: str | LossFn | None = None,
-) -> tuple[ModuleModel, torch.Tensor, torch.Tensor]:
-    """The model, x and y of a module problem, from the objects given or the config's factories, in
-    the config's dtype and on the CPU (floating-point data only; labels and token ids keep theirs)."""
+    columns: Sequence[str] | None = None,
+) -> tuple[ModuleModel, torch.Tensor, torch.Tensor, Source | None]:
+    """The model, x, y and source of a module problem, from the objects given or the config's factories,
+    in the config's dtype and on the CPU (floating-point data only; labels and token ids keep theirs).
+    Streamed data (`is_streamed`, or a Source already made) is checked a chunk at a time and comes back
+    as the source, with x and y its first points only."""
     if module is not None:
         module = copy.deepcopy(module)  # the caller's module stays as it was (device, dtype, mode)
     else:
@@ -111,28 +115,34 @@ def module_problem(
         assert config.data is not None
         data = _call_factory(config.data, "data")
     dtype = getattr(torch, config.dtype)
-    x, y = as_tensors(data)
-    x, y = (t.detach().to(dtype) if t.is_floating_point() else t.detach() for t in (x, y))
     module = module.to(dtype=dtype, device="cpu")
     loss_fn = loss_function(loss if loss is not None else config.loss)
-    check_finite(x, y)
+    source: Source | None = None
+    if isinstance(data, SOURCES) or is_streamed(data):
+        source = data if isinstance(data, SOURCES) else as_source(data, dtype, columns)
+        x, y = check(source)
+        _check_streamed(config, source.n)
+    else:
+        x, y = as_tensors(data)
+        x, y = (t.detach().to(dtype) if t.is_floating_point() else t.detach() for t in (x, y))
+        check_finite(x, y)
     model = ModuleModel(module, loss_fn, x.dim() - 1, vectorized=config.gpu_mode != "sequential")
-    model.check_on_data(x, y)
-    return model, x, y
+    if source is None:
+        model.check_on_data(x, y)
+    else:
+        model.check_on_chunks(source.chunks())
+    return model, x, y, source
 
 
-def check_finite(x: torch.Tensor, y: torch.Tensor) -> None:
-    """NaN or inf in the data is a ConfigError naming the first row that holds one."""
-    for name, t in (("x", x), ("y", y)):
-        if not t.is_floating_point():
-            continue
-        bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
-        if bad.any():
-            rows = bad.nonzero().flatten()
-            raise ConfigError(
-                f"data: {name} holds NaN or inf at row {int(rows[0])} ({len(rows)} of {t.shape[0]} rows); "
-                "drop or fill those rows"
-            )
+def _check_streamed(config: RunConfig, n: int) -> None:
+    """What a run on streamed data cannot do: hold a minibatch of all n points, or be compiled."""
+    if config.sampling.spec.minibatch and config.batch_size >= n:
+        raise ConfigError(
+            f"batch_size={config.batch_size} reads all {n} points of streamed data at every step; set a "
+            "batch_size below n, or pass the data as tensors"
+        )
+    if config.compile is True:
+        raise ConfigError("compile=true cannot compile a step that reads streamed data; set compile=auto")
 
 
 class OutputElement(torch.nn.Module):

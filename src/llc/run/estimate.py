@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from llc.errors import ConfigError
 from llc.modules.model import LossFn
 from llc.problems.build import Problem
 from llc.problems.module import Data, OutputElement, as_tensors, module_problem, object_fingerprint
+from llc.problems.stream import as_source, fingerprint, is_streamed, loader_batch_size
 from llc.run.experiment import run_llc
 
 # Keys the model and data decide, which an estimate's overrides cannot set (seed and dtype they can).
@@ -44,24 +46,37 @@ def estimate(
     sampler: str = "sgld",
     runs_dir: str | Path | None = None,
     output: int | str | None = None,
+    columns: Sequence[str] | None = None,
     **overrides: Any,
 ) -> Estimate:
     """Estimate the LLC of `model` at its current weights (w*) on `data`, with L0 the loss there.
 
     `loss` is "mse", "cross_entropy" or a callable (output, target) -> per-example losses [batch];
     `output` the index or key of the predictions in a model whose forward returns a tuple or dict;
+    `data` an (x, y) pair of tensors or a TensorDataset (held in memory), or a DataLoader, a map-style or
+    iterable Dataset, or a HuggingFace dataset (`columns`: its input and target), read a batch at a
+    time (a DataLoader's batch size is the default batch_size);
     `overrides` are the run's sampling keys (chains, steps, warmup, step_size, gamma, nbeta,
     batch_size, precond, seed, device, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
     directory is written as `llc run` writes it, and a later call with the same weights, data and
     settings reuses it. A mistake in any of these is one ConfigError, raised before anything is written.
     """
+    if is_streamed(data) and "batch_size" not in overrides and loader_batch_size(data) is not None:
+        overrides = {**overrides, "batch_size": loader_batch_size(data)}
     config = _config(loss, sampler, overrides)
-    x, y = as_tensors(data)
-    fingerprint = object_fingerprint(model, x, y, loss, output)
-    config = config.with_module_fingerprint(fingerprint)
+    if is_streamed(data):
+        source = as_source(data, getattr(torch, config.dtype), columns)
+        digest, (x, y) = fingerprint(source)
+        given: Data = source
+    else:
+        if columns is not None:
+            raise ConfigError("columns= names the input and target of a HuggingFace dataset; data is tensors")
+        x, y = as_tensors(data)
+        digest, given = None, (x, y)
+    config = config.with_module_fingerprint(object_fingerprint(model, x, y, loss, output, digest))
     chosen = model if output is None else OutputElement(model, output)
-    module, x, y = module_problem(config, chosen, (x, y), loss)
-    problem = Problem(module, x, y, None, module.flat_parameters())
+    module, x, y, streamed = module_problem(config, chosen, given, loss)
+    problem = Problem(module, x, y, None, module.flat_parameters(), streamed)
     if runs_dir is not None:
         result = run_llc(config, Path(runs_dir), problem=problem)
         return _estimate(result.metrics, result.path, keep=True)

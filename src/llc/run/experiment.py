@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from llc.errors import ConfigError
 from llc.model import gram
 from llc.model.network import MLP
 from llc.model.posterior import LocalizedPosterior
+from llc.model.streaming import StreamingPosterior, streamed_loss_and_grad
 from llc.modules.model import ModuleModel
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
@@ -30,6 +32,8 @@ from llc.samplers.checkpoint import Checkpointing
 from llc.samplers.driver import Progress, sample
 from llc.samplers.trace import Trace
 from llc.threads import cpu_threads, threads_for
+
+log = logging.getLogger(__name__)
 
 
 class Experiment(Protocol):
@@ -123,17 +127,22 @@ class LLCExperiment:
         gamma_auto = None
         if config.gamma == "auto":  # your own model's default: decided from the gradient at w*
             with cpu_threads(threads):
-                gamma_auto = localization.decide(problem.model, x, y, w_star, nbeta)
+                gamma_auto = localization.decide(_full_gradient(problem, x, y, w_star), w_star, nbeta)
         gamma = gamma_auto.gamma if gamma_auto else float(config.gamma)
-        posterior = LocalizedPosterior(
-            problem.model,
-            x,
-            y,
-            w_star,
-            nbeta,
-            gamma,
-            config.batch_size if config.sampling.spec.minibatch else None,
-        )
+        batch_size = config.batch_size if config.sampling.spec.minibatch else None
+        if problem.source is None:
+            posterior = LocalizedPosterior(problem.model, x, y, w_star, nbeta, gamma, batch_size)
+        else:
+            posterior = StreamingPosterior(
+                problem.model, x, y, w_star, nbeta, gamma, batch_size, source=problem.source
+            )
+            if batch_size is None:
+                log.warning(
+                    "%s reads all %d points of the streamed data at every step, a chunk at a time: on data "
+                    "that does not fit in memory expect it to be slow (sgld and sghmc step on minibatches)",
+                    config.sampler,
+                    problem.n,
+                )
         full_batch = (posterior.batch_size or posterior.n) >= posterior.n
         if isinstance(problem.model, MLP) and gram.supports(problem.model) and full_batch:
             # Full-batch gradients of linear networks from second moments: exact and n times cheaper.
@@ -180,8 +189,15 @@ def _trained_point(config: RunConfig, problem: Problem) -> tuple[torch.Tensor, f
     """w* and L0: a module problem's own weights, else ERM from the config's seed."""
     if problem.w_star is None:
         return train(problem, config.erm_steps, config.erm_lr, config.seed)
-    loss0 = problem.model.batch_loss(problem.w_star.unsqueeze(0), problem.x, problem.y)
+    loss0 = problem.full_loss(problem.w_star.unsqueeze(0))
     return problem.w_star.clone(), float(loss0[0])
+
+
+def _full_gradient(problem: Problem, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """∇L_n at w [d] over all n points (x, y on the run's device; or the problem's streamed data)."""
+    if problem.source is None:
+        return problem.model.loss_and_grad(w.unsqueeze(0), x, y)[1][0]
+    return streamed_loss_and_grad(problem.model.loss_and_grad, problem.source, w.unsqueeze(0))[1][0]
 
 
 def build_metrics(

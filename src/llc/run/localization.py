@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from llc.model.protocol import Model
-
 WEAK_GAMMA = 1.0
 STRONG_GAMMA = 100.0
 # The most the gradient at w* may shift the estimate for w* to count as a minimum: MINIMUM_SHIFT, or a
@@ -32,11 +30,8 @@ class Localization:
     gradient_shift: float  # nβ²·|∇L_n(w*)|² / WEAK_GAMMA: how far the gradient could move the estimate
 
 
-def decide(
-    model: Model, x: torch.Tensor, y: torch.Tensor, w_star: torch.Tensor, nbeta: float
-) -> Localization:
-    """γ for a run at w*: weak where the full-data gradient at w* is too small to move the estimate."""
-    _, grad = model.loss_and_grad(w_star.unsqueeze(0), x, y)
+def decide(grad: torch.Tensor, w_star: torch.Tensor, nbeta: float) -> Localization:
+    """γ for a run at w*: weak where the full-data gradient ∇L_n(w*) is too small to move the estimate."""
     norm = nbeta * float(grad.double().norm())
     shift = norm**2 / WEAK_GAMMA
     allowed = max(MINIMUM_SHIFT, MINIMUM_SHIFT_PER_HALF_DIMENSION * w_star.numel() / 2)
