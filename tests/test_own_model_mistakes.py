@@ -73,6 +73,19 @@ class LogOfLinear(torch.nn.Module):
         return torch.log(self.linear(x))  # NaN wherever the linear part is negative
 
 
+class Items(torch.utils.data.Dataset):
+    """A dataset of whatever items it is given."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> object:
+        return self.items[i]
+
+
 def token_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Flatten(), torch.nn.Linear(8, 2))
@@ -91,6 +104,8 @@ def nan_weights() -> torch.nn.Module:
     return model
 
 
+PAIRS = list(zip(X, Y, strict=True))
+RAGGED = [(x[: 2 + i % 2], y) for i, (x, y) in enumerate(PAIRS)]  # inputs of 2 and 3 features
 TOKENS = torch.randint(0, 5, (40, 2), generator=gen)
 TOKENS[30, 1] = 7  # the vocabulary has 5
 
@@ -211,6 +226,26 @@ MISTAKES: list[tuple[str, Callable[[Path], object], list[str]]] = [
             ("noise_level", "no such setting"),
         ]
     ],
+    (
+        "an empty dataset",
+        lambda d: llc.estimate(regressor(), Items([]), runs_dir=d, **RUN),
+        ["the dataset is empty", "at least two (input, target) pairs"],
+    ),
+    (
+        "items that are not (input, target) pairs",
+        lambda d: llc.estimate(regressor(), Items(list(X)), runs_dir=d, **RUN),
+        ["each item must be an (input, target) pair, got a Tensor", "return (x, y) from"],
+    ),
+    (
+        "items of different shapes",
+        lambda d: llc.estimate(regressor(), Items(RAGGED), runs_dir=d, **RUN),
+        ["the items do not batch together", "one shape", "collate_fn that pads them"],
+    ),
+    (
+        "a batch_size of all the streamed points",
+        lambda d: llc.estimate(regressor(), Items(PAIRS), runs_dir=d, chains=2, batch_size=40),
+        ["batch_size=40 reads all 40 points of streamed data", "batch_size below n"],
+    ),
     (
         "a key the model decides",
         lambda d: llc.estimate(regressor(), (X, Y), widths=[4], runs_dir=d, **RUN),
