@@ -239,7 +239,7 @@ MISTAKES: list[tuple[str, Callable[[Path], object], list[str]]] = [
     (
         "items of different shapes",
         lambda d: llc.estimate(regressor(), Items(RAGGED), runs_dir=d, **RUN),
-        ["the items do not batch together", "one shape", "collate_fn that pads them"],
+        ["the items do not batch together", "one shape", "a DataLoader whose collate_fn pads them"],
     ),
     (
         "a batch_size of all the streamed points",
