@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -162,6 +161,8 @@ def test_blocks_read_a_stream_at_offsets_their_seeds_draw():
 
 
 def test_a_huggingface_dataset_names_its_columns_and_draws_as_the_same_map_style_dataset():
+    import datasets  # here: importing it takes seconds, which only this test should pay
+
     table = datasets.Dataset.from_dict({"id": list(range(N)), "x": X.tolist(), "y": Y.tolist()})
     run = {**SHORT, "batch_size": 40}
     from_table = llc.estimate(fitted(), table, columns=("x", "y"), **run)

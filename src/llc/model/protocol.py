@@ -6,7 +6,7 @@ the posterior depends on this protocol, not on either of them.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -49,5 +49,8 @@ class Model(Protocol):
 
 class Minibatches(Protocol):
     """Where a group of chains draws its minibatch indices (samplers/blocks.py's Block)."""
+
+    # Its random streams (each with start, stop and gen): streamed data keeps a block's epochs by them.
+    streams: tuple[Any, ...]
 
     def indices(self, high: int, count: int, device: torch.device) -> torch.Tensor: ...

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from llc.model.posterior import Batch, GradFn, LocalizedPosterior
-from llc.model.protocol import Model
+from llc.model.protocol import Minibatches, Model
 
 
 class Source(Protocol):
@@ -72,24 +72,27 @@ class Cursor:
     def next(self, count: int) -> Batch:
         xs, ys = [], []
         while count > 0:
-            if self._left is None:
-                chunk = next(self._chunks, None)
-                if chunk is None:  # a new epoch (a source is never empty: problems/stream.py checks)
-                    self._chunks = iter(self.source.chunks())
-                    continue
-                self._left = chunk
-            x, y = self._left
-            k = min(count, x.shape[0])
-            xs.append(x[:k])
-            ys.append(y[:k])
-            self._left = None if k == x.shape[0] else (x[k:], y[k:])
-            count -= k
+            x, y = self._take(count)
+            xs.append(x)
+            ys.append(y)
+            count -= x.shape[0]
         return (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
 
-    def skip(self, count: int, piece: int) -> None:
+    def skip(self, count: int) -> None:
         while count > 0:
-            self.next(min(count, piece))
-            count -= piece
+            count -= self._take(count)[0].shape[0]
+
+    def _take(self, most: int) -> Batch:
+        """Up to `most` points from the chunk at hand (the next one, or the first of a new epoch)."""
+        while self._left is None:
+            # A source is never empty (problems/stream.py checks), so a new epoch has a first chunk.
+            self._left = next(self._chunks, None)
+            if self._left is None:
+                self._chunks = iter(self.source.chunks())
+        x, y = self._left
+        k = min(most, x.shape[0])
+        self._left = None if k == x.shape[0] else (x[k:], y[k:])
+        return x[:k], y[:k]
 
 
 class Permutations:
@@ -126,18 +129,18 @@ class Consecutive:
     first stream draws; the block's chains take consecutive minibatches of each read. The indices
     returned are the points' positions in the stream."""
 
-    def __init__(self, streams: tuple, source: Source, piece: int) -> None:
+    def __init__(self, streams: tuple, source: Source) -> None:
         self.chains = sum(s.stop - s.start for s in streams)
         self.n = source.n
         self.cursor = Cursor(source)
         self.at = int(torch.randint(self.n, (1,), generator=streams[0].gen, device=streams[0].gen.device))
-        self.cursor.skip(self.at, piece)
+        self.cursor.skip(self.at)
 
     def next(self, count: int) -> tuple[torch.Tensor, Batch]:
         x, y = self.cursor.next(self.chains * count)
         idx = (self.at + torch.arange(self.chains * count)).remainder_(self.n).view(self.chains, count)
         self.at = (self.at + self.chains * count) % self.n
-        return idx, (x.view(self.chains, count, *x.shape[1:]), y.view(self.chains, count, *y.shape[1:]))
+        return idx, (x.reshape(self.chains, count, *x.shape[1:]), y.reshape(self.chains, count, *y.shape[1:]))
 
 
 @dataclass
@@ -146,7 +149,6 @@ class StreamingPosterior(LocalizedPosterior):
     shapes and device); minibatches and full-data passes read the source."""
 
     source: Source | None = None
-    piece: int = 2048  # points read at once when skipping through a stream
     _draws: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -161,19 +163,19 @@ class StreamingPosterior(LocalizedPosterior):
         assert self.source is not None
         return self.source.n
 
-    def indices(self, block: object) -> torch.Tensor | None:
+    def indices(self, block: Minibatches) -> torch.Tensor | None:
         """The block's next minibatch per chain [chains, batch], without replacement within an epoch;
         a block's state is kept by its random streams (the same streams always draw the same batches)."""
         assert self.source is not None
         if self.batch_size is None:
             return None
-        streams = block.streams  # type: ignore[attr-defined]
+        streams = block.streams
         draws = self._draws.get(streams)
         if draws is None:
             draws = (
                 Permutations(streams, self.n)
                 if self.source.random_access
-                else Consecutive(streams, self.source, self.piece)
+                else Consecutive(streams, self.source)
             )
             self._draws[streams] = draws
         if isinstance(draws, Permutations):
@@ -205,7 +207,7 @@ class StreamingPosterior(LocalizedPosterior):
                 self._side = Cursor(self.source)
             x, y = self._side.next(idx.numel())
         x, y = x.to(self.x.device), y.to(self.x.device)
-        return x.view(*idx.shape, *x.shape[1:]), y.view(*idx.shape, *y.shape[1:])
+        return x.reshape(*idx.shape, *x.shape[1:]), y.reshape(*idx.shape, *y.shape[1:])
 
     def loss_and_grad(self, w: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if batch is not None:

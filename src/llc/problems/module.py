@@ -118,8 +118,12 @@ def module_problem(
     module = module.to(dtype=dtype, device="cpu")
     loss_fn = loss_function(loss if loss is not None else config.loss)
     source: Source | None = None
-    if isinstance(data, SOURCES) or is_streamed(data):
-        source = data if isinstance(data, SOURCES) else as_source(data, dtype, columns)
+    if isinstance(data, SOURCES):  # made and checked by llc.estimate (its `fingerprint`)
+        source = data
+        x, y = (t[:2] for t in next(iter(source.chunks())))
+        _check_streamed(config, source.n)
+    elif is_streamed(data):
+        source = as_source(data, dtype, columns)
         x, y = check(source)
         _check_streamed(config, source.n)
     else:

@@ -22,6 +22,7 @@ from llc.problems.build import Problem
 from llc.problems.module import Data, OutputElement, as_tensors, module_problem, object_fingerprint
 from llc.problems.stream import as_source, fingerprint, is_streamed, loader_batch_size
 from llc.run.experiment import run_llc
+from llc.samplers.registry import MINIBATCH_SAMPLERS
 
 # Keys the model and data decide, which an estimate's overrides cannot set (seed and dtype they can).
 NOT_OVERRIDABLE = (*(k for k in FAMILY_KEYS if k not in ("seed", "dtype")), "weights", "problem", "true_rank")
@@ -61,8 +62,9 @@ def estimate(
     directory is written as `llc run` writes it, and a later call with the same weights, data and
     settings reuses it. A mistake in any of these is one ConfigError, raised before anything is written.
     """
-    if is_streamed(data) and "batch_size" not in overrides and loader_batch_size(data) is not None:
-        overrides = {**overrides, "batch_size": loader_batch_size(data)}
+    batch_size = loader_batch_size(data)
+    if batch_size is not None and sampler in MINIBATCH_SAMPLERS and "batch_size" not in overrides:
+        overrides = {**overrides, "batch_size": batch_size}
     config = _config(loss, sampler, overrides)
     if is_streamed(data):
         source = as_source(data, getattr(torch, config.dtype), columns)
