@@ -204,3 +204,15 @@ def test_a_study_data_factory_may_return_a_dataset(tmp_path, monkeypatch):
     config = build_config(None, {**values, "chains": 2, "steps": 10, "warmup": 0, "batch_size": 16})
     metrics = run_llc(config, tmp_path / "runs").metrics
     assert metrics["n"] == 60 and math.isfinite(metrics["llc_mean"])
+
+
+def test_a_dataset_that_fetches_many_items_at_once_is_asked_for_a_whole_minibatch_per_call():
+    class Batched(Pairs):
+        def __getitems__(self, rows: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            self.calls = getattr(self, "calls", 0) + 1
+            return [(self.x[i], self.y[i]) for i in rows]
+
+    data = Batched()
+    x, y = MapSource(data, torch.utils.data.default_collate, torch.float32).take(torch.tensor([5, 2, 9]))
+    assert data.calls == 1 and data.reads == 0
+    assert torch.equal(x, X[[5, 2, 9]]) and torch.equal(y, Y[[5, 2, 9]])

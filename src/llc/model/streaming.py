@@ -104,9 +104,11 @@ class Permutations:
         self.order, self.at = self._epoch(), 0
 
     def _epoch(self) -> torch.Tensor:
+        # int32 where it holds n: the permutations are the one thing held per point and chain
+        dtype = torch.int32 if self.n < 2**31 else torch.long
         return torch.stack(
             [
-                torch.randperm(self.n, generator=s.gen, device=s.gen.device)
+                torch.randperm(self.n, generator=s.gen, device=s.gen.device, dtype=dtype)
                 for s in self.streams
                 for _ in range(s.stop - s.start)
             ]

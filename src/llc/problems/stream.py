@@ -67,7 +67,11 @@ class MapSource:
         self.n = len(dataset)
 
     def take(self, idx: torch.Tensor) -> Batch:
-        return _pair(_collate(self.collate, [self.dataset[i] for i in idx.tolist()]), self.dtype)
+        # A dataset may fetch many items in one call, as a DataLoader asks it to (torch's __getitems__).
+        fetch = getattr(self.dataset, "__getitems__", None)
+        rows = idx.tolist()
+        items = fetch(rows) if fetch is not None else [self.dataset[i] for i in rows]
+        return _pair(_collate(self.collate, items), self.dtype)
 
     def chunks(self) -> Iterator[Batch]:
         for start in range(0, self.n, CHUNK):
