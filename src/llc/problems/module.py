@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,6 @@ def module_problem(
     module: torch.nn.Module | None = None,
     data: Data | Source | None = None,
     loss: str | LossFn | None = None,
-    columns: Sequence[str] | None = None,
 ) -> tuple[ModuleModel, torch.Tensor, torch.Tensor, Source | None]:
     """The model, x, y and source of a module problem, from the objects given or the config's factories,
     in the config's dtype and on the CPU (floating-point data only; labels and token ids keep theirs).
@@ -123,7 +122,7 @@ def module_problem(
         x, y = (t[:2] for t in next(iter(source.chunks())))
         _check_streamed(config, source.n)
     elif is_streamed(data):
-        source = as_source(data, dtype, columns)
+        source = as_source(data, dtype)
         x, y = check(source)
         _check_streamed(config, source.n)
     else:
