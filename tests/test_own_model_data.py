@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import llc
 import llc.problems.stream
@@ -85,11 +85,14 @@ def same_draws(a: Estimate, b: Estimate, rtol: float = 1e-5) -> bool:
 
 
 def test_a_dataloader_gives_the_tensor_estimate_within_its_se_and_its_batch_size_is_the_default(tmp_path):
+    """A DataLoader over a map-style Dataset is streamed; over a TensorDataset, its tensors are used."""
     tensors = llc.estimate(fitted(), (X, Y), batch_size=40, **RUN)
     loaded = llc.estimate(fitted(), DataLoader(Pairs(), batch_size=40), runs_dir=tmp_path, **RUN)
     assert json.loads((loaded.run_dir / "config.json").read_text())["batch_size"] == 40
     assert loaded.metrics["L0"] == pytest.approx(tensors.metrics["L0"], rel=1e-6)
     assert not same_draws(loaded, tensors)  # drawn differently: without replacement
+    in_memory = llc.estimate(fitted(), DataLoader(TensorDataset(X, Y), batch_size=40), **RUN)
+    assert same_draws(in_memory, tensors)  # tensors in a DataLoader are used as tensors
     se = math.hypot(tensors.llc_se, loaded.llc_se)
     assert abs(loaded.llc_mean - tensors.llc_mean) < 3 * se, (loaded.llc_mean, tensors.llc_mean, se)
 

@@ -62,8 +62,10 @@ def object_fingerprint(
 
 
 def as_tensors(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) with the points along the first dimension, from a pair of tensors or a TensorDataset
-    (data that `is_streamed` is read a batch at a time instead)."""
+    """(x, y) with the points along the first dimension, from a pair of tensors or a TensorDataset, or
+    a DataLoader over one (data that `is_streamed` is read a batch at a time instead)."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        data = data.dataset
     if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
     elif isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) == 2:

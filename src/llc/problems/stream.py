@@ -24,9 +24,12 @@ Collate = Callable[[list[Any]], Any]
 
 
 def is_streamed(data: Any) -> bool:
-    """Whether `data` is read batch by batch (anything but tensors, an (x, y) pair or a TensorDataset)."""
+    """Whether `data` is read batch by batch: anything but an (x, y) pair of tensors or a TensorDataset,
+    alone or in a DataLoader that batches it as they are (held in memory already, they are used as such)."""
     if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return False
+    if isinstance(data, DataLoader) and data.collate_fn is default_collate:
+        data = data.dataset
     return not isinstance(data, TensorDataset) and (isinstance(data, DataLoader | Dataset) or _is_table(data))
 
 
