@@ -187,10 +187,10 @@ class StreamingPosterior(LocalizedPosterior):
         return idx
 
     def placeholder_indices(self, chains: int) -> torch.Tensor | None:
-        raise NotImplementedError("streamed data is not compiled (problems/stream.py refuses compile=true)")
+        raise NotImplementedError("streamed data is not compiled (problems/module.py refuses compile=true)")
 
     def batch_at(self, idx: torch.Tensor | None) -> Batch:
-        assert idx is not None  # a stream is never read whole: batch_size < n (problems/stream.py)
+        assert idx is not None  # a stream is never read whole: batch_size < n (problems/module.py)
         last = getattr(self._read, "last", None)
         if last is not None and last[0] is idx:
             x, y = last[1]
