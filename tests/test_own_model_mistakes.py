@@ -247,6 +247,11 @@ MISTAKES: list[tuple[str, Callable[[Path], object], list[str]]] = [
         ["batch_size=40 reads all 40 points of streamed data", "batch_size below n"],
     ),
     (
+        "compile=true on streamed data",
+        lambda d: llc.estimate(regressor(), Items(PAIRS), runs_dir=d, compile=True, **RUN),
+        ["compile=true cannot compile a step that reads streamed data", "compile=auto"],
+    ),
+    (
         "a key the model decides",
         lambda d: llc.estimate(regressor(), (X, Y), widths=[4], runs_dir=d, **RUN),
         ["widths: decided by the model and data you pass"],
