@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from llc.errors import ConfigError
 from llc.modules.model import LossFn
 from llc.problems.build import Problem
 from llc.problems.module import Data, OutputElement, as_tensors, module_problem, object_fingerprint
-from llc.run.experiment import run_llc
+from llc.run.experiment import LLCExperiment, run_llc
 
 # Keys the model and data decide, which an estimate's overrides cannot set (seed and dtype they can).
 NOT_OVERRIDABLE = (*(k for k in FAMILY_KEYS if k not in ("seed", "dtype")), "weights", "problem", "true_rank")
@@ -57,17 +56,27 @@ def estimate(
     """
     config = _config(loss, sampler, overrides)
     x, y = as_tensors(data)
-    fingerprint = object_fingerprint(model, x, y, loss, output)
-    config = config.with_module_fingerprint(fingerprint)
+    config = config.with_module_fingerprint(object_fingerprint(model, x, y, loss, output))
+    return run_estimate(config, module_as_problem(config, model, (x, y), loss, output), runs_dir)
+
+
+def module_as_problem(
+    config: RunConfig, model: torch.nn.Module, data: Data, loss: str | LossFn, output: int | str | None
+) -> Problem:
+    """The model, checked on its data (each mistake a ConfigError), as the problem a run samples."""
     chosen = model if output is None else OutputElement(model, output)
-    module, x, y = module_problem(config, chosen, (x, y), loss)
-    problem = Problem(module, x, y, None, module.flat_parameters())
+    module, x, y = module_problem(config, chosen, data, loss)
+    return Problem(module, x, y, None, module.flat_parameters())
+
+
+def run_estimate(config: RunConfig, problem: Problem, runs_dir: str | Path | None) -> Estimate:
+    """Run (or, with runs_dir, reuse) the estimate; without runs_dir nothing is written anywhere."""
     if runs_dir is not None:
         result = run_llc(config, Path(runs_dir), problem=problem)
-        return _estimate(result.metrics, result.path, keep=True)
-    with tempfile.TemporaryDirectory(prefix="llc-estimate-") as scratch:
-        result = run_llc(config, Path(scratch), problem=problem)
-        return _estimate(result.metrics, result.path, keep=False)
+        (netcdf,) = result.path.glob("*.nc")
+        return _estimate(result.metrics, az.from_netcdf(netcdf), result.path)
+    measured = LLCExperiment().measure(config, problem)
+    return _estimate(measured.metrics, measured.idata, None)
 
 
 def _config(loss: str | LossFn, sampler: str, overrides: dict[str, Any]) -> RunConfig:
@@ -85,15 +94,12 @@ def _config(loss: str | LossFn, sampler: str, overrides: dict[str, Any]) -> RunC
         raise ConfigError(describe_validation_error(exc)) from None
 
 
-def _estimate(metrics: dict[str, Any], run_dir: Path, keep: bool) -> Estimate:
-    (netcdf,) = run_dir.glob("*.nc")
-    idata = az.from_netcdf(netcdf)
-    idata.load()  # into memory: a scratch directory is removed when the call returns
+def _estimate(metrics: dict[str, Any], idata: az.InferenceData, run_dir: Path | None) -> Estimate:
     llc_mean, llc_se = metrics.get("llc_mean"), metrics.get("llc_se")
     return Estimate(
         float("nan") if llc_mean is None else llc_mean,
         float("nan") if llc_se is None else llc_se,
         metrics,
         idata,
-        run_dir if keep else None,
+        run_dir,
     )
