@@ -54,7 +54,7 @@ def estimate(
     directory is written as `llc run` writes it, and a later call with the same weights, data and
     settings reuses it. A mistake in any of these is one ConfigError, raised before anything is written.
     """
-    config = _config(loss, sampler, overrides)
+    config = estimate_config(loss, sampler, overrides)
     x, y = as_tensors(data)
     config = config.with_module_fingerprint(object_fingerprint(model, x, y, loss, output))
     return run_estimate(config, module_as_problem(config, model, (x, y), loss, output), runs_dir)
@@ -79,7 +79,8 @@ def run_estimate(config: RunConfig, problem: Problem, runs_dir: str | Path | Non
     return _estimate(measured.metrics, measured.idata, None)
 
 
-def _config(loss: str | LossFn, sampler: str, overrides: dict[str, Any]) -> RunConfig:
+def estimate_config(loss: str | LossFn, sampler: str, overrides: dict[str, Any]) -> RunConfig:
+    """The run config of an estimate with these settings; a mistake is one ConfigError."""
     fixed = sorted(set(overrides) & set(NOT_OVERRIDABLE))
     if fixed:
         raise ConfigError(
