@@ -102,10 +102,12 @@ class PhaseClock:
         m = result.metrics
         sampling = m["t_warmup_s"] + m["t_sampling_s"]
         phases = dict(self.times)
+        search = phases.pop("step-size search", 0.0)  # step_size=auto's rounds: part of warm-up
         # The sampler's own time outside its steps: building the kernel, the end-of-run diagnostics.
-        phases["sampler"] = phases.get("sampler", 0.0) + phases.pop("step-size search", 0.0) - sampling
+        phases["sampler"] = phases.get("sampler", 0.0) + search - sampling
         phases["other"] = total - sampling - sum(phases.values())
-        return {"total_s": total, "sampling_s": sampling, "outside_s": total - sampling, **phases}
+        times = {"total_s": total, "sampling_s": sampling, "outside_s": total - sampling}
+        return {**times, "step_search_s": search, **phases}
 
 
 def checkpoints(count: int, every: int) -> tuple[list[torch.nn.Module], torch.Tensor, torch.Tensor]:

@@ -52,7 +52,8 @@ def estimate(
     `overrides` are the run's sampling keys (chains, steps, warmup, step_size, gamma, nbeta,
     batch_size, precond, seed, device, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
     directory is written as `llc run` writes it, and a later call with the same weights, data and
-    settings reuses it. A mistake in any of these is one ConfigError, raised before anything is written.
+    settings reuses it; without it, nothing is written (the draws stay in memory, no plots). A mistake
+    in any of these is one ConfigError, raised before anything is written.
     """
     config = estimate_config(loss, sampler, overrides)
     x, y = as_tensors(data)
