@@ -26,7 +26,7 @@ from llc.run.estimate import estimate_config, module_as_problem
 from llc.run.experiment import LLCExperiment, run_llc
 from llc.rundir import RunDir
 
-# Settings a grid can vary: a list of values for any of these is an axis.
+# Settings a grid can vary: a list of values for any of these is an axis (in the order given).
 AXES = ("sampler", "step_size", "gamma", "nbeta", "seed", "batch_size", "steps")
 # A row's results, by column name: the metric each reads.
 RESULTS = {
@@ -60,7 +60,7 @@ def grid(
     fixed. One row per cell: its values, then llc_mean, llc_se, trusted, flags, ess, rhat, ..., run_id.
     With runs_dir each cell is a run directory that a later grid reuses; without, cells computed
     before in this process are reused."""
-    varied = [name for name in AXES if isinstance(settings.get(name), list | tuple)]
+    varied = [name for name, value in settings.items() if name in AXES and isinstance(value, list | tuple)]
     axes = {name: _values(name, settings.pop(name)) for name in varied}
     cells = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     x, y = as_tensors(data)
