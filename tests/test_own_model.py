@@ -260,8 +260,8 @@ def test_the_exported_forward_computes_only_what_the_output_reads_and_gives_the_
     torch.testing.assert_close((loss, grad), functional.loss_and_grad(w, x, y))
     torch.testing.assert_close(graph.batch_loss(w, x, y), functional.batch_loss(w, x, y))
     assert grad.count_nonzero() > 0.9 * grad.numel()
-    assert any(v is not None for v in graph._graphs.values())
-    assert any(v is not None for v in graph._chain_graphs.values())  # all chains without vmap
+    assert any(g.exported is not None for g in graph._graphs.values())
+    assert any(f is not None for g in graph._graphs.values() for f in g.chained.values())  # without vmap
 
 
 class Cumulative(torch.nn.Module):
@@ -282,7 +282,8 @@ def test_an_operation_without_a_chain_rule_runs_the_exported_graph_under_vmap():
     graph = ModuleModel(module, per_example_mse, example_dims=1)
     w = graph.flat_parameters() + 0.1 * torch.randn(3, graph.n_params, dtype=torch.float64)
     result = graph.loss_and_grad(w, x, y)
-    assert list(graph._chain_graphs.values()) == [None] and None not in graph._graphs.values()
+    assert [f for g in graph._graphs.values() for f in g.chained.values()] == [None]
+    assert all(g.exported is not None for g in graph._graphs.values())
     functional = ModuleModel(module, per_example_mse, example_dims=1, exported=False)
     torch.testing.assert_close(result, functional.loss_and_grad(w, x, y))
 

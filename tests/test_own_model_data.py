@@ -65,12 +65,6 @@ class Stream(IterableDataset):
         return zip(X, Y, strict=True)
 
 
-@pytest.fixture(autouse=True)
-def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The run's PNGs are not what these tests check, and drawing them is most of a short call's time."""
-    monkeypatch.setattr(llc.run.plots, "draw_plots", lambda *args, **kwargs: [])
-
-
 RUN = {"chains": 4, "steps": 100, "warmup": 20, "step_size": 5e-4, "seed": 3}
 SHORT = {**RUN, "steps": 10, "warmup": 0}
 

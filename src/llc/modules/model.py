@@ -23,7 +23,8 @@ from torch.func import functional_call, vmap
 
 from llc.errors import ConfigError
 from llc.modules.chain_graph import ChainForward, batch_over_chains
-from llc.modules.graph import Exported, GraphForward, export_forward
+from llc.modules.graph import Exported, GraphForward
+from llc.modules.graph_cache import Graphs, graphs_for
 from llc.modules.stacked_backward import StackedGradient, stacked_backward
 from llc.modules.stacked_layers import Forward, stacked_forward
 
@@ -116,10 +117,8 @@ class ModuleModel:
         self._threads = threading.local()
         self._template = copy.deepcopy(self.module)
         self._copying = threading.Lock()
-        # The exported forward per input shape, dtype and device (None: not exportable), and that
-        # rewritten per number of chains (None: not rewritable)
-        self._graphs: dict[tuple, Exported | None] = {}
-        self._chain_graphs: dict[tuple, ChainForward | None] = {}
+        # The exported forward and its rewrites per input shape, dtype and device (graph_cache.py)
+        self._graphs: dict[tuple, Graphs] = {}
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-parameter views of flat parameters [..., d] (cut outside vmap: cheaper than inside)."""
@@ -152,28 +151,29 @@ class ModuleModel:
         """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
         return self._views_loss(self._views(params), x, y)
 
-    def _exported(self, example: torch.Tensor) -> Exported | None:
+    def _graphs_for(self, example: torch.Tensor) -> Graphs:
         """The forward exported for inputs like `example` (one chain's batch), on first use, from a copy
-        that nobody evaluates; None if it cannot be."""
+        that nobody evaluates, or shared with an earlier module of the same structure (graph_cache.py)."""
         key = (tuple(example.shape), example.dtype, example.device)
         if key not in self._graphs:
             with self._copying:
                 if key not in self._graphs:
-                    self._graphs[key] = export_forward(copy.deepcopy(self._template), example)
+                    self._graphs[key] = graphs_for(self._template, example)
         return self._graphs[key]
 
-    def _chained(self, exported: Exported, views: dict[str, torch.Tensor], x: torch.Tensor) -> Forward | None:
+    def _chained(self, graphs: Graphs, views: dict[str, torch.Tensor], x: torch.Tensor) -> Forward | None:
         """The exported forward rewritten for this many chains (chain_graph.py), checked once against it
         under vmap; None where it cannot be rewritten."""
         chains = x.shape[0]
-        key = (id(exported), chains)
-        if key not in self._chain_graphs:
-            with self._copying:
-                if key not in self._chain_graphs:
-                    self._chain_graphs[key] = self._checked(
+        exported = graphs.exported
+        assert exported is not None
+        if chains not in graphs.chained:
+            with graphs.lock:
+                if chains not in graphs.chained:
+                    graphs.chained[chains] = self._checked(
                         exported, batch_over_chains(exported.program, chains), views, x
                     )
-        forward = self._chain_graphs[key]
+        forward = graphs.chained[chains]
         return None if forward is None else lambda params, h: forward(params, self.buffers, h)
 
     def _checked(
@@ -207,12 +207,13 @@ class ModuleModel:
         per_chain = self._per_chain(x)
         forward = self.stacked
         if forward is None:
-            exported = self._exported(x[0] if per_chain else x) if graph and self.exported else None
-            if exported is None:
+            graphs = self._graphs_for(x[0] if per_chain else x) if graph and self.exported else None
+            exported = None if graphs is None else graphs.exported
+            if graphs is None or exported is None:
                 return (self._per_chain_loss if per_chain else self._shared_loss)(views, x, y)
             if not per_chain:
                 x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
-            forward = self._chained(exported, views, x)
+            forward = self._chained(graphs, views, x)
             if forward is None:
                 return self._vmapped(exported.forward)(views, x, y)
         elif not per_chain:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from llc.modules.model import LossFn
 from llc.problems.build import Problem
 from llc.problems.module import Data, OutputElement, as_tensors, module_problem, object_fingerprint
 from llc.problems.stream import as_source, fingerprint, is_streamed, loader_batch_size
-from llc.run.experiment import run_llc
+from llc.run.experiment import LLCExperiment, run_llc
 from llc.samplers.registry import MINIBATCH_SAMPLERS
 
 # Keys the model and data decide, which an estimate's overrides cannot set (seed and dtype they can).
@@ -60,34 +59,64 @@ def estimate(
     `overrides` are the run's sampling keys (chains, steps, warmup, step_size, gamma, nbeta,
     batch_size, precond, seed, device, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
     directory is written as `llc run` writes it, and a later call with the same weights, data and
-    settings reuses it. A mistake in any of these is one ConfigError, raised before anything is written.
+    settings reuses it; without it, nothing is written (the draws stay in memory, no plots). A mistake
+    in any of these is one ConfigError, raised before anything is written.
     """
     batch_size = loader_batch_size(data)
     if batch_size is not None and sampler in MINIBATCH_SAMPLERS and "batch_size" not in overrides:
         overrides = {**overrides, "batch_size": batch_size}
-    config = _config(loss, sampler, overrides)
-    if is_streamed(data):
-        source = as_source(data, getattr(torch, config.dtype), columns)
-        digest, (x, y) = fingerprint(source)
-        given: Data = source
-    else:
+    config = estimate_config(loss, sampler, overrides)
+    given = GivenData.of(data, config, columns)
+    config = config.with_module_fingerprint(given.fingerprint(model, loss, output))
+    return run_estimate(config, module_as_problem(config, model, given.data, loss, output), runs_dir)
+
+
+@dataclass(frozen=True)
+class GivenData:
+    """The data as given (tensors, or a streamed source read a batch at a time), with the points that
+    fingerprint it (all of them for tensors) and, for a stream, its content digest."""
+
+    data: Data
+    x: torch.Tensor
+    y: torch.Tensor
+    digest: str | None
+
+    @classmethod
+    def of(cls, data: Data, config: RunConfig, columns: Sequence[str] | None) -> GivenData:
+        if is_streamed(data):
+            source = as_source(data, getattr(torch, config.dtype), columns)
+            digest, (x, y) = fingerprint(source)
+            return cls(source, x, y, digest)
         if columns is not None:
             raise ConfigError("columns= names the input and target of a HuggingFace dataset; data is tensors")
         x, y = as_tensors(data)
-        digest, given = None, (x, y)
-    config = config.with_module_fingerprint(object_fingerprint(model, x, y, loss, output, digest))
+        return cls((x, y), x, y, None)
+
+    def fingerprint(self, model: torch.nn.Module, loss: str | LossFn, output: int | str | None) -> str:
+        return object_fingerprint(model, self.x, self.y, loss, output, self.digest)
+
+
+def module_as_problem(
+    config: RunConfig, model: torch.nn.Module, data: Data, loss: str | LossFn, output: int | str | None
+) -> Problem:
+    """The model, checked on its data (each mistake a ConfigError), as the problem a run samples."""
     chosen = model if output is None else OutputElement(model, output)
-    module, x, y, streamed = module_problem(config, chosen, given, loss)
-    problem = Problem(module, x, y, None, module.flat_parameters(), streamed)
+    module, x, y, streamed = module_problem(config, chosen, data, loss)
+    return Problem(module, x, y, None, module.flat_parameters(), streamed)
+
+
+def run_estimate(config: RunConfig, problem: Problem, runs_dir: str | Path | None) -> Estimate:
+    """Run (or, with runs_dir, reuse) the estimate; without runs_dir nothing is written anywhere."""
     if runs_dir is not None:
         result = run_llc(config, Path(runs_dir), problem=problem)
-        return _estimate(result.metrics, result.path, keep=True)
-    with tempfile.TemporaryDirectory(prefix="llc-estimate-") as scratch:
-        result = run_llc(config, Path(scratch), problem=problem)
-        return _estimate(result.metrics, result.path, keep=False)
+        (netcdf,) = result.path.glob("*.nc")
+        return _estimate(result.metrics, az.from_netcdf(netcdf), result.path)
+    measured = LLCExperiment().measure(config, problem)
+    return _estimate(measured.metrics, measured.idata, None)
 
 
-def _config(loss: str | LossFn, sampler: str, overrides: dict[str, Any]) -> RunConfig:
+def estimate_config(loss: str | LossFn, sampler: str, overrides: dict[str, Any]) -> RunConfig:
+    """The run config of an estimate with these settings; a mistake is one ConfigError."""
     fixed = sorted(set(overrides) & set(NOT_OVERRIDABLE))
     if fixed:
         raise ConfigError(
@@ -102,15 +131,12 @@ def _config(loss: str | LossFn, sampler: str, overrides: dict[str, Any]) -> RunC
         raise ConfigError(describe_validation_error(exc)) from None
 
 
-def _estimate(metrics: dict[str, Any], run_dir: Path, keep: bool) -> Estimate:
-    (netcdf,) = run_dir.glob("*.nc")
-    idata = az.from_netcdf(netcdf)
-    idata.load()  # into memory: a scratch directory is removed when the call returns
+def _estimate(metrics: dict[str, Any], idata: az.InferenceData, run_dir: Path | None) -> Estimate:
     llc_mean, llc_se = metrics.get("llc_mean"), metrics.get("llc_se")
     return Estimate(
         float("nan") if llc_mean is None else llc_mean,
         float("nan") if llc_se is None else llc_se,
         metrics,
         idata,
-        run_dir if keep else None,
+        run_dir,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import arviz as az
 import numpy as np
 import torch
 from pydantic import BaseModel
@@ -42,6 +43,15 @@ class Experiment(Protocol):
     config_model: type[BaseModel]
 
     def run(self, config: Any, run_dir: Path) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One run's results in memory: metrics.json's values, the draws as ArviZ data, the known λ."""
+
+    metrics: dict[str, Any]
+    idata: az.InferenceData
+    llc_true: float | None
 
 
 @dataclass(frozen=True)
@@ -104,12 +114,29 @@ class LLCExperiment:
         progress: Progress | None = None,
         problem: Problem | None = None,
     ) -> dict[str, Any]:
-        keep_freed_memory()
-        ask_platform_now()
         out = RunDir(run_dir.parent, run_dir.name)
         out.write_json(
             "config.json", {"run_id": config.run_id, "family_id": config.family_id, **config.normalized()}
         )
+        checkpoint = None
+        if self.checkpoint_every_s is not None and config.gpu_mode != "sequential":
+            checkpoint = Checkpointing(out.checkpoint, self.checkpoint_every_s)
+        measured = self.measure(config, problem, progress, checkpoint)
+        diagnostics.write_netcdf(measured.idata, run_dir / f"{config.sampler}.nc")
+        out.write_json("metrics.json", measured.metrics)
+        plots.draw_plots(measured.idata, run_dir, measured.llc_true, measured.metrics.get("flags", []))
+        return measured.metrics
+
+    def measure(
+        self,
+        config: RunConfig,
+        problem: Problem | None = None,
+        progress: Progress | None = None,
+        checkpoint: Checkpointing | None = None,
+    ) -> Measured:
+        """The run's metrics and draws, in memory: what `run` writes into its directory."""
+        keep_freed_memory()
+        ask_platform_now()
         device = resolve_device(config)
         problem = problem or build_problem(config)
         nbeta = config.nbeta_for(problem.n)
@@ -148,9 +175,6 @@ class LLCExperiment:
             # Full-batch gradients of linear networks from second moments: exact and n times cheaper.
             posterior = replace(posterior, grad_fn=gram.GramLoss(problem.model, posterior.x, posterior.y))
         gen = torch.Generator(device=device).manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
-        checkpoint = None
-        if self.checkpoint_every_s is not None and config.gpu_mode != "sequential":
-            checkpoint = Checkpointing(out.checkpoint, self.checkpoint_every_s)
         trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint)
         metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma)
         if gamma_auto is not None:
@@ -162,10 +186,7 @@ class LLCExperiment:
             "L0": loss0,
         }
         idata = diagnostics.to_inference_data(trace.llc, trace.loss, trace.w_proj, trace.stats or None, attrs)
-        diagnostics.write_netcdf(idata, run_dir / f"{config.sampler}.nc")
-        out.write_json("metrics.json", metrics)
-        plots.draw_plots(idata, run_dir, problem.llc_true, metrics.get("flags", []))
-        return metrics
+        return Measured(metrics, idata, problem.llc_true)
 
     def _erm(self, config: RunConfig, problem: Problem) -> tuple[torch.Tensor, float]:
         """w* and L0, computed once per family and shared by every run of it."""

@@ -189,9 +189,9 @@ def _start(
 def _warm_up(ctx: _Context, run: Run) -> None:
     """The warm-up steps: the kernel tunes itself, and step_size=auto's search runs its rounds."""
     warmup = ctx.sampling.warmup
+    since = time.perf_counter()  # the search's first round is warm-up's too
     if run.search is not None and run.t == 0:
         search_round(run.search, 0, warmup, ctx.kernel, run.state, ctx.posterior, run.eval_gen)
-    since = time.perf_counter()
     while run.t < warmup:
         stop = _stride_end(run.t, ctx.total, ctx.sampling, ctx.n_evals)
         if run.search is not None:  # stop at the end of the search's round
