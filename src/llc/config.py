@@ -193,7 +193,7 @@ class RunConfig(BaseModel):
     def _known_devices(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for device in value or ():
             if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-                raise ValueError(f"devices: each is cpu, cuda or cuda:N, got {device!r}")
+                raise ValueError(f"each device is cpu, cuda or cuda:N, got {device!r}")
         return value
 
     # The fingerprint of a module problem's Python objects (llc.estimate); None: from model/data/weights.
