@@ -271,6 +271,7 @@ class ModuleModel:
     def _all_loss_and_grad(
         self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss_and_grad` in whichever precision the caller set: sequential, per chain, or in chunks."""
         if not self.vectorized:
             return self.autograd_loss_and_grad(params, x, y)
         if self._per_chain(x):
