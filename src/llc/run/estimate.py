@@ -51,7 +51,7 @@ def estimate(
     `loss` is "mse", "cross_entropy" or a callable (output, target) -> per-example losses [batch];
     `output` the index or key of the predictions in a model whose forward returns a tuple or dict;
     `overrides` are the run's sampling keys (chains, steps, warmup, step_size, gamma, nbeta,
-    batch_size, precond, seed, device, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
+    batch_size, precond, seed, device, devices, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
     directory is written as `llc run` writes it, and a later call with the same weights, data and
     settings reuses it. A mistake in any of these is one ConfigError, raised before anything is written.
     """
