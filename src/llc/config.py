@@ -22,7 +22,7 @@ from pydantic import (
 
 from llc.errors import ConfigError, describe, merge_union_branches
 from llc.fingerprint import code_fingerprint
-from llc.samplers.registry import MINIBATCH_SAMPLERS, SAMPLERS, Sampling
+from llc.samplers.registry import MINIBATCH_SAMPLERS, SAMPLERS, STREAM, Sampling
 
 Problem = Literal["mlp", "linear", "rrr", "dln", "module"]
 # The samplers and what each takes come from their registry (samplers/registry.py).
@@ -37,7 +37,7 @@ FAMILY_KEYS = (
 
 # Keys that change how fast a run goes, never what it computes; and `weights`, the path of a file whose
 # content hash the ids take instead (module_fingerprint), so that moving the file keeps its results.
-EXECUTION_ONLY = ("threads",)
+EXECUTION_ONLY = ("threads", "devices")
 NOT_IN_IDS = (*EXECUTION_ONLY, "weights")
 
 # SGHMC's friction when none is given (friction=auto starts from it).
@@ -66,6 +66,8 @@ MODULE_LOSSES = ("mse", "cross_entropy")
 # Validation context under which a module problem may leave `model` and `data` unset: `llc.estimate`,
 # whose model and data are Python objects (their fingerprint then comes with the config).
 IN_MEMORY_MODULE = "in_memory_module"
+# Half-precision dtypes: the model computes in them under autocast, the chain state stays float32.
+HALF_DTYPES = ("bfloat16", "float16")
 
 
 class RunConfig(BaseModel):
@@ -145,8 +147,17 @@ class RunConfig(BaseModel):
     projections: int = Field(3, ge=0, description="random projections of w kept in the trace")
 
     # -- execution ---------------------------------------------------------------------------
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = Field(
+        "float32",
+        description="bfloat16 | float16 (problem module): forward and backward under autocast, the chain "
+        "state and the loss float32 (docs/own-model.md)",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    devices: tuple[str, ...] | None = Field(
+        None,
+        description="split the chains of one run across these devices, e.g. [cpu, cpu] (processes) or "
+        "[cuda:0, cuda:1]: the same draws as one device (docs/own-model.md)",
+    )
     gpu_mode: Literal["vectorized", "sequential", "off"] = "vectorized"
     threads: int = Field(0, ge=0, description="CPU threads (0: one for small models, else torch's default)")
     compile: bool | Literal["auto"] = Field(
@@ -175,6 +186,14 @@ class RunConfig(BaseModel):
     def _known_device(cls, value: str) -> str:
         if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for device in value or ():
+            if device not in ("cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+                raise ValueError(f"each device is cpu, cuda or cuda:N, got {device!r}")
         return value
 
     # The fingerprint of a module problem's Python objects (llc.estimate); None: from model/data/weights.
@@ -232,6 +251,13 @@ class RunConfig(BaseModel):
                 f"gamma=auto is decided from your own model's w* (problem module); give problem "
                 f"{self.problem} a number (its default: {_builtin_gamma(self.problem):g})"
             )
+        if self.dtype in HALF_DTYPES and self.problem != "module":
+            raise ValueError(
+                f"dtype={self.dtype} is for your own model (problem module, llc.estimate); problem "
+                f"{self.problem} takes float32 or float64"
+            )
+        if self.devices is not None:
+            _check_devices(self)
         if self.precond != "none" and "precond" not in SAMPLERS[self.sampler].options:
             raise ValueError(f"precond applies to sgld only; set precond=none for sampler {self.sampler}")
         return self
@@ -262,6 +288,16 @@ class RunConfig(BaseModel):
         from llc.modules.ids import reference_fingerprint
 
         return reference_fingerprint(self.model, self.data, self.loss, self.weights)
+
+    @property
+    def state_dtype(self) -> str:
+        """The dtype of the chain state, the data and the loss: float32 under a half-precision dtype."""
+        return "float32" if self.dtype in HALF_DTYPES else self.dtype
+
+    @property
+    def compute_dtype(self) -> str | None:
+        """The dtype the model's forward and backward run in under autocast; None: the state's."""
+        return self.dtype if self.dtype in HALF_DTYPES else None
 
     @property
     def step_size_auto(self) -> bool:
@@ -360,6 +396,33 @@ def _check_module_keys(config: RunConfig, in_memory: bool) -> None:
             "loss for problem module must be mse, cross_entropy or package.module:function, "
             f"got {config.loss!r}"
         )
+
+
+def _check_devices(config: RunConfig) -> None:
+    """devices splits the chains on whole random streams (samplers/blocks.py), one share per device."""
+    devices = config.devices or ()
+    if not devices:
+        raise ValueError("devices needs at least one device, e.g. devices=[cpu, cpu]")
+    if config.problem != "module":
+        raise ValueError(
+            f"devices is for your own model (problem module, llc.estimate), not problem {config.problem}"
+        )
+    if config.gpu_mode == "sequential":
+        raise ValueError("devices splits vectorized chains: set gpu_mode=vectorized, or leave devices out")
+    if config.chains % STREAM or config.chains < STREAM * len(devices):
+        fit = STREAM * len(devices) * max(1, math.ceil(config.chains / (STREAM * len(devices))))
+        raise ValueError(
+            f"devices splits the chains in whole random streams of {STREAM}: chains must be a multiple of "
+            f"{STREAM}, at least one stream per device; got chains={config.chains} for {len(devices)} "
+            f"devices (try chains={fit})"
+        )
+    if config.step_size_auto:
+        raise ValueError(
+            "step_size=auto searches the step over all chains at once: with devices, give a step_size "
+            f"(sgld's default is {SAMPLERS['sgld'].default_step:g})"
+        )
+    if config.sampler == "mclmc":
+        raise ValueError("devices splits sgld, sghmc and hmc runs; mclmc runs on one device (drop devices)")
 
 
 def _check_builtin_keys(config: RunConfig) -> None:

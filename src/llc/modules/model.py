@@ -6,6 +6,10 @@ comes back flat too. Buffers stay fixed and the module is evaluated in eval mode
 general counterpart of network.MLP, which stays the fast path for the built-in problems. A module
 built only from common layers (stacked_layers.py) skips torch.func: its layers take each chain's
 weights as rows of the views, in batched matrix products.
+
+With `compute` bfloat16 or float16 (dtype=bfloat16), forward and backward run under torch.autocast
+(the hand-written backward casts explicitly), while the chain state, the data, the loss and its
+accumulation over the data stay float32: the model's output is cast back before the loss.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import copy
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -63,6 +68,7 @@ class ModuleModel:
     example_dims: int  # dimensions of one input example: x [n, ...] has example_dims + 1
     vectorized: bool = True
     exported: bool = True  # run the forward as an exported graph that computes only what it reads
+    compute: torch.dtype | None = None  # autocast's dtype for forward and backward (None: the state's)
     auto_compile: ClassVar[bool] = False  # compile=auto leaves torch.func steps eager (samplers/driver.py)
     names: list[str] = field(init=False)
     shapes: list[torch.Size] = field(init=False)
@@ -86,7 +92,7 @@ class ModuleModel:
         stacked = stacked_forward(self.module)
         self.stacked = None if stacked is None else stacked[0]
         loss = next((name for name, fn in LOSSES.items() if fn is self.loss_fn), None)
-        self.by_hand = None if stacked is None else stacked_backward(self.module, loss)
+        self.by_hand = None if stacked is None else stacked_backward(self.module, loss, self.compute)
         # Built-in losses treat examples one by one, so chains fold into their batch; a loss given as
         # a callable may not, and runs once per chain under vmap.
         self._example_loss = self.loss_fn if loss else vmap(self.loss_fn)
@@ -110,6 +116,24 @@ class ModuleModel:
         self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
         self._fresh_threads()  # copies made before the move stay behind
         return self
+
+    def __reduce__(self) -> tuple:
+        """Pickled as what builds it (another process advancing a share of the chains: run/devices.py)."""
+        return (ModuleModel, (self.module, self.loss_fn, self.example_dims, self.vectorized, self.exported,
+                              self.compute))  # fmt: skip
+
+    @contextmanager
+    def _precision(self, like: torch.Tensor) -> Iterator[None]:
+        """Autocast to `compute` on `like`'s device, if any (the hand-written backward casts explicitly)."""
+        if self.compute is None:
+            yield
+            return
+        with torch.autocast(like.device.type, dtype=self.compute):
+            yield
+
+    def _state_dtype(self, output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The model's output in the state's dtype, for the loss (a no-op without `compute`)."""
+        return output if self.compute is None else output.to(like.dtype)
 
     def _fresh_threads(self) -> None:
         # Threads copy a template that nobody evaluates: copying `module` itself could catch it while
@@ -145,7 +169,7 @@ class ModuleModel:
     def _chain_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean per-example loss of one chain's parameters on a batch."""
         output = functional_call(self._own_module(), (params, self.buffers), (x,))
-        return self.loss_fn(output, y).mean()
+        return self.loss_fn(self._state_dtype(output, next(iter(params.values()))), y).mean()
 
     def _loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss [chains] of parameters [chains, d] on x [chains, batch, ...] or a shared [batch, ...]."""
@@ -185,7 +209,9 @@ class ModuleModel:
     ) -> ChainForward | None:
         if chained is None:
             return None
-        with torch.no_grad():
+        # In the state's dtype: the rewrite is the same under autocast, and half precision's rounding
+        # would differ between the two ways of batching.
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             params = {k: v.detach() for k, v in views.items()}
             reference = vmap(exported.forward, in_dims=(0, None, 0))(params, self.buffers, x)
             try:
@@ -218,7 +244,7 @@ class ModuleModel:
                 return self._vmapped(exported.forward)(views, x, y)
         elif not per_chain:
             x, y = x.expand(chains, *x.shape), y.expand(chains, *y.shape)
-        output = forward(views, x)
+        output = self._state_dtype(forward(views, x), next(iter(views.values())))
         if self._example_loss is self.loss_fn:
             folded = self.loss_fn(output.flatten(0, 1), y.flatten(0, 1))
             return folded.view(chains, -1).mean(dim=1)
@@ -226,7 +252,8 @@ class ModuleModel:
 
     def _vmapped(self, forward: GraphForward) -> Callable:
         def chain_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return self.loss_fn(forward(params, self.buffers, x), y).mean()
+            output = forward(params, self.buffers, x)
+            return self.loss_fn(self._state_dtype(output, next(iter(params.values()))), y).mean()
 
         return vmap(chain_loss)
 
@@ -239,6 +266,13 @@ class ModuleModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss [chains] (mean over the batch) and its gradient [chains, d]: the forward pass batched by
         vmap, the backward by autograd through it (faster than torch.func.grad inside vmap)."""
+        with self._precision(params):
+            return self._all_loss_and_grad(params, x, y)
+
+    def _all_loss_and_grad(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss_and_grad` in whichever precision the caller set: sequential, per chain, or in chunks."""
         if not self.vectorized:
             return self.autograd_loss_and_grad(params, x, y)
         if self._per_chain(x):
@@ -287,7 +321,7 @@ class ModuleModel:
 
     def batch_loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch, one value per chain: [chains]."""
-        with torch.no_grad():
+        with torch.no_grad(), self._precision(params):
             if not self.vectorized:
                 return torch.stack(
                     [
@@ -310,7 +344,7 @@ class ModuleModel:
         values, grads = [], []
         for c in range(params.shape[0]):
             w = params[c].detach().requires_grad_(True)
-            with torch.enable_grad():
+            with torch.enable_grad(), self._precision(params):
                 value = self._chain_loss(self._views(w), *self._chain_batch(x, y, c))
                 (grad,) = torch.autograd.grad(value, w)
             values.append(value.detach())
@@ -404,7 +438,8 @@ class ModuleModel:
         w = self.flat_parameters().unsqueeze(0).expand(2, -1).clone()
         xs, ys = x[:2].unsqueeze(0).expand(2, *x[:2].shape), y[:2].unsqueeze(0).expand(2, *y[:2].shape)
         try:  # through functional_call: a forward that torch.export cannot take may still batch
-            self._loss_and_grad(w, xs, ys, graph=False)
+            with self._precision(w):
+                self._loss_and_grad(w, xs, ys, graph=False)
         except Exception as exc:
             raise ConfigError(
                 f"the model cannot run all chains at once under torch.func.vmap ({_first_line(exc)}). vmap "

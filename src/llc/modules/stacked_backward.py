@@ -7,6 +7,10 @@ gradient down the layers, writing each weight's gradient with one batched produc
 place in the flat gradient [chains, d]. `stacked_backward` builds this for an nn.Sequential of
 nn.Linear, nn.Flatten and the activations in DERIVATIVES, with a built-in loss, and returns None for
 anything else (autograd then differentiates stacked_layers' forward).
+
+With a `compute` dtype (bfloat16 or float16: dtype=bfloat16), the products and activations run in it,
+cast explicitly as autocast would (autocast cannot write into the float32 gradient through `out=`); the
+loss, its gradient at the output and the parameters' gradients stay in the state's float32.
 """
 
 from __future__ import annotations
@@ -80,25 +84,33 @@ class Layer(Protocol):
 class _Linear:
     weight: str
     bias: str | None
+    compute: torch.dtype | None = None  # the products' dtype when lower than the state's
 
     def forward(self, params: Params, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        w = params[self.weight].transpose(1, 2)  # [chains, in, out]
+        weight = params[self.weight] if self.compute is None else params[self.weight].to(self.compute)
+        w = weight.transpose(1, 2)  # [chains, in, out]
         rows = h.reshape(h.shape[0], -1, h.shape[-1])
         if self.bias is None:
             out = torch.bmm(rows, w)
         else:
-            out = torch.baddbmm(params[self.bias].unsqueeze(1), rows, w)
-        return out.view(*h.shape[:-1], out.shape[-1]), (rows, h.shape)
+            bias = params[self.bias].unsqueeze(1)
+            out = torch.baddbmm(bias if self.compute is None else bias.to(self.compute), rows, w)
+        return out.view(*h.shape[:-1], out.shape[-1]), (rows, h.shape, weight)
 
     def backward(
         self, params: Params, saved: Any, g: torch.Tensor, grads: Params, need_input: bool
     ) -> torch.Tensor | None:
-        rows, shape = saved
+        rows, shape, weight = saved
         g = g.reshape(rows.shape[0], -1, g.shape[-1])  # [chains, rows, out]
-        torch.bmm(g.transpose(1, 2), rows, out=grads[self.weight])
-        if self.bias is not None:
-            torch.sum(g, dim=1, out=grads[self.bias])
-        return torch.bmm(g, params[self.weight]).view(shape) if need_input else None
+        if self.compute is None:
+            torch.bmm(g.transpose(1, 2), rows, out=grads[self.weight])
+            if self.bias is not None:
+                torch.sum(g, dim=1, out=grads[self.bias])
+        else:
+            grads[self.weight].copy_(torch.bmm(g.transpose(1, 2), rows))
+            if self.bias is not None:
+                torch.sum(g, dim=1, dtype=grads[self.bias].dtype, out=grads[self.bias])
+        return torch.bmm(g, weight).view(shape) if need_input else None
 
 
 @dataclass(frozen=True)
@@ -137,13 +149,17 @@ class StackedGradient:
 
     layers: list[Layer]
     loss: str
+    compute: torch.dtype | None = None
 
     def __call__(self, params: Params, x: torch.Tensor, y: torch.Tensor, grads: Params) -> torch.Tensor:
-        saved, h = [], x
+        saved, h = [], x if self.compute is None or not x.is_floating_point() else x.to(self.compute)
         for layer in self.layers:
             h, keep = layer.forward(params, h)
             saved.append(keep)
-        value, g = _loss_and_output_grad(self.loss, h, y)
+        state = next(iter(grads.values())).dtype
+        value, g = _loss_and_output_grad(self.loss, h.to(state), y)
+        if self.compute is not None:
+            g = g.to(self.compute)
         for i in range(len(self.layers) - 1, -1, -1):
             g = self.layers[i].backward(params, saved[i], g, grads, need_input=i > 0)  # type: ignore[assignment]
         return value
@@ -166,33 +182,38 @@ def _loss_and_output_grad(loss: str, out: torch.Tensor, y: torch.Tensor) -> tupl
     return per_example.mean(dim=1), resid.mul_(2.0 / batch)
 
 
-def stacked_backward(module: nn.Module, loss: str | None) -> StackedGradient | None:
+def stacked_backward(
+    module: nn.Module, loss: str | None, compute: torch.dtype | None = None
+) -> StackedGradient | None:
     """The hand-written loss and gradient of `module` under the built-in loss named `loss`, or None
     when the module is not a stack of layers known here or the loss is not built in."""
     if loss not in LOSSES:
         return None
     layers: list[Layer] = []
-    return StackedGradient(layers, loss) if _collect(module, "", layers) and layers else None
+    found = _collect(module, "", layers, compute)
+    return StackedGradient(layers, loss, compute) if found and layers else None
 
 
-def _collect(module: nn.Module, prefix: str, layers: list[Layer]) -> bool:
+def _collect(module: nn.Module, prefix: str, layers: list[Layer], compute: torch.dtype | None) -> bool:
     """Append the layers of `module` (whose parameters are named after `prefix`) in order; False when
     some part of it is not a layer known here."""
     if module._forward_hooks or module._forward_pre_hooks or list(module.buffers(recurse=False)):
         return False
     if type(module) is nn.Sequential:
-        return all(_collect(child, f"{prefix}{name}.", layers) for name, child in module._modules.items())
-    layer = _layer(module, prefix)
+        return all(
+            _collect(child, f"{prefix}{name}.", layers, compute) for name, child in module._modules.items()
+        )
+    layer = _layer(module, prefix, compute)
     if layer is not None:
         layers.append(layer)
     return layer is not None
 
 
-def _layer(module: nn.Module, prefix: str) -> Layer | None:
+def _layer(module: nn.Module, prefix: str, compute: torch.dtype | None) -> Layer | None:
     kind = type(module)
     if kind is nn.Linear:
         assert isinstance(module, nn.Linear)
-        return _Linear(f"{prefix}weight", f"{prefix}bias" if module.bias is not None else None)
+        return _Linear(f"{prefix}weight", f"{prefix}bias" if module.bias is not None else None, compute)
     if kind is nn.Flatten:
         assert isinstance(module, nn.Flatten)
         start, end = (d + 1 if d >= 0 else d for d in (module.start_dim, module.end_dim))  # past the chains

@@ -115,7 +115,7 @@ def module_problem(
     if data is None:
         assert config.data is not None
         data = _call_factory(config.data, "data")
-    dtype = getattr(torch, config.dtype)
+    dtype = getattr(torch, config.state_dtype)  # dtype=bfloat16: float32 here, bfloat16 under autocast
     module = module.to(dtype=dtype, device="cpu")
     loss_fn = loss_function(loss if loss is not None else config.loss)
     source: Source | None = None
@@ -131,7 +131,8 @@ def module_problem(
         x, y = as_tensors(data)
         x, y = (t.detach().to(dtype) if t.is_floating_point() else t.detach() for t in (x, y))
         check_finite(x, y)
-    model = ModuleModel(module, loss_fn, x.dim() - 1, vectorized=config.gpu_mode != "sequential")
+    compute = getattr(torch, config.compute_dtype) if config.compute_dtype else None
+    model = ModuleModel(module, loss_fn, x.dim() - 1, config.gpu_mode != "sequential", compute=compute)
     if source is None:
         model.check_on_data(x, y)
     else:

@@ -57,7 +57,7 @@ def estimate(
     iterable Dataset, or a HuggingFace dataset (`columns`: its input and target), read a batch at a
     time (a DataLoader's batch size is the default batch_size);
     `overrides` are the run's sampling keys (chains, steps, warmup, step_size, gamma, nbeta,
-    batch_size, precond, seed, device, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
+    batch_size, precond, seed, device, devices, dtype, gpu_mode, compile, ...). With `runs_dir`, the run
     directory is written as `llc run` writes it, and a later call with the same weights, data and
     settings reuses it; without it, nothing is written (the draws stay in memory, no plots). A mistake
     in any of these is one ConfigError, raised before anything is written.
@@ -84,7 +84,7 @@ class GivenData:
     @classmethod
     def of(cls, data: Data, config: RunConfig, columns: Sequence[str] | None) -> GivenData:
         if is_streamed(data):
-            source = as_source(data, getattr(torch, config.dtype), columns)
+            source = as_source(data, getattr(torch, config.state_dtype), columns)
             digest, (x, y) = fingerprint(source)
             return cls(source, x, y, digest)
         if columns is not None:

@@ -25,7 +25,7 @@ from llc.modules.model import ModuleModel
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.optimum import best_linear_loss, is_linear_network
-from llc.run import diagnostics, health, localization, plots
+from llc.run import devices, diagnostics, health, localization, plots
 from llc.run.allocator import ask_platform_now, keep_freed_memory
 from llc.run.erm import train
 from llc.rundir import RunDir, atomic_write
@@ -92,6 +92,7 @@ def run_llc(
     # directory exists.
     resolve_device(config)
     problem = problem or build_problem(config)
+    devices.check(config, problem.model)
     experiment = LLCExperiment(runs_dir / "families", checkpoint_every_s)
     metrics = experiment.run(config, run_dir.prepare(), progress, problem)
     run_dir.seal()
@@ -175,7 +176,11 @@ class LLCExperiment:
             # Full-batch gradients of linear networks from second moments: exact and n times cheaper.
             posterior = replace(posterior, grad_fn=gram.GramLoss(problem.model, posterior.x, posterior.y))
         gen = torch.Generator(device=device).manual_seed(stream(config.seed, STREAM_SAMPLING).initial_seed())
-        trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint)
+        if config.devices:  # one share of the chains per device (devices.py), without checkpoints
+            seed, on = gen.initial_seed(), config.devices
+            trace = devices.sample_on_devices(config.sampling, posterior, loss0, seed, on, progress)
+        else:
+            trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint)
         metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma)
         if gamma_auto is not None:
             metrics |= {"gamma_auto": gamma_auto.gamma, "gamma_reason": gamma_auto.reason}
@@ -260,6 +265,7 @@ def build_metrics(
         "ess_per_second": ess / trace.t_sampling_s if trace.t_sampling_s > 0 else math.nan,
         "ess_per_grad_eval": ess / total_grad_evals if total_grad_evals else math.nan,
         "device": str(device),
+        **({"devices": list(config.devices)} if config.devices else {}),
         "gpu_mode": config.gpu_mode,
         "torch": torch.__version__,
     }

@@ -10,6 +10,8 @@ the same numbers on a laptop and on a 64-core node. A run with at most STREAM ch
 caller's generator, exactly as an unblocked kernel would. A block is the chains one call computes:
 whole streams, at most UNIT chains. Where the blocks fall depends on the number of chains and on
 whether the step is compiled, never on the number of cores, so the cores cannot change a result.
+A run split across devices (run/devices.py) gives each device a `share` of whole streams, seeded as
+in the whole run, so the split cannot change a result either.
 
 Eager steps hold Python's interpreter lock between torch operations, so two threads with small
 blocks mostly wait for each other: eager blocks are UNIT chains and a core takes at least UNIT
@@ -29,11 +31,11 @@ from typing import Any
 import torch
 
 from llc.samplers.base import Recorder
+from llc.samplers.registry import STREAM
 from llc.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
-STREAM = 4  # chains per random stream
 UNIT = 16  # most chains one call computes: its [chains, batch, width] tensors stay in a core's cache
 _pool: ThreadPoolExecutor | None = None
 
@@ -80,13 +82,49 @@ class Block:
             out[s.start - self.start : s.stop - self.start].random_(0, high, generator=s.gen)
         return out
 
+    def uniform(self, like: torch.Tensor) -> torch.Tensor:
+        """Uniform [0, 1) numbers shaped like `like` (the block's rows), each stream drawing its rows."""
+        if len(self.streams) == 1:
+            return torch.rand(like.shape, generator=self.streams[0].gen, dtype=like.dtype, device=like.device)
+        out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        for s in self.streams:
+            out[s.start - self.start : s.stop - self.start].uniform_(generator=s.gen)
+        return out
 
-def layout(chains: int, gen: torch.Generator, fused: bool) -> list[Block]:
+
+Share = tuple[int, int]  # (first chain, chains of the whole run): a device's part of a split run
+
+
+def layout(chains: int, gen: torch.Generator, fused: bool, share: Share | None = None) -> list[Block]:
     """The blocks of a run: streams seeded from `gen` (or `gen` itself for few chains or off the CPU,
-    where all chains make one block), grouped into blocks as described above."""
+    where all chains make one block), grouped into blocks as described above. With `share`, the
+    `chains` are those from share[0] of a run of share[1] chains, with that run's streams."""
     if gen.device.type != "cpu":
-        return [Block(0, chains, (Stream(0, chains, gen),))]
-    return _group(_streams(chains, gen), fused)
+        return [Block(0, chains, tuple(streams(chains, gen, share)))]
+    return _group(streams(chains, gen, share), fused)
+
+
+def streams(chains: int, gen: torch.Generator, share: Share | None = None) -> list[Stream]:
+    """The random streams of `chains` chains (of the share of a larger run, with `share`), from 0;
+    off the CPU, one stream of all of them."""
+    if gen.device.type != "cpu":
+        return [Stream(0, chains, _share_generator(gen, share))]
+    if share is None:
+        return _streams(chains, gen)
+    first, total = share
+    return [
+        Stream(s.start - first, s.stop - first, s.gen)
+        for s in _streams(total, gen)
+        if first <= s.start < first + chains
+    ]
+
+
+def _share_generator(gen: torch.Generator, share: Share | None) -> torch.Generator:
+    """Off the CPU all chains draw from one generator: a share draws from its own, from its first chain
+    (reproducible for the same devices, not the numbers one device draws)."""
+    if share is None or share[0] == 0:
+        return gen
+    return torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + share[0])
 
 
 def _group(streams: list[Stream], fused: bool) -> list[Block]:

@@ -1,6 +1,7 @@
 """Full-batch HMC with a leapfrog integrator and a Metropolis correction, per chain.
 
-The step size is tuned by dual averaging during warm-up towards `target_accept`, then fixed.
+The step size is tuned by dual averaging during warm-up towards `target_accept`, then fixed. Momenta
+and acceptance draws come from the random streams of STREAM chains (blocks.py), as SGLD's noise.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from llc.model.posterior import LocalizedPosterior
 from llc.samplers.adaptation import DualAveraging
 from llc.samplers.base import FullBatchKernel, StepInfo
+from llc.samplers.blocks import Block, Share, streams
 from llc.samplers.registry import Sampling
 
 DIVERGENCE_ENERGY = 1000.0
@@ -24,15 +26,21 @@ class HMCState:
     potential: torch.Tensor
     grad: torch.Tensor
     step_size: torch.Tensor  # [chains, 1]
-    gen: torch.Generator  # momenta and acceptance draws
+    draws: Block  # all chains, with the random streams of their momenta and acceptance draws
     adaptation: DualAveraging | None = None  # the step size's tuning, while in warm-up
 
 
 class HMC(FullBatchKernel):
     def __init__(
-        self, posterior: LocalizedPosterior, step_size: float, n_leapfrog: int, target_accept: float
+        self,
+        posterior: LocalizedPosterior,
+        step_size: float,
+        n_leapfrog: int,
+        target_accept: float,
+        share: Share | None = None,
     ) -> None:
         self.posterior = posterior
+        self.share = share
         self.n_leapfrog = n_leapfrog
         self.grad_evals_per_step = n_leapfrog
         self.initial_step = step_size
@@ -41,13 +49,14 @@ class HMC(FullBatchKernel):
     @classmethod
     def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> HMC:
         n_leapfrog, target_accept = sampling.option("n_leapfrog"), sampling.option("target_accept")
-        return cls(posterior, sampling.step_size, n_leapfrog, target_accept)
+        return cls(posterior, sampling.step_size, n_leapfrog, target_accept, sampling.share)
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> HMCState:
         w = w.clone()
         loss, grad = self.posterior.loss_and_grad(w)
         step = torch.full((w.shape[0], 1), self.initial_step, dtype=w.dtype, device=w.device)
-        return HMCState(w, loss, self.posterior.potential(w, loss), grad, step, gen)
+        draws = Block(0, w.shape[0], tuple(streams(w.shape[0], gen, self.share)))
+        return HMCState(w, loss, self.posterior.potential(w, loss), grad, step, draws)
 
     def step(self, state: HMCState, tune: bool) -> tuple[HMCState, StepInfo]:
         if tune and state.adaptation is None:
@@ -55,8 +64,8 @@ class HMC(FullBatchKernel):
         if not tune and state.adaptation is not None:
             state.step_size = state.adaptation.final
             state.adaptation = None
-        eps, gen = state.step_size, state.gen
-        p = torch.randn(state.w.shape, generator=gen, device=state.w.device, dtype=state.w.dtype)
+        eps = state.step_size
+        p = state.draws.normal(state.w)
         h0 = state.potential + 0.5 * p.square().sum(dim=1)
         w, grad = state.w.clone(), state.grad
         p = p - 0.5 * eps * grad
@@ -70,7 +79,7 @@ class HMC(FullBatchKernel):
         h1 = potential + 0.5 * p.square().sum(dim=1)
         log_ratio = torch.nan_to_num(h0 - h1, nan=-torch.inf)
         accept_prob = torch.exp(log_ratio.clamp(max=0.0))
-        accept = torch.rand(accept_prob.shape, generator=gen, device=w.device, dtype=w.dtype) < accept_prob
+        accept = state.draws.uniform(accept_prob) < accept_prob
         keep = accept.unsqueeze(1)
         state.w = torch.where(keep, w, state.w)
         state.grad = torch.where(keep, grad, state.grad)

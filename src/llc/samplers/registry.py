@@ -56,6 +56,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
     )
 }  # fmt: skip
 
+STREAM = 4  # chains per random stream (blocks.py): runs split across devices on whole streams
+
 MINIBATCH_SAMPLERS = tuple(name for name, spec in SAMPLERS.items() if spec.minibatch)
 
 
@@ -78,6 +80,9 @@ class Sampling:
     step_size_auto: bool = False
     friction_auto: bool = False
     options: Mapping[str, Any] | None = None  # the sampler's own parameters (SamplerSpec.options)
+    # (first chain, chains of the whole run) when these `chains` are one device's share of a run split
+    # across devices (run/devices.py): they draw the random numbers those chains draw in the whole run.
+    share: tuple[int, int] | None = None
 
     @property
     def spec(self) -> SamplerSpec:

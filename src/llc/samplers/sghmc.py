@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from llc.model.posterior import LocalizedPosterior
-from llc.samplers.blocks import Block, BlockedChains, compile_step, layout
+from llc.samplers.blocks import Block, BlockedChains, Share, compile_step, layout
 from llc.samplers.registry import Sampling
 
 
@@ -36,9 +36,15 @@ class SGHMC(BlockedChains):
     minibatch = True
 
     def __init__(
-        self, posterior: LocalizedPosterior, step_size: float, friction: float, compile: bool = False
+        self,
+        posterior: LocalizedPosterior,
+        step_size: float,
+        friction: float,
+        compile: bool = False,
+        share: Share | None = None,
     ) -> None:
         self.posterior = posterior
+        self.share = share
         self.initial_step = step_size
         self.initial_friction = friction
         # compile: gradient, localization and update of a block as one compiled call (as in SGLD).
@@ -48,7 +54,8 @@ class SGHMC(BlockedChains):
     @classmethod
     def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> SGHMC:
         """With the friction given, or where friction=auto starts (the run layer resolves it)."""
-        return cls(posterior, sampling.step_size, sampling.option("friction"), bool(sampling.compile))
+        friction = sampling.option("friction")
+        return cls(posterior, sampling.step_size, friction, bool(sampling.compile), sampling.share)
 
     def _kick(
         self,
@@ -67,7 +74,7 @@ class SGHMC(BlockedChains):
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGHMCState:
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
-        blocks = layout(w.shape[0], gen, self.fused)
+        blocks = layout(w.shape[0], gen, self.fused, self.share)
         return SGHMCState(w.clone(), torch.zeros_like(w), self.initial_step, self.initial_friction, blocks)
 
     def curvature_metric(self, state: SGHMCState) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from llc.model.posterior import LocalizedPosterior
 from llc.samplers.base import Recorder
-from llc.samplers.blocks import Block, BlockedChains, compile_step, layout
+from llc.samplers.blocks import Block, BlockedChains, Share, compile_step, layout
 from llc.samplers.registry import SAMPLERS, Sampling
 
 RMSPROP_DECAY = 0.99
@@ -35,11 +35,17 @@ class SGLD(BlockedChains):
     minibatch = True
 
     def __init__(
-        self, posterior: LocalizedPosterior, step_size: float, precond: str = "none", compile: bool = False
+        self,
+        posterior: LocalizedPosterior,
+        step_size: float,
+        precond: str = "none",
+        compile: bool = False,
+        share: Share | None = None,
     ) -> None:
         self.posterior = posterior
         self.initial_step = step_size
         self.precond = precond
+        self.share = share
         # compile without preconditioning: gradient, localization and update of a block as one compiled
         # call (blocks.compile_step); the random numbers stay with the blocks' streams, drawn before it.
         # With preconditioning the driver compiles the gradient alone.
@@ -48,7 +54,8 @@ class SGLD(BlockedChains):
 
     @classmethod
     def from_sampling(cls, posterior: LocalizedPosterior, sampling: Sampling) -> SGLD:
-        return cls(posterior, sampling.step_size, sampling.option("precond"), bool(sampling.compile))
+        precond = sampling.option("precond")
+        return cls(posterior, sampling.step_size, precond, bool(sampling.compile), sampling.share)
 
     def _langevin(
         self, w: torch.Tensor, idx: torch.Tensor | None, noise: torch.Tensor, eps: float
@@ -61,7 +68,7 @@ class SGLD(BlockedChains):
 
     def init(self, w: torch.Tensor, gen: torch.Generator) -> SGLDState:
         # Chains advance in blocks with their own random streams, spread over the CPU cores (blocks.py).
-        blocks = layout(w.shape[0], gen, self.fused)
+        blocks = layout(w.shape[0], gen, self.fused, self.share)
         if self.precond == "none":
             return SGLDState(w.clone(), self.initial_step, blocks)
         momentum = torch.zeros_like(w) if self.precond == "adam" else None
