@@ -82,3 +82,19 @@ def test_a_devices_mistake_is_one_config_error_before_anything_is_written(values
         llc.estimate(module, data, runs_dir=tmp_path, **{"chains": 8, "step_size": 1e-3, **values})
     assert len(str(caught.value).splitlines()) <= 2  # the project's header line, then the one problem
     assert not any(tmp_path.iterdir())
+
+
+def test_streamed_data_on_several_devices_is_one_config_error_before_anything_is_written(tmp_path):
+    module, (x, y) = problem()
+
+    class Pairs(torch.utils.data.Dataset):  # not a TensorDataset: read an item at a time
+        def __len__(self) -> int:
+            return len(x)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return x[i], y[i]
+
+    loader = torch.utils.data.DataLoader(Pairs(), batch_size=16)
+    with pytest.raises(ConfigError, match=r"devices: streamed data .* pass the data as tensors"):
+        llc.estimate(module, loader, runs_dir=tmp_path, chains=8, step_size=1e-3, devices=["cpu", "cpu"])
+    assert not any(tmp_path.iterdir())

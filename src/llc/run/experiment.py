@@ -92,7 +92,7 @@ def run_llc(
     # directory exists.
     resolve_device(config)
     problem = problem or build_problem(config)
-    devices.check(config, problem.model)
+    devices.check(config, problem)
     experiment = LLCExperiment(runs_dir / "families", checkpoint_every_s)
     metrics = experiment.run(config, run_dir.prepare(), progress, problem)
     run_dir.seal()
@@ -140,6 +140,7 @@ class LLCExperiment:
         ask_platform_now()
         device = resolve_device(config)
         problem = problem or build_problem(config)
+        devices.check(config, problem)
         nbeta = config.nbeta_for(problem.n)
         # ERM is full-batch on one chain; sampling picks its own thread count.
         threads = (
