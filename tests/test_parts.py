@@ -204,9 +204,11 @@ def test_restricting_to_every_parameter_draws_what_the_plain_run_draws():
 
 
 KNOWN = {
-    "sgld": {"step_size": 6e-4, "batch_size": 200, "steps": 600, "warmup": 100},
+    "sgld": {"step_size": 6e-4, "batch_size": 200, "steps": 900, "warmup": 100},
     "sghmc": {"step_size": 3e-4, "friction": 0.2, "batch_size": 200, "steps": 600, "warmup": 100},
-    "hmc": {"n_leapfrog": 5, "steps": 250, "warmup": 100},
+    # Short trajectories: along a layer's directions (all of one curvature) longer ones come back near where
+    # they started, and the loss barely changes between draws (8 leapfrog steps: ESS 25-250 of 2400).
+    "hmc": {"n_leapfrog": 2, "steps": 300, "warmup": 100},
     "mclmc": {"steps": 400, "warmup": 150},
 }
 
@@ -254,9 +256,9 @@ def test_loss_data_gives_n_over_2_times_the_trace_of_its_second_moments_over_the
         sampler="hmc",
         loss_data=loss_data,
         chains=8,
-        steps=250,
+        steps=300,
         warmup=100,
-        n_leapfrog=4,
+        n_leapfrog=2,
         gamma=1.0,
     )
     assert abs(est.llc_mean - truth) <= 0.1 * truth, (est.llc_mean, truth)
