@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["estimate", "grid"]
+__all__ = ["estimate", "grid", "heads"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from llc.run.grid import grid
 
         return grid
+    if name == "heads":
+        from llc.modules.heads import heads
+
+        return heads
     raise AttributeError(f"module 'llc' has no attribute {name!r}")

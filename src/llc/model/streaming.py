@@ -211,13 +211,11 @@ class StreamingPosterior(LocalizedPosterior):
         x, y = x.to(self.x.device), y.to(self.x.device)
         return x.reshape(*idx.shape, *x.shape[1:]), y.reshape(*idx.shape, *y.shape[1:])
 
-    def loss_and_grad(self, w: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def data_loss_and_grad(self, w: torch.Tensor, batch: Batch | None) -> tuple[torch.Tensor, torch.Tensor]:
         if batch is not None:
-            return super().loss_and_grad(w, batch)
+            return super().data_loss_and_grad(w, batch)
         assert self.source is not None and self.grad_fn is not None
-        loss, grad = streamed_loss_and_grad(self.grad_fn, self.source, w)
-        grad.mul_(self.nbeta).add_(w - self.w_star, alpha=self.gamma)
-        return loss, grad
+        return streamed_loss_and_grad(self.grad_fn, self.source, w)
 
     def full_loss(self, w: torch.Tensor) -> torch.Tensor:
         assert self.source is not None

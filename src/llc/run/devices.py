@@ -26,15 +26,16 @@ from llc.errors import ConfigError
 from llc.model.posterior import LocalizedPosterior
 from llc.modules.model import ModuleModel
 from llc.problems.build import Problem
+from llc.run.parts import Refinement
 from llc.samplers.driver import Progress, sample, step_work
 from llc.samplers.registry import STREAM, Sampling
 from llc.samplers.trace import Trace, concat
 from llc.threads import threads_for
 
 
-def check(config: RunConfig, problem: Problem) -> None:
-    """The devices exist here, the data is in memory, and the model and loss can travel to another
-    process: else one ConfigError, before the run directory is written."""
+def check(config: RunConfig, problem: Problem, refinement: Refinement) -> None:
+    """The devices exist here, the data is in memory, the run is not refined, and the model and loss can
+    travel to another process: else one ConfigError, before the run directory is written."""
     if not config.devices:
         return
     if problem.source is not None:
@@ -42,6 +43,8 @@ def check(config: RunConfig, problem: Problem) -> None:
             "devices: streamed data (a DataLoader or Dataset) is read in this process only; pass the data "
             "as tensors, or leave devices out"
         )
+    if refinement.parts is not None or refinement.loss_data is not None:
+        raise ConfigError("devices: restrict and loss_data run on one device; leave devices out")
     model = problem.model
     for device in config.devices:
         if device == "cpu":

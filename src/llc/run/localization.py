@@ -30,11 +30,17 @@ class Localization:
     gradient_shift: float  # nβ²·|∇L_n(w*)|² / WEAK_GAMMA: how far the gradient could move the estimate
 
 
-def decide(grad: torch.Tensor, w_star: torch.Tensor, nbeta: float) -> Localization:
-    """γ for a run at w*: weak where the full-data gradient ∇L_n(w*) is too small to move the estimate."""
+def decide(
+    grad: torch.Tensor, w_star: torch.Tensor, nbeta: float, mask: torch.Tensor | None = None
+) -> Localization:
+    """γ for a run at w*: weak where the full-data gradient ∇L_n(w*) is too small to move the estimate.
+    With `mask` [d] (a part of the model), from the part's gradient and dimension."""
+    if mask is not None:
+        grad = grad * mask
     norm = nbeta * float(grad.double().norm())
     shift = norm**2 / WEAK_GAMMA
-    allowed = max(MINIMUM_SHIFT, MINIMUM_SHIFT_PER_HALF_DIMENSION * w_star.numel() / 2)
+    dim = w_star.numel() if mask is None else int(mask.sum())
+    allowed = max(MINIMUM_SHIFT, MINIMUM_SHIFT_PER_HALF_DIMENSION * dim / 2)
     if shift <= allowed:
         return Localization(
             WEAK_GAMMA,

@@ -65,7 +65,8 @@ class HMC(FullBatchKernel):
             state.step_size = state.adaptation.final
             state.adaptation = None
         eps = state.step_size
-        p = state.draws.normal(state.w)
+        # Restricted: momenta only along the chain's part, so the kinetic energy is the part's.
+        p = self.posterior.masked(state.draws.normal(state.w))
         h0 = state.potential + 0.5 * p.square().sum(dim=1)
         w, grad = state.w.clone(), state.grad
         p = p - 0.5 * eps * grad
