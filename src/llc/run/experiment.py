@@ -24,6 +24,7 @@ from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.optimum import best_linear_loss, is_linear_network
 from llc.run import diagnostics, health, localization, plots
 from llc.run.allocator import ask_platform_now, keep_freed_memory
+from llc.run.chain_length import ChainLength
 from llc.run.erm import train
 from llc.rundir import RunDir, atomic_write
 from llc.samplers.checkpoint import Checkpointing
@@ -142,8 +143,14 @@ class LLCExperiment:
         checkpoint = None
         if self.checkpoint_every_s is not None and config.gpu_mode != "sequential":
             checkpoint = Checkpointing(out.checkpoint, self.checkpoint_every_s)
-        trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint)
+        # steps=auto: the same chains continue while they have not filled, within the budget.
+        chain_length = ChainLength(config.step_budget, gamma) if config.steps == "auto" else None
+        more = chain_length.more if chain_length is not None else None
+        trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint, more)
         metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma)
+        metrics["steps_chosen"] = trace.steps
+        if chain_length is not None:
+            metrics["steps_reason"] = chain_length.reason or "gpu_mode=sequential: the initial steps only"
         if gamma_auto is not None:
             metrics |= {"gamma_auto": gamma_auto.gamma, "gamma_reason": gamma_auto.reason}
         attrs = {
