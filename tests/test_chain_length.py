@@ -82,10 +82,13 @@ def test_steps_given_are_sampled_exactly_and_auto_records_its_choice(tmp_path, m
     assert metrics["steps_chosen"] <= AUTO_STEP_BUDGET * 100
 
 
-def test_your_own_model_defaults_to_steps_auto_and_other_problems_to_1000_steps():
+def test_your_own_model_and_the_known_lambda_problems_default_to_steps_auto():
     module = RunConfig.model_validate({"problem": "module"}, context={IN_MEMORY_MODULE: True})
     assert (module.steps, module.warmup, module.initial_steps) == ("auto", MODULE_MIN_WARMUP, 1000)
     assert module.step_budget == AUTO_STEP_BUDGET * 1000
     rrr = build_config(None, {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1})
-    assert (rrr.steps, rrr.step_budget) == (1000, 1000)
-    assert build_config(None, {"widths": (8,), "steps": "auto"}).initial_steps == 1000
+    assert (rrr.steps, rrr.warmup, rrr.step_size) == ("auto", MODULE_MIN_WARMUP, "auto")
+    given = build_config(None, {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "steps": 300})
+    assert (given.steps, given.warmup, given.step_budget) == (300, 0, 300)  # steps given: as before
+    mlp = build_config(None, {"widths": (8,)})
+    assert (mlp.steps, mlp.warmup) == (1000, 0)  # the teacher-student MLP keeps its defaults

@@ -59,7 +59,8 @@ AUTO_MIN_WARMUP = 40
 # (run/localization.py): weak at a minimum, strong where w* is not one (a checkpoint mid-training).
 MODULE_MIN_WARMUP = 200
 MODULE_WARMUP_FRACTION = 0.2
-# steps=auto (your own model's default, any problem's on request): sample AUTO_INITIAL_STEPS, then
+# steps=auto (the default of your own model and of the known-λ problems, with MODULE_MIN_WARMUP of warm-up;
+# any run's on request): sample AUTO_INITIAL_STEPS, then
 # double the same chains while they have not filled, up to AUTO_STEP_BUDGET times that (run/chain_length.py).
 AUTO_INITIAL_STEPS = 1000
 AUTO_STEP_BUDGET = 8
@@ -124,8 +125,8 @@ class RunConfig(BaseModel):
     chains: int = Field(8, ge=1)
     steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1000,
-        description="sampling steps per chain after warm-up; steps // thin are recorded; auto (problem "
-        "module's default): extended at run time until the chains fill, within a budget (docs/samplers.md)",
+        description="sampling steps per chain after warm-up; steps // thin are recorded; auto (module, "
+        "linear, rrr, dln: their default): extended until the chains fill, within a budget (samplers.md)",
     )
     warmup: int = Field(0, ge=0, description="steps before recording (HMC/MCLMC tune their step size here)")
     thin: int = Field(1, ge=1, description="record every thin-th step")
@@ -329,7 +330,11 @@ def _known_lambda_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """Defaults that let the known-λ problems estimate λ (KNOWN_LAMBDA_DEFAULTS)."""
     if data.get("problem") not in KNOWN_LAMBDA_PROBLEMS:
         return data
-    return _auto_step_size({"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data})
+    data = {"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data}
+    # steps=auto, with your own model's warm-up (HMC's and MCLMC's tuning, step_size=auto's search).
+    if "steps" not in data:
+        data = {"steps": "auto", "warmup": _default_warmup(AUTO_INITIAL_STEPS), **data}
+    return _auto_step_size(data)
 
 
 def _module_defaults(data: dict[str, Any]) -> dict[str, Any]:
