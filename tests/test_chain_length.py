@@ -57,7 +57,7 @@ def test_chains_that_still_rise_double_until_the_budget_and_say_so():
     for steps, added in ((1000, 1000), (2000, 2000), (4000, 0)):
         rising = np.linspace(5, 10, steps) + rng.normal(0, 0.1, (8, steps))
         assert rule.more(synthetic(rising)) == added
-    assert rule.reason.startswith("budget of 4000 steps spent, still: the estimate rose")
+    assert rule.reason.startswith("budget of 4000 steps spent, still: the estimate moved +")
 
 
 def test_filled_chains_stop_at_once_and_too_few_effective_draws_do_not():

@@ -1,8 +1,8 @@
 """steps=auto: the run decides how long its chains are, continuing the same chains until they fill.
 
 The driver samples the initial steps, then asks `ChainLength.more` after each part; while the draws so
-far fail a check that more steps of the same chains can pass (the estimate still rising, R-hat, too few
-effective draws per chain, soft directions unfilled), the chains continue for as many steps again, up to
+far fail a check that more steps of the same chains can pass (the estimate still moving, R-hat, too few
+effective draws per chain, chains still spreading from w*), the chains continue for as many steps again, up to
 the budget (config.py's AUTO_STEP_BUDGET times the initial steps). What it decided, and why, goes to
 metrics.json as `steps_chosen` and `steps_reason`.
 """
@@ -16,6 +16,12 @@ import numpy as np
 from llc.run import diagnostics, health
 from llc.samplers.trace import Trace
 
+# The loop's own trend and spread tests are looser than the flags' (health.py): extending costs steps, not
+# trust. A trend either way over the draws (falling too: SGLD on devinterp's normal crossings fell 45-86%
+# from the second quarter to the last, at 1.9-2.0 se, and read 22-24% under the finite-n expectation) at
+# 2 se; and chains still spreading from w* at any reach below the localization's (the flag asks < 0.01).
+TREND_Z = 2.0
+SPREAD_REACH_CEILING = 1.0
 # Effective draws per chain below which the chains continue: the standard error of fewer is itself
 # uncertain by more than 10% (ArviZ's bulk ESS), and the quarters of a trend check hold a handful each.
 ESS_PER_CHAIN_FLOOR = 50
@@ -50,8 +56,14 @@ class ChainLength:
             **diagnostics.spread(llc, w_proj, self.gamma),
         }
         reasons = []
-        if health.rising(metrics):
-            reasons.append(f"the estimate rose {metrics['llc_rise']:.0%} ({metrics['llc_rise_z']:.1f} se)")
+        rise, rise_z = metrics.get("llc_rise"), metrics.get("llc_rise_z")
+        if (
+            rise is not None
+            and rise_z is not None
+            and abs(rise) > health.RISE_FRACTION
+            and abs(rise_z) > TREND_Z
+        ):
+            reasons.append(f"the estimate moved {rise:+.0%} ({rise_z:+.1f} se)")
         r_hat = metrics.get("r_hat")
         if r_hat is not None and r_hat > health.R_HAT_CEILING:
             reasons.append(f"R-hat {r_hat:.2f}")
@@ -59,6 +71,12 @@ class ChainLength:
         ess = metrics.get("ess_bulk")
         if used and ess is not None and ess / used < ESS_PER_CHAIN_FLOOR:
             reasons.append(f"ESS {ess / used:.0f} per chain")
-        if health.soft_unfilled(metrics):
-            reasons.append(f"soft directions unfilled (spread {metrics['spread_gamma']:.2g} of 1/γ)")
+        reach, growth = metrics.get("spread_gamma"), metrics.get("spread_growth")
+        if (
+            reach is not None
+            and growth is not None
+            and reach < SPREAD_REACH_CEILING
+            and growth > health.SPREAD_GROWTH
+        ):
+            reasons.append(f"still spreading ({growth:.1f}-fold, at {reach:.2g} of 1/γ)")
         return reasons
