@@ -16,7 +16,7 @@ from llc.run.experiment import run_llc
 from llc.samplers.driver import sample
 from llc.samplers.trace import Trace
 
-SMALL = {"problem": "rrr", "widths": (4, 2, 3), "true_rank": 1, "n_data": 200, "erm_steps": 200,
+SMALL = {"problem": "rrr", "widths": (4, 2, 3), "true_rank": 1, "n_data": 200, "erm_steps": 50,
          "chains": 2, "warmup": 0, "threads": 1, "projections": 2, "batch_size": 50}  # fmt: skip
 
 
