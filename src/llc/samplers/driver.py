@@ -162,8 +162,8 @@ def _run_chains(
     run = saver.load(posterior.w_star.device) if saver is not None else None
     if run is None:
         run = _start(sampling, kernel, posterior, chains, gen, n_evals)
-    elif run.records.losses.shape[1] * sampling.thin > sampling.steps:  # saved after an extension
-        sampling = replace(sampling, steps=run.records.losses.shape[1] * sampling.thin)
+    elif run.steps is not None:  # saved after the chains were extended (steps=auto)
+        sampling = replace(sampling, steps=run.steps)
         n_evals = sampling.steps // sampling.eval_every if n_evals else 0
     w_star = posterior.w_star
     directions = projection_directions(posterior.dim, sampling.projections, sampling.seed, w_star.dtype)
@@ -248,6 +248,7 @@ def _extend(ctx: _Context, run: Run, extra: int) -> None:
     n_evals = ctx.sampling.steps // ctx.sampling.eval_every if ctx.n_evals else 0
     run.records = run.records.grown(ctx.sampling.steps // ctx.sampling.thin, n_evals)
     ctx.n_evals = n_evals
+    run.steps = ctx.sampling.steps
 
 
 def _stride_end(t: int, total: int, sampling: Sampling, n_evals: int) -> int:
