@@ -36,7 +36,7 @@ def test_values_given_win_over_the_module_defaults():
 
 def test_the_built_in_problems_keep_their_defaults_and_refuse_gamma_auto():
     mlp = build_config(None, {"widths": (8,)})
-    rrr = build_config(None, {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1})
+    rrr = build_config(None, {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "steps": 1000})
     assert (mlp.gamma, mlp.warmup, rrr.gamma, rrr.warmup, rrr.step_size) == (100.0, 0, 1.0, 0, None)
     with pytest.raises(ConfigError, match="gamma=auto is decided from your own model's w"):
         build_config(None, {"widths": (8,), "gamma": "auto"})

@@ -59,6 +59,11 @@ AUTO_MIN_WARMUP = 40
 # (run/localization.py): weak at a minimum, strong where w* is not one (a checkpoint mid-training).
 MODULE_MIN_WARMUP = 200
 MODULE_WARMUP_FRACTION = 0.2
+# steps=auto (the default of your own model and of the known-λ problems, with MODULE_MIN_WARMUP of warm-up;
+# any run's on request): sample AUTO_INITIAL_STEPS, then
+# double the same chains while they have not filled, up to AUTO_STEP_BUDGET times that (run/chain_length.py).
+AUTO_INITIAL_STEPS = 1000
+AUTO_STEP_BUDGET = 8
 
 # Losses of the built-in problems; a module problem takes mse, cross_entropy or "package.module:function".
 BUILTIN_LOSSES = ("mse", "t_regression")
@@ -125,8 +130,10 @@ class RunConfig(BaseModel):
     # -- sampling ---------------------------------------------------------------------------
     sampler: Sampler = "sgld"
     chains: int = Field(8, ge=1)
-    steps: int = Field(
-        1000, ge=1, description="sampling steps per chain after warm-up; steps // thin are recorded"
+    steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1000,
+        description="sampling steps per chain after warm-up; steps // thin are recorded; auto (module, "
+        "linear, rrr, dln: their default): extended until the chains fill, within a budget (samplers.md)",
     )
     warmup: int = Field(0, ge=0, description="steps before recording (HMC/MCLMC tune their step size here)")
     thin: int = Field(1, ge=1, description="record every thin-th step")
@@ -314,6 +321,16 @@ class RunConfig(BaseModel):
         return self.dtype if self.dtype in HALF_DTYPES else None
 
     @property
+    def initial_steps(self) -> int:
+        """The steps sampled first: `steps`, or where steps=auto starts before it extends the chains."""
+        return AUTO_INITIAL_STEPS if self.steps == "auto" else self.steps
+
+    @property
+    def step_budget(self) -> int:
+        """The most steps a run samples: `steps`, or steps=auto's budget."""
+        return AUTO_STEP_BUDGET * AUTO_INITIAL_STEPS if self.steps == "auto" else self.steps
+
+    @property
     def step_size_auto(self) -> bool:
         return self.step_size == "auto"
 
@@ -333,10 +350,11 @@ class RunConfig(BaseModel):
         resolved = {"friction": self.resolved_friction}
         options = {key: resolved.get(key, getattr(self, key)) for key in SAMPLERS[self.sampler].options}
         return Sampling(
-            sampler=self.sampler, chains=self.chains, steps=self.steps, warmup=self.warmup, thin=self.thin,
-            eval_every=self.eval_every, projections=self.projections, seed=self.seed, threads=self.threads,
-            compile=self.compile, gpu_mode=self.gpu_mode, step_size=self.resolved_step_size,
-            step_size_auto=self.step_size_auto, friction_auto=self.friction == "auto", options=options,
+            sampler=self.sampler, chains=self.chains, steps=self.initial_steps, warmup=self.warmup,
+            thin=self.thin, eval_every=self.eval_every, projections=self.projections, seed=self.seed,
+            threads=self.threads, compile=self.compile, gpu_mode=self.gpu_mode,
+            step_size=self.resolved_step_size, step_size_auto=self.step_size_auto,
+            friction_auto=self.friction == "auto", options=options,
         )  # fmt: skip
 
     def normalized(self) -> dict[str, Any]:
@@ -364,18 +382,26 @@ def _known_lambda_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """Defaults that let the known-λ problems estimate λ (KNOWN_LAMBDA_DEFAULTS)."""
     if data.get("problem") not in KNOWN_LAMBDA_PROBLEMS:
         return data
-    return _auto_step_size({"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data})
+    data = {"gamma": KNOWN_LAMBDA_DEFAULTS["gamma"], **data}
+    # steps=auto, with your own model's warm-up (HMC's and MCLMC's tuning, step_size=auto's search).
+    if "steps" not in data:
+        data = {"steps": "auto", "warmup": _default_warmup(AUTO_INITIAL_STEPS), **data}
+    return _auto_step_size(data)
 
 
 def _module_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """Defaults that let your own model estimate λ (MODULE_MIN_WARMUP); given keys win."""
     if data.get("problem") != "module":
         return data
-    data = {"gamma": "auto", **data}
-    steps = data.get("steps", RunConfig.model_fields["steps"].default)
+    data = {"gamma": "auto", "steps": "auto", **data}
+    steps = AUTO_INITIAL_STEPS if data["steps"] == "auto" else data["steps"]
     if "warmup" not in data and isinstance(steps, int) and not isinstance(steps, bool):
-        data["warmup"] = max(MODULE_MIN_WARMUP, round(MODULE_WARMUP_FRACTION * steps))
+        data["warmup"] = _default_warmup(steps)
     return _auto_step_size(data)
+
+
+def _default_warmup(steps: int) -> int:
+    return max(MODULE_MIN_WARMUP, round(MODULE_WARMUP_FRACTION * steps))
 
 
 def _builtin_gamma(problem: str) -> float:

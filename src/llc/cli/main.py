@@ -122,7 +122,7 @@ def run(
         TextColumn("{task.completed}/{task.total}"),
     )
     with Progress(*columns, TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("sampling", total=config.warmup + config.steps)
+        task = bar.add_task("sampling", total=config.warmup + config.initial_steps)
         result = run_llc(
             config, root, skip, lambda done, total: bar.update(task, completed=done, total=total)
         )

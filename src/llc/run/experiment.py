@@ -28,6 +28,7 @@ from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.optimum import best_linear_loss, is_linear_network
 from llc.run import devices, diagnostics, health, localization, parts, plots
 from llc.run.allocator import ask_platform_now, keep_freed_memory
+from llc.run.chain_length import ChainLength
 from llc.run.erm import train
 from llc.run.parts import Refinement
 from llc.rundir import RunDir, atomic_write
@@ -213,12 +214,19 @@ class LLCExperiment:
         # loss_data: the LLC's loss is evaluated on those points, from their loss at w* (Wang et al. 2025).
         trace_loss0 = loss0 if eval_data is None else float(posterior.recorded_loss(w_star.unsqueeze(0))[0])
         attrs = {"run_id": config.run_id, "sampler": config.sampler, "nbeta": nbeta, "L0": trace_loss0}
+        steps_reason = None
         if refinement.parts is None:
             if config.devices:  # one share of the chains per device (devices.py), without checkpoints
                 seed, on = gen.initial_seed(), config.devices
                 trace = devices.sample_on_devices(config.sampling, posterior, trace_loss0, seed, on, progress)
+                steps_reason = "devices: the initial steps only"
             else:
-                trace = sample(config.sampling, posterior, trace_loss0, gen, progress, checkpoint)
+                # steps=auto: the same chains continue while they have not filled, within the budget.
+                chain_length = ChainLength(config.step_budget, gamma) if config.steps == "auto" else None
+                more = chain_length.more if chain_length is not None else None
+                trace = sample(config.sampling, posterior, trace_loss0, gen, progress, checkpoint, more)
+                if chain_length is not None:
+                    steps_reason = chain_length.reason or "gpu_mode=sequential: the initial steps only"
             metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma)
             if gamma_auto is not None:
                 metrics |= {"gamma_auto": gamma_auto.gamma, "gamma_reason": gamma_auto.reason}
@@ -236,6 +244,10 @@ class LLCExperiment:
             metrics = _refined_metrics(per_part, problem.model.n_params)
             trace = concat(traces)
             attrs |= {"parts": ",".join(per_part), "chains_per_part": config.chains}
+            steps_reason = "restrict: the initial steps only"
+        metrics["steps_chosen"] = trace.steps
+        if config.steps == "auto":
+            metrics["steps_reason"] = steps_reason
         if eval_data is not None:
             metrics["L0_loss_data"] = trace_loss0
         idata = diagnostics.to_inference_data(trace.llc, trace.loss, trace.w_proj, trace.stats or None, attrs)

@@ -185,7 +185,7 @@ def _unsettled(metrics: dict[str, Any]) -> list[Flag]:
     flags = []
     llc, se = metrics.get("llc_mean"), metrics.get("llc_se")
     rise, rise_z = metrics.get("llc_rise"), metrics.get("llc_rise_z")
-    if rise is not None and rise_z is not None and rise > RISE_FRACTION and rise_z > RISE_Z:
+    if rising(metrics):
         flags.append(
             Flag(
                 "still_rising",
@@ -195,7 +195,7 @@ def _unsettled(metrics: dict[str, Any]) -> list[Flag]:
             )
         )
     reach, growth = metrics.get("spread_gamma"), metrics.get("spread_growth")
-    if reach is not None and growth is not None and reach < SPREAD_GAMMA_FLOOR and growth > SPREAD_GROWTH:
+    if soft_unfilled(metrics):
         flags.append(
             Flag(
                 "soft_directions_unfilled",
@@ -225,3 +225,15 @@ def _unsettled(metrics: dict[str, Any]) -> list[Flag]:
             )
         )
     return flags
+
+
+def rising(metrics: dict[str, Any]) -> bool:
+    """The estimate still rises through the draws (RISE_Z, RISE_FRACTION)."""
+    rise, rise_z = metrics.get("llc_rise"), metrics.get("llc_rise_z")
+    return rise is not None and rise_z is not None and rise > RISE_FRACTION and rise_z > RISE_Z
+
+
+def soft_unfilled(metrics: dict[str, Any]) -> bool:
+    """The chains still spread from w* along random directions, far inside the localization's radius."""
+    reach, growth = metrics.get("spread_gamma"), metrics.get("spread_growth")
+    return reach is not None and growth is not None and reach < SPREAD_GAMMA_FLOOR and growth > SPREAD_GROWTH

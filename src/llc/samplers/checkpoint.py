@@ -37,6 +37,7 @@ class Run:
     search: CurvatureStep | None  # step_size=auto's progress
     warmup_s: float = 0.0
     sampling_s: float = 0.0
+    steps: int | None = None  # steps=auto: the steps after warm-up once the chains were extended
 
 
 class Saver:

@@ -31,6 +31,8 @@ from llc.samplers.trace import DrawRecorder, Records, Trace, concat, projection_
 from llc.threads import cpu_threads, threads_for
 
 Progress = Callable[[int, int], None]
+# How many more steps the chains need, given the trace so far (0: they are done); steps=auto's rule.
+MoreSteps = Callable[[Trace], int]
 PROGRESS_EVERY = 50  # steps between progress reports
 
 
@@ -41,18 +43,21 @@ def sample(
     gen: torch.Generator,
     progress: Progress | None = None,
     checkpoint: Checkpointing | None = None,
+    more: MoreSteps | None = None,
 ) -> Trace:
     """Sample according to sampling.gpu_mode and return the trace with per-draw LLC (`sampling`: the run's
     sampling parameters, which the run layer takes from its RunConfig).
 
     With `checkpoint`, a vectorized run saves its progress periodically and, started again, resumes
     from the last save with the same random streams, so an interrupted run ends as an uninterrupted one.
+    With `more`, a vectorized run continues the same chains by as many steps as it asks for after each
+    part (steps=auto); a sequential run samples `sampling.steps` only, so that its chains stay equal.
     """
     threads = 0 if posterior.x.is_cuda else threads_for(sampling.threads, step_work(sampling, posterior))
     fall_back = sampling.compile == "auto"  # if compiling fails, run eager rather than fail
     sampling = replace(sampling, compile=compiles(sampling, posterior))
     with cpu_threads(threads):
-        return _sample(sampling, posterior, loss0, gen, progress, checkpoint, fall_back)
+        return _sample(sampling, posterior, loss0, gen, progress, checkpoint, fall_back, more)
 
 
 # compile=auto compiles a run whose eager sampling is estimated at AUTO_COMPILE_S seconds or more: the
@@ -101,9 +106,12 @@ def _sample(
     progress: Progress | None,
     checkpoint: Checkpointing | None,
     fall_back: bool = False,
+    more: MoreSteps | None = None,
 ) -> Trace:
     if sampling.gpu_mode != "sequential":
-        return _run_chains(sampling, posterior, loss0, sampling.chains, gen, progress, checkpoint, fall_back)
+        return _run_chains(
+            sampling, posterior, loss0, sampling.chains, gen, progress, checkpoint, fall_back, more
+        )
     traces = []
     reference = replace(posterior, grad_fn=posterior.model.autograd_loss_and_grad)
     for c in range(sampling.chains):
@@ -146,6 +154,7 @@ def _run_chains(
     progress: Progress | None,
     checkpoint: Checkpointing | None,
     fall_back: bool = False,
+    more: MoreSteps | None = None,
 ) -> Trace:
     if sampling.compile and not sampling.fuses:  # a fused kernel compiles its whole step itself
         posterior = replace(posterior, grad_fn=torch.compile(posterior.grad_fn, dynamic=False))
@@ -156,6 +165,9 @@ def _run_chains(
     run = saver.load(posterior.w_star.device) if saver is not None else None
     if run is None:
         run = _start(sampling, kernel, posterior, chains, gen, n_evals)
+    elif run.steps is not None:  # saved after the chains were extended (steps=auto)
+        sampling = replace(sampling, steps=run.steps)
+        n_evals = sampling.steps // sampling.eval_every if n_evals else 0
     w_star = posterior.w_star
     directions = projection_directions(posterior.dim, sampling.projections, sampling.seed, w_star.dtype)
     ctx = _Context(sampling, kernel, posterior, directions.to(w_star.device), n_evals, progress, saver)
@@ -165,6 +177,9 @@ def _run_chains(
     with cpu_threads(kernel.torch_threads):
         _warm_up(ctx, run)
         _sample_recorded(ctx, run)
+        while more is not None and (extra := more(_draws(ctx, run, loss0))) > 0:
+            _extend(ctx, run, extra)
+            _sample_recorded(ctx, run)
     if progress is not None:
         progress(ctx.total, ctx.total)
     return _trace(ctx, run, loss0)
@@ -225,6 +240,20 @@ def _sample_recorded(ctx: _Context, run: Run) -> None:
         _report(ctx, run)
 
 
+def _draws(ctx: _Context, run: Run, loss0: float) -> Trace:
+    """The draws so far, for deciding whether to extend (no evaluation: its random stream is left as is)."""
+    return run.records.trace(ctx.posterior.nbeta, loss0, False, False, steps=ctx.sampling.steps)
+
+
+def _extend(ctx: _Context, run: Run, extra: int) -> None:
+    """The same chains continue for `extra` more steps: room for their draws and evaluations."""
+    ctx.sampling = replace(ctx.sampling, steps=ctx.sampling.steps + extra)
+    n_evals = ctx.sampling.steps // ctx.sampling.eval_every if ctx.n_evals else 0
+    run.records = run.records.grown(ctx.sampling.steps // ctx.sampling.thin, n_evals)
+    ctx.n_evals = n_evals
+    run.steps = ctx.sampling.steps
+
+
 def _stride_end(t: int, total: int, sampling: Sampling, n_evals: int) -> int:
     """Where a run of steps from t must stop for the driver to look: a progress report, the end of
     warm-up, an evaluation."""
@@ -274,6 +303,7 @@ def _trace(ctx: _Context, run: Run, loss0: float) -> Trace:
         evaluated,
         evaluated and sampling.spec.mala_check,
         grad_evals=ctx.total * ctx.kernel.grad_evals_per_step,
+        steps=sampling.steps,
         compiled=ctx.kernel.fused or bool(sampling.compile and not sampling.fuses),
         step_size_auto=[run.state.step_size] if search is not None else [],
         curvatures=search.curvatures if search is not None else [],

@@ -24,6 +24,7 @@ class Trace:
     mala_acceptance: np.ndarray | None = None  # [C, E]
     diverged_at: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [C], -1: never
     grad_evals: int = 0  # per chain, including warm-up
+    steps: int = 0  # sampled per chain after warm-up (steps=auto: as many as the run decided)
     t_sampling_s: float = 0.0  # after warm-up
     t_warmup_s: float = 0.0
     compiled: bool = False  # whether the step was compiled (compile=true, or auto deciding so)
@@ -52,6 +53,24 @@ class Records:
 
         w_proj = torch.zeros((chains, draws, projections), device=like.device, dtype=like.dtype)
         return cls(nan(chains, draws), w_proj, nan(chains, n_evals), nan(chains, n_evals))
+
+    def grown(self, draws: int, n_evals: int) -> Records:
+        """These records with room for `draws` draws and `n_evals` evaluations (steps=auto's extension)."""
+
+        def pad(values: torch.Tensor, length: int, fill: float | bool) -> torch.Tensor:
+            shape = (values.shape[0], length - values.shape[1], *values.shape[2:])
+            return torch.cat([values, torch.full(shape, fill, device=values.device, dtype=values.dtype)], 1)
+
+        stats = {
+            k: pad(v, draws, False if v.dtype == torch.bool else math.nan) for k, v in self.stats.items()
+        }
+        return Records(
+            pad(self.losses, draws, math.nan),
+            pad(self.w_proj, draws, 0.0),
+            pad(self.eval_loss, n_evals, math.nan),
+            pad(self.mala, n_evals, math.nan),
+            stats,
+        )
 
     def trace(self, nbeta: float, loss0: float, evaluated: bool, mala: bool, **facts: Any) -> Trace:
         """The records as numpy arrays, with per-draw LLC (NaN from a chain's divergence on); `facts`
@@ -158,6 +177,7 @@ def concat(traces: list[Trace]) -> Trace:
         mala_acceptance=cat([t.mala_acceptance for t in traces]),
         diverged_at=np.concatenate([t.diverged_at for t in traces]),
         grad_evals=first.grad_evals,
+        steps=first.steps,
         t_sampling_s=sum(t.t_sampling_s for t in traces),
         t_warmup_s=sum(t.t_warmup_s for t in traces),
         compiled=first.compiled,
