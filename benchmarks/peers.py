@@ -85,11 +85,23 @@ def engine_sampler(work: dict[str, Any]) -> Any:
     from llc.config import IN_MEMORY_MODULE, RunConfig
     from llc.model.posterior import LocalizedPosterior
     from llc.problems.module import module_problem
+    from llc.run.allocator import keep_freed_memory
     from llc.samplers.driver import sample
 
+    keep_freed_memory()  # as every run of llc.estimate does first
+
     def run(chains: int, draws: int) -> float:
-        values = {"problem": "module", "loss": "cross_entropy", "sampler": "sgld", "chains": chains,
-                  "steps": draws, "warmup": 0, "batch_size": BATCH, "step_size": STEP, "gamma": GAMMA}  # fmt: skip
+        values = {
+            "problem": "module",
+            "loss": "cross_entropy",
+            "sampler": "sgld",
+            "chains": chains,
+            "steps": draws,
+            "warmup": 0,
+            "batch_size": BATCH,
+            "step_size": STEP,
+            "gamma": GAMMA,
+        }
         config = RunConfig.model_validate(values, context={IN_MEMORY_MODULE: True})
         model, x, y = module_problem(config, work["module"], (work["x"], work["y"]))
         posterior = LocalizedPosterior(model, x, y, model.flat_parameters(), work["nbeta"], GAMMA, BATCH)
@@ -120,10 +132,17 @@ def canonical_sampler(work: dict[str, Any], compile: bool) -> Any:
 
     def run(chains: int, draws: int) -> float:
         clock.ends.clear()
-        estimator = slt.LLCEstimator(draws=draws + 1, chains=chains, burnin_steps=0, learning_rate=STEP,
-                                     localization=GAMMA, nbeta=work["nbeta"])  # fmt: skip
-        estimator.estimate_llc(work["module"], loader, current_loss=work["loss0"], show_progress=False,
-                               seed=0, **options)  # fmt: skip
+        estimator = slt.LLCEstimator(
+            draws=draws + 1,
+            chains=chains,
+            burnin_steps=0,
+            learning_rate=STEP,
+            localization=GAMMA,
+            nbeta=work["nbeta"],
+        )
+        estimator.estimate_llc(
+            work["module"], loader, current_loss=work["loss0"], show_progress=False, seed=0, **options
+        )
         return clock.rate(chains)
 
     return run
@@ -156,10 +175,17 @@ def devinterp_sampler(work: dict[str, Any]) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             estimate_learning_coeff_with_summary(
-                work["module"], loader, evaluate=evaluate, sampling_method=TimedSGLD,
+                work["module"],
+                loader,
+                evaluate=evaluate,
+                sampling_method=TimedSGLD,
                 optimizer_kwargs={"lr": STEP, "localization": GAMMA, "nbeta": work["nbeta"]},
-                num_draws=draws + 1, num_chains=1, init_loss=work["loss0"], seed=0, verbose=False,
-            )  # fmt: skip
+                num_draws=draws + 1,
+                num_chains=1,
+                init_loss=work["loss0"],
+                seed=0,
+                verbose=False,
+            )
         return clock.rate(1)
 
     return run
@@ -197,8 +223,11 @@ class Worker:
         python = WORKERS[name][0]
         self.process = subprocess.Popen(
             [str(python), __file__, "--worker", name, "--data", str(data)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=worker_env(name),
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=worker_env(name),
+        )
 
     def measure(self, chains: int, draws: int) -> float:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -247,8 +276,13 @@ def workload(quick: bool, path: Path) -> dict[str, Any]:
     with torch.no_grad():
         loss0 = float(torch.nn.functional.cross_entropy(work.module(work.x), work.y))
     n = work.x.shape[0]
-    saved = {"state": work.module.state_dict(), "x": work.x, "y": work.y, "loss0": loss0,
-             "nbeta": n / math.log(n)}  # fmt: skip
+    saved = {
+        "state": work.module.state_dict(),
+        "x": work.x,
+        "y": work.y,
+        "loss0": loss0,
+        "nbeta": n / math.log(n),
+    }
     torch.save(saved, path)
     return {"description": work.description, "n": n, "L0": loss0, "nbeta": n / math.log(n)}
 
@@ -275,8 +309,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         draws = args.devinterp_draws if name == "devinterp" else args.draws
                         record[f"{name}/{chains}"] = worker.measure(chains, draws)
                 rounds.append(record)
-                print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:,.0f}" for k, v in record.items()),
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:,.0f}" for k, v in record.items()),
+                    file=sys.stderr,
+                )
         finally:
             for worker in workers.values():
                 worker.close()
@@ -284,8 +320,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "machine": {**machine(), "torch_threads": 1},
         "workload": facts,
-        "settings": {"batch_size": BATCH, "step_size": STEP, "gamma": GAMMA, "rounds": args.rounds,
-                     "draws": args.draws, "devinterp_draws": args.devinterp_draws},  # fmt: skip
+        "settings": {
+            "batch_size": BATCH,
+            "step_size": STEP,
+            "gamma": GAMMA,
+            "rounds": args.rounds,
+            "draws": args.draws,
+            "devinterp_draws": args.devinterp_draws,
+        },
         "workers": {name: WORKERS[name][1] for name in names},
         "skipped": skipped,
         "chains": {},

@@ -25,8 +25,9 @@ aten = torch.ops.aten
 Derivative = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+# Each backward below may overwrite g: the gradient carried down is always a fresh tensor of its own.
 def _relu(m: nn.Module) -> Derivative:
-    return lambda g, z, a: aten.threshold_backward(g, a, 0)
+    return lambda g, z, a: aten.threshold_backward.grad_input(g, a, 0, grad_input=g)
 
 
 def _leaky_relu(m: nn.Module) -> Derivative:
@@ -34,11 +35,11 @@ def _leaky_relu(m: nn.Module) -> Derivative:
 
 
 def _tanh(m: nn.Module) -> Derivative:
-    return lambda g, z, a: aten.tanh_backward(g, a)
+    return lambda g, z, a: aten.tanh_backward.grad_input(g, a, grad_input=g)
 
 
 def _sigmoid(m: nn.Module) -> Derivative:
-    return lambda g, z, a: aten.sigmoid_backward(g, a)
+    return lambda g, z, a: aten.sigmoid_backward.grad_input(g, a, grad_input=g)
 
 
 def _gelu(m: nn.Module) -> Derivative:
@@ -61,6 +62,11 @@ DERIVATIVES: dict[type[nn.Module], Callable[[nn.Module], Derivative]] = {
     nn.Dropout2d: _identity,
 }  # fmt: skip
 READS_INPUT = (nn.LeakyReLU, nn.SiLU)
+# Activations whose derivative reads only their output: after a Linear layer (whose output nothing
+# else keeps) they overwrite it, sparing a [chains, batch, width] tensor and a pass over memory.
+IN_PLACE: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_,
+}  # fmt: skip
 LOSSES = ("mse", "cross_entropy")
 
 
@@ -105,8 +111,12 @@ class _Linear:
 class _Activation:
     module: nn.Module
     derivative: Derivative
+    in_place: Callable[[torch.Tensor], torch.Tensor] | None = None  # IN_PLACE's, when its input is its own
 
     def forward(self, params: Params, h: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        if self.in_place is not None:
+            out = self.in_place(h)
+            return out, (None, out)
         out = self.module(h)
         return out, (h, out)
 
@@ -183,6 +193,8 @@ def _collect(module: nn.Module, prefix: str, layers: list[Layer]) -> bool:
     if type(module) is nn.Sequential:
         return all(_collect(child, f"{prefix}{name}.", layers) for name, child in module._modules.items())
     layer = _layer(module, prefix)
+    if isinstance(layer, _Activation) and layers and isinstance(layers[-1], _Linear):
+        layer = _Activation(layer.module, layer.derivative, IN_PLACE.get(type(module)))
     if layer is not None:
         layers.append(layer)
     return layer is not None
