@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # (llc.launch.local_server.PREFECT_DEFAULTS), not here: `python flows/sweep.py` works the same without make.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: env demo test lint bench bench-scale constraints clean slurm-up slurm-down s3-up s3-down browser compiler postgres
+.PHONY: env demo test lint bench bench-peers bench-scale constraints clean slurm-up slurm-down s3-up s3-down browser compiler postgres
 
 env: $(STAMP)
 
@@ -35,6 +35,18 @@ bench:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
 	.venv-bench/bin/python benchmarks/throughput.py
+
+# SGLD on the digits MLP against canonical-interp 0.2.7 and devinterp 1.3.2 (docs/performance.md).
+# canonical-interp needs Python >= 3.12: its own venv, from pyenv's 3.12 where there is one.
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) python3.12)
+bench-peers:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q -c constraints.txt -e ".[bench]"
+	test -x .venv-canonical/bin/python || $(PYTHON312) -m venv .venv-canonical
+	.venv-canonical/bin/python -m pip install -q canonical-interp==0.2.7 \
+	  "$$(grep '^numpy==' constraints.txt)" "$$(grep '^scikit-learn==' constraints.txt)" \
+	  "torch==$$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' constraints.txt)"
+	.venv-bench/bin/python benchmarks/peers.py
 
 # 2,000 no-op cells against standing Prefect servers on SQLite and on PostgreSQL (docs/performance.md).
 bench-scale: env postgres
