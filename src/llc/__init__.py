@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["estimate"]
+__all__ = ["estimate", "heads"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,4 +14,8 @@ def __getattr__(name: str) -> Any:
         from llc.run.estimate import estimate
 
         return estimate
+    if name == "heads":
+        from llc.modules.heads import heads
+
+        return heads
     raise AttributeError(f"module 'llc' has no attribute {name!r}")

@@ -110,6 +110,11 @@ class RunConfig(BaseModel):
         "(output, target) -> per-example losses",
     )
     true_rank: int | None = Field(None, ge=0, description="rrr/dln: rank of the teacher map")
+    restrict: str | dict[str, str] | None = Field(
+        None,
+        description="module: the LLC of a part of the model: a glob over parameter names, {part: glob}, "
+        "or heads (one part per attention head); docs/own-model.md",
+    )
 
     # -- ERM to w* ------------------------------------------------------------------------
     erm_steps: int = Field(2000, ge=0)
@@ -234,6 +239,15 @@ class RunConfig(BaseModel):
             )
         if self.precond != "none" and "precond" not in SAMPLERS[self.sampler].options:
             raise ValueError(f"precond applies to sgld only; set precond=none for sampler {self.sampler}")
+        if self.restrict is not None:
+            if self.problem != "module":
+                raise ValueError(f"restrict applies to problem module (your own model), not {self.problem}")
+            if self.compile is True:
+                raise ValueError(
+                    "restrict runs eager (its masks are not compiled): set compile=auto or false"
+                )
+            if isinstance(self.restrict, dict) and not self.restrict:
+                raise ValueError("restrict: the mapping is empty; give {part name: glob}, one glob, or heads")
         return self
 
     # -- derived values -------------------------------------------------------------------------
@@ -295,6 +309,8 @@ class RunConfig(BaseModel):
         # A module problem's n is its data's: n / log n is taken there (the data's source is in the ids).
         data["nbeta"] = self.nbeta if self.problem == "module" else self.resolved_nbeta
         data["step_size"] = "auto" if self.step_size_auto else self.resolved_step_size
+        if data["restrict"] is None:  # unset, it leaves the ids of runs from before the key existed
+            del data["restrict"]
         return data
 
     @property

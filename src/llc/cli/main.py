@@ -134,7 +134,7 @@ def run(
     )
     typer.echo(str(result.path))
     _report_flags(m)
-    if m.get("llc_mean") is None:
+    if m.get("llc_mean") is None and not _report_parts(m):
         err.print(f"[red]error:[/red] {_no_estimate(config, m)}")
         raise typer.Exit(1)
 
@@ -185,9 +185,18 @@ def _run_on_backend(config: RunConfig, root: Path, skip: bool, backend: str, pai
     err.print(f"llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}{note}")
     typer.echo(str(RunDir(root, config.run_id).path))
     _report_flags(m)
-    if m.get("llc_mean") is None:
+    if m.get("llc_mean") is None and not _report_parts(m):
         err.print(f"[red]error:[/red] {_no_estimate(config, m)}")
         raise typer.Exit(1)
+
+
+def _report_parts(metrics: dict[str, Any]) -> bool:
+    """A run of several parts (restrict): one line per part; whether there were several."""
+    parts = metrics.get("parts") or {}
+    for name, m in parts.items() if len(parts) > 1 else ():
+        trust = "trusted" if m.get("trusted") else f"untrusted: {', '.join(m.get('flags', []))}"
+        err.print(f"  {name}: llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}  ({trust})")
+    return len(parts) > 1
 
 
 def _report_flags(metrics: dict[str, Any]) -> None:

@@ -3,6 +3,10 @@
     U(w) = n·beta·L(w) + (gamma/2)·||w - w*||²,   pi(w) ∝ exp(-U(w))
 
 L is the mean loss over a minibatch (sgld, sghmc) or over all n points (hmc, mclmc).
+
+Restricted to a part of the model (`mask`, one row per chain or one for all), U's gradient is zero
+outside the part, and the kernels mask their noise and momenta alike (`masked`): the weights outside stay
+exactly at w*. `gamma` may then differ per chain ([chains, 1]: each chain's part's own).
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ class LocalizedPosterior:
     y: torch.Tensor
     w_star: torch.Tensor
     nbeta: float
-    gamma: float
+    gamma: float | torch.Tensor  # a tensor [chains, 1]: per chain (a restricted run's parts)
     batch_size: int | None = None
     grad_fn: GradFn | None = field(default=None, repr=False)
+    mask: torch.Tensor | None = None  # [chains or 1, d], 1 on the chain's part, 0 elsewhere; None: all
+    # loss_data: the points the LLC's loss is evaluated on at the recorded draws (None: the training data)
+    eval_data: Batch | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Decided here, not inside a compiled function (where comparing bound methods is unreliable).
@@ -67,23 +74,52 @@ class LocalizedPosterior:
         x = torch.index_select(self.x, 0, flat).view(*idx.shape, *self.x.shape[1:])
         return x, torch.index_select(self.y, 0, flat).view(*idx.shape, *self.y.shape[1:])
 
-    def loss_and_grad(self, w: torch.Tensor, batch: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss L [chains] on the batch and the potential's gradient ∇U [chains, d]."""
+    @property
+    def restricted(self) -> bool:
+        return self.mask is not None
+
+    def loss_and_grad(
+        self, w: torch.Tensor, batch: Batch | None = None, rows: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss L [chains] on the batch and the potential's gradient ∇U [chains, d] (of the chains at
+        `rows` of the run, where a restriction differs per chain)."""
         x, y = batch if batch is not None else (self.x, self.y)
         assert self.grad_fn is not None
         loss, grad = self.grad_fn(w, x, y)
-        grad.mul_(self.nbeta).add_(w - self.w_star, alpha=self.gamma)
+        grad.mul_(self.nbeta)
+        if isinstance(self.gamma, torch.Tensor):
+            grad.addcmul_(w - self.w_star, _at(self.gamma, rows))
+        else:
+            grad.add_(w - self.w_star, alpha=self.gamma)
+        if self.mask is not None:
+            grad.mul_(_at(self.mask, rows))
         return loss, grad
 
-    def descend(self, w: torch.Tensor, batch: Batch, step: float) -> torch.Tensor:
+    def descend(self, w: torch.Tensor, batch: Batch, step: float, rows: slice = slice(None)) -> torch.Tensor:
         """w <- w - step·∇U(w) in place, with ∇U on the batch; returns the loss L [chains] there before.
         Two passes over [chains, d], towards w* and along -nβ∇L, with ∇U never assembled: at LLC sizes
-        such passes, not the arithmetic, are much of a step's cost."""
+        such passes, not the arithmetic, are much of a step's cost. (Weights outside a restriction stay
+        at w*: the pull towards w* leaves them there and their gradient is masked.)"""
         x, y = batch
         assert self.grad_fn is not None
         loss, grad = self.grad_fn(w, x, y)
-        w.lerp_(self.w_star, step * self.gamma).add_(grad, alpha=-step * self.nbeta)
+        if self.mask is not None:
+            grad.mul_(_at(self.mask, rows))
+        pull = step * _at(self.gamma, rows) if isinstance(self.gamma, torch.Tensor) else step * self.gamma
+        w.lerp_(self.w_star, pull).add_(grad, alpha=-step * self.nbeta)
         return loss
+
+    def masked(self, noise: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Noise or momenta [chains, d] zeroed outside the chains' parts, in place (as is, unrestricted)."""
+        return noise if self.mask is None else noise.mul_(_at(self.mask, rows))
+
+    def part_dims(self, rows: slice = slice(None)) -> torch.Tensor | int:
+        """The dimension each chain moves in: its part's parameter count [chains, 1] (d unrestricted)."""
+        return self.dim if self.mask is None else _at(self.mask, rows).sum(dim=1, keepdim=True)
+
+    def recorded_loss(self, w: torch.Tensor) -> torch.Tensor | None:
+        """loss_data's loss [chains] at recorded positions w; None: the kernel's own loss is recorded."""
+        return None if self.eval_data is None else self.model.batch_loss(w, *self.eval_data)
 
     def loss_and_grad_pieces(self, w: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, list[Piece]]:
         """`loss_and_grad` with ∇U as (columns, block [chains, n]) pairs in column order, never assembled
@@ -104,7 +140,14 @@ class LocalizedPosterior:
 
     def potential(self, w: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """U(w) [chains] from the full-data loss at w."""
+        if isinstance(self.gamma, torch.Tensor):
+            return self.nbeta * loss + 0.5 * (self.gamma * (w - self.w_star).square()).sum(dim=1)
         return self.nbeta * loss + 0.5 * self.gamma * (w - self.w_star).square().sum(dim=1)
 
     def full_loss(self, w: torch.Tensor) -> torch.Tensor:
         return self.model.batch_loss(w, self.x, self.y)
+
+
+def _at(per_chain: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The rows of a per-chain tensor for the chains at `rows` (a single row serves every chain)."""
+    return per_chain if per_chain.shape[0] == 1 else per_chain[rows]

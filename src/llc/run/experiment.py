@@ -19,16 +19,18 @@ from llc.model import gram
 from llc.model.network import MLP
 from llc.model.posterior import LocalizedPosterior
 from llc.modules.model import ModuleModel
+from llc.modules.parts import Part
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
 from llc.problems.optimum import best_linear_loss, is_linear_network
-from llc.run import diagnostics, health, localization, plots
+from llc.run import diagnostics, health, localization, parts, plots
 from llc.run.allocator import ask_platform_now, keep_freed_memory
 from llc.run.erm import train
+from llc.run.parts import Refinement
 from llc.rundir import RunDir, atomic_write
 from llc.samplers.checkpoint import Checkpointing
 from llc.samplers.driver import Progress, sample
-from llc.samplers.trace import Trace
+from llc.samplers.trace import Trace, concat
 from llc.threads import cpu_threads, threads_for
 
 
@@ -65,21 +67,26 @@ def run_llc(
     progress: Progress | None = None,
     checkpoint_every_s: float | None = None,
     problem: Problem | None = None,
+    refinement: Refinement | None = None,
 ) -> RunResult:
     """Run (or reuse, when skip and a complete result exists) one LLC estimate under runs_dir/<run_id>.
 
     With checkpoint_every_s, sampling saves its progress that often and a later call resumes from it.
-    `problem` is the config's problem when already built (llc.estimate's model and data).
+    `problem` is the config's problem when already built (llc.estimate's model and data); `refinement`
+    its parts and loss data when llc.estimate resolved them (else the config's `restrict`).
     """
     run_dir = RunDir(runs_dir, config.run_id)
     if skip and run_dir.is_complete():
         return RunResult(run_dir.path, run_dir.read_json("metrics.json"), cached=True)
-    # A device this machine lacks, or a model that cannot run on its data, is refused before the
-    # directory exists.
+    # A device this machine lacks, a model that cannot run on its data, or parts it does not have, are
+    # refused before the directory exists.
     resolve_device(config)
     problem = problem or build_problem(config)
+    refinement = refinement or parts.from_config(config, problem)
+    if refinement.parts is not None:
+        parts.check(refinement.parts, config.sampler)
     experiment = LLCExperiment(runs_dir / "families", checkpoint_every_s)
-    metrics = experiment.run(config, run_dir.prepare(), progress, problem)
+    metrics = experiment.run(config, run_dir.prepare(), progress, problem, refinement)
     run_dir.seal()
     return RunResult(run_dir.path, metrics, cached=False)
 
@@ -99,6 +106,7 @@ class LLCExperiment:
         run_dir: Path,
         progress: Progress | None = None,
         problem: Problem | None = None,
+        refinement: Refinement | None = None,
     ) -> dict[str, Any]:
         keep_freed_memory()
         ask_platform_now()
@@ -108,6 +116,7 @@ class LLCExperiment:
         )
         device = resolve_device(config)
         problem = problem or build_problem(config)
+        refinement = refinement or parts.from_config(config, problem)
         nbeta = config.nbeta_for(problem.n)
         # ERM is full-batch on one chain; sampling picks its own thread count.
         threads = (
@@ -120,11 +129,21 @@ class LLCExperiment:
         if isinstance(problem.model, ModuleModel):
             problem.model.to(device)
         x, y, w_star = problem.x.to(device), problem.y.to(device), w_star.to(device)
+        eval_data = None
+        if refinement.loss_data is not None:
+            eval_data = (refinement.loss_data[0].to(device), refinement.loss_data[1].to(device))
         gamma_auto = None
-        if config.gamma == "auto":  # your own model's default: decided from the gradient at w*
+        if config.gamma == "auto" and refinement.parts is None:  # your own model's default: from w*
             with cpu_threads(threads):
                 gamma_auto = localization.decide(problem.model, x, y, w_star, nbeta)
-        gamma = gamma_auto.gamma if gamma_auto else float(config.gamma)
+        # A restricted run with gamma=auto decides γ per part (parts.decide_gammas), not here.
+        gamma = (
+            gamma_auto.gamma
+            if gamma_auto
+            else localization.WEAK_GAMMA
+            if config.gamma == "auto"
+            else float(config.gamma)
+        )
         posterior = LocalizedPosterior(
             problem.model,
             x,
@@ -133,6 +152,7 @@ class LLCExperiment:
             nbeta,
             gamma,
             config.batch_size if config.sampling.spec.minibatch else None,
+            eval_data=eval_data,
         )
         full_batch = (posterior.batch_size or posterior.n) >= posterior.n
         if isinstance(problem.model, MLP) and gram.supports(problem.model) and full_batch:
@@ -142,20 +162,35 @@ class LLCExperiment:
         checkpoint = None
         if self.checkpoint_every_s is not None and config.gpu_mode != "sequential":
             checkpoint = Checkpointing(out.checkpoint, self.checkpoint_every_s)
-        trace = sample(config.sampling, posterior, loss0, gen, progress, checkpoint)
-        metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma)
-        if gamma_auto is not None:
-            metrics |= {"gamma_auto": gamma_auto.gamma, "gamma_reason": gamma_auto.reason}
-        attrs = {
-            "run_id": config.run_id,
-            "sampler": config.sampler,
-            "nbeta": nbeta,
-            "L0": loss0,
-        }
+        # loss_data: the LLC's loss is evaluated on those points, from their loss at w* (Wang et al. 2025).
+        trace_loss0 = loss0 if eval_data is None else float(posterior.recorded_loss(w_star.unsqueeze(0))[0])
+        attrs = {"run_id": config.run_id, "sampler": config.sampler, "nbeta": nbeta, "L0": trace_loss0}
+        if refinement.parts is None:
+            trace = sample(config.sampling, posterior, trace_loss0, gen, progress, checkpoint)
+            metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma)
+            if gamma_auto is not None:
+                metrics |= {"gamma_auto": gamma_auto.gamma, "gamma_reason": gamma_auto.reason}
+        else:
+            gammas, decided = parts.decide_gammas(config, posterior, refinement.parts)
+            if not parts.batched(config.sampling):
+                checkpoint = None  # parts one after another: no resuming mid-way (docs/own-model.md)
+            traces = parts.sample_parts(
+                config.sampling, posterior, refinement.parts, gammas, trace_loss0, gen, progress, checkpoint
+            )
+            per_part = {
+                part.name: _part_metrics(config, problem, trace, loss0, t_erm, device, g, auto, part)
+                for part, trace, g, auto in zip(refinement.parts, traces, gammas, decided, strict=True)
+            }
+            metrics = _refined_metrics(per_part, problem.model.n_params)
+            trace = concat(traces)
+            attrs |= {"parts": ",".join(per_part), "chains_per_part": config.chains}
+        if eval_data is not None:
+            metrics["L0_loss_data"] = trace_loss0
         idata = diagnostics.to_inference_data(trace.llc, trace.loss, trace.w_proj, trace.stats or None, attrs)
         diagnostics.write_netcdf(idata, run_dir / f"{config.sampler}.nc")
         out.write_json("metrics.json", metrics)
-        plots.draw_plots(idata, run_dir, problem.llc_true, metrics.get("flags", []))
+        if refinement.parts is None or len(refinement.parts) == 1:  # several parts' chains: no one figure
+            plots.draw_plots(idata, run_dir, problem.llc_true, metrics.get("flags", []))
         return metrics
 
     def _erm(self, config: RunConfig, problem: Problem) -> tuple[torch.Tensor, float]:
@@ -184,6 +219,53 @@ def _trained_point(config: RunConfig, problem: Problem) -> tuple[torch.Tensor, f
     return problem.w_star.clone(), float(loss0[0])
 
 
+def _part_metrics(
+    config: RunConfig,
+    problem: Problem,
+    trace: Trace,
+    loss0: float,
+    t_erm: float,
+    device: torch.device,
+    gamma: float,
+    decided: localization.Localization | None,
+    part: Part,
+) -> dict[str, Any]:
+    """A part's metrics: a plain run's, of its chains, with its size and what it was asked as."""
+    metrics = build_metrics(config, problem, trace, loss0, t_erm, device, gamma, part.n_params)
+    step = metrics.get("step_size_auto", metrics.get("step_size_mean", config.resolved_step_size))
+    metrics |= {"gamma": gamma, "step_size": step, "n_params": part.n_params, "restrict": part.description}
+    if decided is not None:
+        metrics |= {"gamma_auto": decided.gamma, "gamma_reason": decided.reason}
+    return metrics
+
+
+# A run's own facts, the same for every part: a run of several parts keeps these at its top level.
+RUN_KEYS = (
+    "run_id", "family_id", "sampler", "problem", "n", "nbeta", "L0", "llc_true", "t_erm_s", "t_warmup_s",
+    "t_sampling_s", "compiled", "device", "gpu_mode", "torch",
+)  # fmt: skip
+
+
+def _refined_metrics(per_part: dict[str, dict[str, Any]], d: int) -> dict[str, Any]:
+    """metrics.json of a restricted run: every part's under "parts"; at the top level, the one part's
+    estimate and trust, or for several parts no estimate and trusted only where every part is."""
+    if len(per_part) == 1:
+        (only,) = per_part.values()
+        return {**only, "parts": per_part}
+    first = next(iter(per_part.values()))
+    flagged = [(name, m) for name, m in per_part.items() if not m["trusted"]]
+    return {
+        **{k: first[k] for k in RUN_KEYS if k in first},
+        "d": d,
+        "llc_mean": None,
+        "llc_se": None,
+        "trusted": not flagged,
+        "flags": sorted({f for _, m in flagged for f in m["flags"]}),
+        "flag_reasons": [f"{name}: {r}" for name, m in flagged for r in m["flag_reasons"]],
+        "parts": per_part,
+    }
+
+
 def build_metrics(
     config: RunConfig,
     problem: Problem,
@@ -192,8 +274,11 @@ def build_metrics(
     t_erm: float,
     device: torch.device,
     gamma: float,
+    d: int | None = None,
 ) -> dict[str, Any]:
-    """metrics.json's values; `gamma` is the localization the run used (gamma=auto's choice)."""
+    """metrics.json's values; `gamma` is the localization the run used (gamma=auto's choice), `d` the
+    dimension sampled (a part's; default the model's)."""
+    d = problem.model.n_params if d is None else d
     summary = diagnostics.summarize(trace.llc)
     total_grad_evals = trace.grad_evals * config.chains
     draws = trace.llc.shape[0] * trace.llc.shape[1]
@@ -204,7 +289,7 @@ def build_metrics(
         "family_id": config.family_id,
         "sampler": config.sampler,
         "problem": config.problem,
-        "d": problem.model.n_params,
+        "d": d,
         "n": problem.n,
         "nbeta": nbeta,
         "L0": loss0,
@@ -242,9 +327,7 @@ def build_metrics(
         if name in trace.stats:
             metrics[f"{name}_mean"] = float(np.nanmean(trace.stats[name]))
     if "energy_change" in trace.stats:
-        metrics["energy_change_var_per_dim"] = float(
-            np.nanvar(trace.stats["energy_change"]) / problem.model.n_params
-        )
+        metrics["energy_change_var_per_dim"] = float(np.nanvar(trace.stats["energy_change"]) / d)
     if trace.step_size_auto:  # step_size=auto: the step chosen (the median of a sequential run's chains)
         metrics["step_size_auto"] = float(np.median(trace.step_size_auto))
         metrics["step_size_curvatures"] = trace.curvatures

@@ -33,13 +33,22 @@ class Localization:
 
 
 def decide(
-    model: Model, x: torch.Tensor, y: torch.Tensor, w_star: torch.Tensor, nbeta: float
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w_star: torch.Tensor,
+    nbeta: float,
+    mask: torch.Tensor | None = None,
 ) -> Localization:
-    """γ for a run at w*: weak where the full-data gradient at w* is too small to move the estimate."""
+    """γ for a run at w*: weak where the full-data gradient at w* is too small to move the estimate.
+    With `mask` [d] (a part of the model), from the part's gradient and dimension."""
     _, grad = model.loss_and_grad(w_star.unsqueeze(0), x, y)
+    if mask is not None:
+        grad = grad * mask
     norm = nbeta * float(grad.double().norm())
     shift = norm**2 / WEAK_GAMMA
-    allowed = max(MINIMUM_SHIFT, MINIMUM_SHIFT_PER_HALF_DIMENSION * w_star.numel() / 2)
+    dim = w_star.numel() if mask is None else int(mask.sum())
+    allowed = max(MINIMUM_SHIFT, MINIMUM_SHIFT_PER_HALF_DIMENSION * dim / 2)
     if shift <= allowed:
         return Localization(
             WEAK_GAMMA,

@@ -65,7 +65,10 @@ COMPILERS = ("g++", "c++")  # torch inductor builds C++ with one of these
 
 def compiles(sampling: Sampling, posterior: LocalizedPosterior) -> bool:
     """Whether the run is compiled: as `compile` says; for `auto`, SGLD (no preconditioner) and SGHMC
-    on the CPU, vectorized, with a C++ compiler present, when eager sampling would take long."""
+    on the CPU, vectorized, with a C++ compiler present, when eager sampling would take long. A
+    restricted run (a model's parts) runs eager: the compiled steps know no masks."""
+    if posterior.restricted:
+        return False
     if sampling.compile != "auto":
         return bool(sampling.compile)
     if sampling.step_size_auto:  # a compiled step is specialised to its step size, which the search changes
@@ -308,7 +311,7 @@ def mala_acceptance(
     metric = torch.ones_like(w) if scale is None else scale
     loss, grad = posterior.loss_and_grad(w)
     u = posterior.potential(w, loss)
-    noise = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
+    noise = posterior.masked(torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype))
     proposal = w - 0.5 * eps * metric * grad + (eps * metric).sqrt() * noise
     loss_p, grad_p = posterior.loss_and_grad(proposal)
     u_p = posterior.potential(proposal, loss_p)

@@ -56,7 +56,10 @@ class HMC(FullBatchKernel):
             state.step_size = state.adaptation.final
             state.adaptation = None
         eps, gen = state.step_size, state.gen
-        p = torch.randn(state.w.shape, generator=gen, device=state.w.device, dtype=state.w.dtype)
+        # Restricted: momenta only along the chain's part, so the kinetic energy is the part's.
+        p = self.posterior.masked(
+            torch.randn(state.w.shape, generator=gen, device=state.w.device, dtype=state.w.dtype)
+        )
         h0 = state.potential + 0.5 * p.square().sum(dim=1)
         w, grad = state.w.clone(), state.grad
         p = p - 0.5 * eps * grad

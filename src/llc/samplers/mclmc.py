@@ -62,11 +62,13 @@ class MCLMC(FullBatchKernel):
     def init(self, w: torch.Tensor, gen: torch.Generator) -> MCLMCState:
         w = w.clone()
         loss, grad = self.posterior.loss_and_grad(w)
-        u = _normalize(torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype))
-        chains, dim = w.shape
-        step = torch.full((chains, 1), self.initial_step, dtype=w.dtype, device=w.device)
-        # Until warm-up measures the posterior's spread, take L = sqrt(d) initial step sizes.
-        L = step * math.sqrt(dim)
+        u = _normalize(
+            self.posterior.masked(torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype))
+        )
+        step = torch.full((w.shape[0], 1), self.initial_step, dtype=w.dtype, device=w.device)
+        # Until warm-up measures the posterior's spread, take L = sqrt(d) initial step sizes (d: the
+        # dimension the chain moves in, its part's where the run is restricted).
+        L = step * _sqrt(self.posterior.part_dims())
         count = torch.zeros(1, dtype=w.dtype, device=w.device)
         tuning = MCLMCTuning(
             torch.zeros_like(step), torch.zeros_like(step), count, torch.zeros_like(w), torch.zeros_like(w)
@@ -79,7 +81,7 @@ class MCLMC(FullBatchKernel):
         """ESH update of unit momentum u by the log-density gradient -grad over time eps.
 
         Returns the new momentum and the kinetic energy change."""
-        dim = u.shape[1]
+        dim = self.posterior.part_dims()
         g_norm = grad.norm(dim=1, keepdim=True).clamp_min(1e-30)
         e = -grad / g_norm
         ue = (u * e).sum(dim=1, keepdim=True)
@@ -99,7 +101,8 @@ class MCLMC(FullBatchKernel):
         energy_change = (potential - state.potential) + k1 + k2
         # Partial refresh: u <- c1·u + c2·z/sqrt(d), renormalized.
         c1 = torch.exp(-eps / state.L)
-        z = torch.randn(u.shape, generator=state.gen, device=u.device, dtype=u.dtype) / math.sqrt(u.shape[1])
+        z = torch.randn(u.shape, generator=state.gen, device=u.device, dtype=u.dtype)
+        z = self.posterior.masked(z) / _sqrt(self.posterior.part_dims())
         u = _normalize(c1 * u + torch.sqrt(1 - c1**2) * z)
         ok = energy_change.isfinite() & w.isfinite().all(dim=1)
         if tune:
@@ -117,7 +120,8 @@ class MCLMC(FullBatchKernel):
         self, state: MCLMCState, energy_change: torch.Tensor, ok: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
         """BlackJAX's step-size rule; L from the positions' variance over the second half of warm-up."""
-        dim, tuning = w.shape[1], state.tuning
+        dims, tuning = self.posterior.part_dims(), state.tuning
+        dim = dims if isinstance(dims, int) else dims[:, 0]
         tuning.t += 1
         # A huge energy error rejects the step and shrinks the step size.
         too_big = (energy_change.square() / dim > 1e4) | ~ok
@@ -144,3 +148,7 @@ class MCLMC(FullBatchKernel):
 
 def _normalize(u: torch.Tensor) -> torch.Tensor:
     return u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def _sqrt(dim: torch.Tensor | int) -> torch.Tensor | float:
+    return math.sqrt(dim) if isinstance(dim, int) else dim.sqrt()

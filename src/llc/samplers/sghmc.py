@@ -104,8 +104,8 @@ class SGHMC(BlockedChains):
             torch.cat(w_new, dim=1, out=w)
             torch.cat(v_new, dim=1, out=v)
             return loss
-        loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx))
-        noise = block.normal(w)
+        loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx), block.chains)
+        noise = self.posterior.masked(block.normal(w), block.chains)
         kick = math.sqrt(2 * alpha * eta)
         v.mul_(1 - alpha).add_(grad, alpha=-eta).add_(noise, alpha=kick)
         w.add_(v)

@@ -115,11 +115,11 @@ class SGLD(BlockedChains):
             torch.cat(moved, dim=1, out=w)
             return loss
         if self.precond == "none":
-            loss = self.posterior.descend(w, self.posterior.batch_at(idx), 0.5 * eps)
-            w.add_(block.normal(w), alpha=math.sqrt(eps))
+            loss = self.posterior.descend(w, self.posterior.batch_at(idx), 0.5 * eps, chains)
+            w.add_(self.posterior.masked(block.normal(w), chains), alpha=math.sqrt(eps))
             return loss
-        loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx))
-        noise = block.normal(w)
+        loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx), chains)
+        noise = self.posterior.masked(block.normal(w), chains)
         assert state.square_avg is not None
         t = state.t + j + 1  # steps taken by the preconditioner, this one included
         square_avg = state.square_avg[chains]

@@ -122,7 +122,7 @@ def top_curvature(
     by `iterations` power iterations from `direction` (random when None). Rows of w that are not finite
     give inf."""
     root = None if scale is None else scale.sqrt()
-    fresh = torch.randn(w.shape, generator=gen, dtype=w.dtype, device=w.device)
+    fresh = posterior.masked(torch.randn(w.shape, generator=gen, dtype=w.dtype, device=w.device))
     # A chain without a direction (the first check, or a chain restarted at w*) starts from a random one.
     v = fresh if direction is None else torch.where(direction.norm(dim=1, keepdim=True) > 0, direction, fresh)
     v = v / v.norm(dim=1, keepdim=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -97,10 +97,12 @@ class DrawRecorder:
         d = self.draw(j)
         if d is not None and self.directions.shape[1]:
             self.records.w_proj[rows, d] = (w - self.posterior.w_star) @ self.directions
+        if d is not None and self.posterior.eval_data is not None:  # loss_data: its loss, at draws only
+            self.records.losses[rows, d] = self.posterior.recorded_loss(w)
 
     def loss(self, j: int, rows: slice, loss: torch.Tensor) -> None:
         d = self.draw(j)
-        if d is not None:
+        if d is not None and self.posterior.eval_data is None:
             self.records.losses[rows, d] = loss
 
     def stats(self, j: int, stats: dict[str, torch.Tensor]) -> None:
@@ -124,6 +126,20 @@ def first_nonfinite(values: np.ndarray) -> np.ndarray:
     """Per chain, the first draw that is not finite (-1: none)."""
     bad = ~np.isfinite(values)
     return np.where(bad.any(axis=1), bad.argmax(axis=1), -1)
+
+
+def chains_of(trace: Trace, rows: slice) -> Trace:
+    """The trace of the chains at `rows` (a restricted run's part); run-wide facts stay as they are."""
+    return replace(
+        trace,
+        loss=trace.loss[rows],
+        llc=trace.llc[rows],
+        w_proj=trace.w_proj[rows],
+        stats={k: v[rows] for k, v in trace.stats.items()},
+        eval_loss=None if trace.eval_loss is None else trace.eval_loss[rows],
+        mala_acceptance=None if trace.mala_acceptance is None else trace.mala_acceptance[rows],
+        diverged_at=trace.diverged_at[rows],
+    )
 
 
 def concat(traces: list[Trace]) -> Trace:
