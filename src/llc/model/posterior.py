@@ -41,6 +41,12 @@ class LocalizedPosterior:
         self._model_gradient = self.grad_fn is None
         if self.grad_fn is None:
             self.grad_fn = self.model.loss_and_grad
+        # Each chain's dimension: one number where every part has the same size (so that a restriction
+        # to every parameter computes what an unrestricted run does), else per chain [chains, 1].
+        self._dims: torch.Tensor | int = self.dim
+        if self.mask is not None:
+            dims = self.mask.sum(dim=1, keepdim=True)
+            self._dims = int(dims[0, 0]) if bool((dims == dims[0, 0]).all()) else dims
 
     @property
     def n(self) -> int:
@@ -114,8 +120,8 @@ class LocalizedPosterior:
         return noise if self.mask is None else noise.mul_(_at(self.mask, rows))
 
     def part_dims(self, rows: slice = slice(None)) -> torch.Tensor | int:
-        """The dimension each chain moves in: its part's parameter count [chains, 1] (d unrestricted)."""
-        return self.dim if self.mask is None else _at(self.mask, rows).sum(dim=1, keepdim=True)
+        """The dimension each chain moves in: its part's parameter count, [chains, 1] or one for all."""
+        return self._dims if isinstance(self._dims, int) else _at(self._dims, rows)
 
     def recorded_loss(self, w: torch.Tensor) -> torch.Tensor | None:
         """loss_data's loss [chains] at recorded positions w; None: the kernel's own loss is recorded."""
