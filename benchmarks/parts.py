@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rounds.append({
                 "batched_s": result["batched"][0], "per_head_s": result["per_head"][0],
                 "batched_sampling_s": result["batched"][1], "per_head_sampling_s": result["per_head"][1],
+                "load_average_1min": os.getloadavg()[0],
             })  # fmt: skip
             (batched, batched_sampling), (per_head, per_head_sampling) = result["batched"], result["per_head"]
             print(f"round {r}: batched {batched:.1f} s, per head {per_head:.1f} s "
