@@ -10,6 +10,7 @@ import yaml
 from parts_probe import PARTS_PROBE
 from test_sweep_checkpoints import write_checkpoint
 
+from llc.sweeps.artifacts import run_links
 from llc.sweeps.flow import sweep
 from llc.sweeps.plots import llc_parts_by_step, llc_parts_over_training
 from llc.sweeps.results import read_results
@@ -84,3 +85,14 @@ def test_the_parts_figures_draw_a_line_per_part_and_hatch_untrusted_squares() ->
     hatched = [p.get_xy() for p in heatmap.patches if p.get_hatch()]
     assert hatched == [(0.5, 1.5)]  # the square of head 3 at the second checkpoint
     assert "(30)" in [t.get_text() for t in heatmap.texts]
+
+
+def test_the_run_links_list_a_restricted_cell_once_naming_its_untrusted_parts() -> None:
+    rows = [
+        {"cell": "sgld-s0", "status": "ok", "cached": False, "run_dir": "/runs/abc", "restrict": head,
+         "trusted": head != HEADS[1], "flags": "" if head != HEADS[1] else "chains_disagree;negative_llc"}
+        for head in HEADS
+    ]  # fmt: skip
+    links = run_links(rows).splitlines()
+    status = "ok, untrusted: layers.0.head1 (chains_disagree, negative_llc)"
+    assert links[2:] == [f"| sgld-s0 | {status} | [/runs/abc](file:///runs/abc) |"]  # one line per cell
