@@ -342,7 +342,8 @@ def _loss_axis(ax: Axes, curves: list[Curve]) -> list[Line2D]:
 
 
 def _durations(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Histogram of cell durations, stacked by outcome: computed, cached, failed."""
+    """Histogram of cell durations, stacked by outcome: computed, cached, failed (a restricted cell once)."""
+    rows = list({r["cell"]: r for r in rows}.values())
     groups = {
         "computed": [r for r in rows if r["status"] == "ok" and not r["cached"]],
         "cached": [r for r in rows if r["status"] == "ok" and r["cached"]],

@@ -75,7 +75,7 @@ def _row(
         metrics["flags"] = ";".join(metrics["flags"])
     row: dict[str, Any] = {
         "sweep_id": sweep_id, "cell": cell.name, "problem": cell.problem, "sampler": cell.sampler,
-        "seed": cell.seed, **_checkpoint(cell), **(part or {}), **cell.grid, "family_id": record.family_id,
+        "seed": cell.seed, **_checkpoint(cell), **cell.grid, **(part or {}), "family_id": record.family_id,
         "run_id": record.run_id, "status": record.status, "cached": record.cached,
         **{k: metrics.get(k) for k in TAIL if k in metrics},
         "duration_s": round(record.duration_s, 3), "attempts": record.attempts, "stage": record.stage,
