@@ -89,7 +89,7 @@ def test_the_attention_heads_example_gives_each_head_a_row_at_each_checkpoint(
 ) -> None:
     folder = EXAMPLES / "attention_heads"
     trained = subprocess.run(
-        [sys.executable, folder / "train.py", "--steps", "40", "--checkpoints", "2",
+        [sys.executable, folder / "train.py", "--steps", "40", "--first", "0", "--checkpoints", "2",
          "--out", tmp_path / "checkpoints"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -2,7 +2,10 @@
 and save checkpoints into checkpoints/step_<N>.pt, placed evenly along the training curve so that they
 crowd where the loss drops (the induction bump); prints the loss on the LLC's data at each.
 
-    python examples/attention_heads/train.py [--steps 1500] [--checkpoints 10] [--first 0] [--out DIR]
+    python examples/attention_heads/train.py [--steps 1500] [--checkpoints 6] [--first 350] [--out DIR]
+
+The checkpoints start at step `--first`, once the loss is dropping fast: before, the network is far from
+a minimum and the LLC is not defined there (README.md). `--first 0` saves from the start.
 """
 
 from __future__ import annotations
@@ -68,8 +71,10 @@ def train(steps: int, count: int, out: Path, first: int = 0, lr: float = 1e-3) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500, help="Adam steps, 64 fresh sequences each")
-    parser.add_argument("--checkpoints", type=int, default=10, help="checkpoints saved along the curve")
-    parser.add_argument("--first", type=int, default=0, help="no checkpoint before this step")
+    parser.add_argument("--checkpoints", type=int, default=6, help="checkpoints saved along the curve")
+    parser.add_argument(
+        "--first", type=int, default=350, help="no checkpoint before this step (0: from the start)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "checkpoints")
     args = parser.parse_args()
     if not 0 <= args.first <= args.steps:
