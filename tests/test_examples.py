@@ -82,3 +82,37 @@ def test_a_first_checkpoint_past_the_training_is_refused_before_any_is_written(
     assert trained.returncode == 2
     assert "--first (60) must lie between 0 and --steps (50)" in trained.stderr.splitlines()[-1]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_attention_heads_example_gives_each_head_a_row_at_each_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = EXAMPLES / "attention_heads"
+    trained = subprocess.run(
+        [sys.executable, folder / "train.py", "--steps", "40", "--first", "0", "--checkpoints", "2",
+         "--out", tmp_path / "checkpoints"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    written = sorted(int(p.stem.removeprefix("step_")) for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert written == [0, 40]  # the first and the last are always kept
+
+    # The example's own study (restrict: heads), beside the checkpoints, with short chains.
+    study = yaml.safe_load((folder / "study.yaml").read_text())
+    study["base"].update(chains=2, warmup=0, steps=8, batch_size=8)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.syspath_prepend(str(folder))
+    result = sweep(study=str(tmp_path / "study.yaml"), runs_dir=str(tmp_path / "runs"))
+    rows = read_results(Path(result["results"]))
+    assert (result["total"], result["failed"]) == (2, 0), [r["error"] for r in rows]
+    heads = [f"layers.{layer}.head{h}" for layer in (0, 1) for h in range(4)]
+    assert [(r["step"], r["restrict"]) for r in rows] == [(step, head) for step in written for head in heads]
+    # A head: its 8 rows of q, k and v (32 inputs each) and its 8 columns of out_proj (32 outputs).
+    assert {r["n_params"] for r in rows} == {4 * 8 * 32}
+    assert all(math.isfinite(r["llc_mean"]) for r in rows)
+    assert len({r["run_dir"] for r in rows}) == 2  # all heads of a checkpoint in one run
+    curves = training_curves(rows)
+    assert [(c.part, c.steps) for c in curves] == [(head, written) for head in heads]
+    plots = Path(result["results"]).parent / "plots"
+    for name in ("llc_parts_over_training.png", "llc_parts_by_step.png"):
+        assert (plots / name).read_bytes().startswith(b"\x89PNG")

@@ -92,10 +92,15 @@ def run_links(rows: list[dict[str, Any]], stored: dict[str, str | None] | None =
     lines = ["| cell | status | run directory |", "| --- | --- | --- |"]
     if stored is not None:
         lines = ["| cell | status | run directory | stored |", "| --- | --- | --- | --- |"]
-    for row in rows:
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:  # a restricted run's parts are rows of one cell, with one run directory
+        by_cell.setdefault(row["cell"], []).append(row)
+    for parts in by_cell.values():
+        row = parts[0]
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['error_type']}"
-        if row["status"] == "ok" and row.get("trusted") is False:
-            status += f", untrusted: {', '.join(flag_names(row))}"
+        untrusted = [part for part in parts if part["status"] == "ok" and part.get("trusted") is False]
+        if untrusted:
+            status += ", untrusted: " + "; ".join(_untrusted(part) for part in untrusted)
         status += " (cached)" if row["cached"] else ""
         run_dir = Path(row["run_dir"] or "")
         link = f"[{run_dir}]({run_dir.as_uri()})" if run_dir.is_absolute() else "-"
@@ -104,6 +109,11 @@ def run_links(rows: list[dict[str, Any]], stored: dict[str, str | None] | None =
             line += f" {_stored(stored, row['run_id'])} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _untrusted(row: dict[str, Any]) -> str:
+    flags = ", ".join(flag_names(row))
+    return f"{row['restrict']} ({flags})" if row.get("restrict") is not None else flags
 
 
 def _stored(stored: dict[str, str | None], run_id: str) -> str:

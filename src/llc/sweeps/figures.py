@@ -16,6 +16,8 @@ LLC_FIGURES = {
     "llc_by_sampler.png": "LLC by problem and sampler",
     "llc_over_training.png": "LLC over training",
     "llc_by_step.png": "LLC of each sampler at each checkpoint",
+    "llc_parts_over_training.png": "LLC of each part over training",
+    "llc_parts_by_step.png": "LLC of each part at each checkpoint",
 }
 KEY_FILE = ".figures.json"
 # What changes between runs of the same results without changing a figure.

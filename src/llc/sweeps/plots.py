@@ -1,5 +1,5 @@
 """Figures of a whole sweep from its results table: LLC by problem and sampler, LLC over training and by
-checkpoint (a sweep over checkpoints), and cell durations.
+checkpoint (a sweep over checkpoints), the same per part of a restricted run, and cell durations.
 
 Every LLC figure marks an estimate whose run failed a check (results.csv `trusted`, `flags`) with a hollow
 marker, draws zero when an estimate reaches it, and gives each sampler an axis it can be read on.
@@ -11,12 +11,14 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from llc.sweeps.summary import Curve, training_curves
 
@@ -31,16 +33,23 @@ def draw_sweep_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 def draw_llc_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """The LLC by sampler of cells without a checkpoint; over training and by checkpoint of those with."""
+    """The LLC by sampler of cells without a checkpoint; over training and by checkpoint of those with (of
+    each part, for a restricted run's parts: a curve per part and a parts × checkpoints map)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = []
     single = [r for r in rows if r["status"] == "ok" and _number(r.get("llc_mean")) and r.get("step") is None]
     if single:
         figures.append(("llc_by_sampler.png", llc_by_sampler(single)))
-    if curves := training_curves(rows):
+    curves = training_curves(rows)
+    if whole := [c for c in curves if not c.part]:
         figures += [
-            ("llc_over_training.png", llc_over_training(curves)),
-            ("llc_by_step.png", llc_by_step(curves)),
+            ("llc_over_training.png", llc_over_training(whole)),
+            ("llc_by_step.png", llc_by_step(whole)),
+        ]
+    if parts := [c for c in curves if c.part]:
+        figures += [
+            ("llc_parts_over_training.png", llc_parts_over_training(parts)),
+            ("llc_parts_by_step.png", llc_parts_by_step(parts)),
         ]
     for name, figure in figures:
         figure.savefig(out_dir / name, dpi=110)
@@ -108,6 +117,73 @@ def llc_by_step(curves: list[Curve]) -> Figure:
     _trust_key(fig, curves)
     fig.suptitle("LLC of each sampler at each checkpoint (one point per cell)")
     return fig
+
+
+def llc_parts_over_training(curves: list[Curve]) -> Figure:
+    """λ̂ ± se of each part against step, a line per part (one color per part throughout), and L0 (dashed,
+    right axis); a panel per series of cells (problem, sampler, seed, grid values)."""
+    panels = _part_panels(curves)
+    colors = _colors(list(dict.fromkeys(c.part for c in curves)))
+    fig = Figure(figsize=(10.5, 0.6 + 3.6 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, ((problem, cells), members) in zip(axes, panels.items(), strict=True):
+        for curve in members:
+            ax.plot(curve.steps, curve.llc_mean, "-", color=colors[curve.part], lw=1.2)
+            _points(ax, curve.steps, curve.llc_mean, curve.llc_se, _trust(curve), colors[curve.part])
+        ax.set(title=" · ".join(p for p in (problem, cells) if p), ylabel="LLC estimate ± se")
+        _value_axis(ax, {c.part: c.llc_mean for c in members}, _lows(members))
+        _step_scale(ax, sorted({s for c in members for s in c.steps}))
+        handles = [_handle(colors[c.part], c.part) for c in members]
+        handles += _loss_axis(ax, members) + _trust_handles(members)
+        ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.12, 1))
+    axes[-1].set_xlabel("training step")
+    fig.suptitle("LLC of each part over training (one point per checkpoint; one panel per series of cells)")
+    return fig
+
+
+def llc_parts_by_step(curves: list[Curve]) -> Figure:
+    """A parts × checkpoints map of λ̂ per series of cells, each value written in its square; an untrusted
+    estimate's square is hatched and its value bracketed, a missing one left blank."""
+    panels = _part_panels(curves)
+    steps_of = {key: sorted({s for c in members for s in c.steps}) for key, members in panels.items()}
+    most_parts = max(len(members) for members in panels.values())
+    width = max(6.0, 2.5 + 0.75 * max(len(steps) for steps in steps_of.values()))
+    fig = Figure(figsize=(width, 0.8 + (0.9 + 0.38 * most_parts) * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, ((problem, cells), members) in zip(axes, panels.items(), strict=True):
+        steps = steps_of[(problem, cells)]
+        values = [[math.nan] * len(steps) for _ in members]
+        for i, curve in enumerate(members):
+            for step, mean in zip(curve.steps, curve.llc_mean, strict=True):
+                values[i][steps.index(step)] = mean
+        image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
+        fig.colorbar(image, ax=ax, label="LLC estimate", pad=0.01)
+        known = [v for row in values for v in row if math.isfinite(v)]
+        middle = (min(known) + max(known)) / 2 if known else 0.0
+        for i, curve in enumerate(members):
+            for step, mean, trusted in zip(curve.steps, curve.llc_mean, _trust(curve), strict=True):
+                j, text = steps.index(step), f"{mean:.3g}"
+                box = None
+                if trusted is False:  # the value stays readable on a pale box over the hatching
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", ec="0.7", lw=0))
+                    text, box = f"({text})", {"fc": "w", "ec": "none", "alpha": 0.85, "pad": 1}
+                ax.text(j, i, text, ha="center", va="center", fontsize="x-small", bbox=box,
+                        color="k" if box or mean > middle else "w")  # fmt: skip
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=45 if len(steps) > 8 else 0)
+        ax.set_yticks(range(len(members)), [c.part for c in members])
+        ax.set(title=" · ".join(p for p in (problem, cells) if p), xlabel="checkpoint (training step)")
+    if any(t is False for c in curves for t in _trust(c)):
+        fig.legend(handles=[Rectangle((0, 0), 1, 1, fc="w", ec="0.4", hatch="xx",
+                                      label="hatched, (value): untrusted (see flags)")],
+                   loc="outside lower center", fontsize="small")  # fmt: skip
+    fig.suptitle("LLC of each part at each checkpoint")
+    return fig
+
+
+def _part_panels(curves: list[Curve]) -> dict[tuple[str, str], list[Curve]]:
+    """The parts' curves by series of cells (problem, then the cells' name less the part), in order."""
+    ordered = sorted(curves, key=lambda c: (c.problem, c.cells))
+    return {key: list(group) for key, group in groupby(ordered, key=lambda c: (c.problem, c.cells))}
 
 
 def llc_by_sampler(rows: list[dict[str, Any]]) -> Figure:
@@ -266,7 +342,8 @@ def _loss_axis(ax: Axes, curves: list[Curve]) -> list[Line2D]:
 
 
 def _durations(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Histogram of cell durations, stacked by outcome: computed, cached, failed."""
+    """Histogram of cell durations, stacked by outcome: computed, cached, failed (a restricted cell once)."""
+    rows = list({r["cell"]: r for r in rows}.values())
     groups = {
         "computed": [r for r in rows if r["status"] == "ok" and not r["cached"]],
         "cached": [r for r in rows if r["status"] == "ok" and r["cached"]],

@@ -1,4 +1,5 @@
-"""The results table: one row per cell in runs/sweeps/<sweep_id>/results.csv, failures in errors.csv."""
+"""The results table: one row per cell in runs/sweeps/<sweep_id>/results.csv (one per part of a restricted
+run, named in its `restrict` column), failures in errors.csv."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from llc.rundir import atomic_write
 
 HEAD = ["sweep_id", "cell", "problem", "sampler", "seed"]
 CHECKPOINT = ["checkpoint", "step"]  # after HEAD in a sweep over checkpoints
+PART = "restrict"  # then the part of the model a row's estimate is of (a restricted run: metrics' `parts`)
+# A part's own `restrict` (the parameters it covers) is renamed: the column `restrict` names the part.
+PART_PATTERN = "restrict_pattern"
 TAIL = [
     "family_id", "run_id", "status", "cached", "trusted", "flags", "llc_mean", "llc_se", "ess_bulk", "r_hat",
     "llc_true",
@@ -34,21 +38,44 @@ JOBS_FILE = "jobs.jsonl"
 
 
 def result_rows(sweep_id: str, cells: list[Cell], records: dict[str, CellRecord]) -> list[dict[str, Any]]:
-    """A row per cell that has a record, ordered by problem, sampler, seed, then study order."""
+    """A row per cell that has a record (a row per part of a restricted run, in the run's order), ordered
+    by problem, sampler, seed, then study order."""
     order = {cell.name: i for i, cell in enumerate(cells)}
-    rows = [_row(sweep_id, cell, records[cell.name]) for cell in cells if cell.name in records]
+    rows = [
+        row for cell in cells if cell.name in records for row in _rows(sweep_id, cell, records[cell.name])
+    ]
     return sorted(
         rows, key=lambda r: (str(r["problem"]), str(r["sampler"]), r["seed"] or 0, order[r["cell"]])
     )
 
 
-def _row(sweep_id: str, cell: Cell, record: CellRecord) -> dict[str, Any]:
-    metrics = dict(record.metrics)
+def _rows(sweep_id: str, cell: Cell, record: CellRecord) -> list[dict[str, Any]]:
+    """The cell's row, or one per part: the part's own metrics over the run's shared ones (L0, timings)."""
+    parts = record.metrics.get("parts")
+    if not isinstance(parts, dict) or not parts:
+        return [_row(sweep_id, cell, record, dict(record.metrics))]
+    shared = {k: v for k, v in record.metrics.items() if k != "parts"}
+    return [
+        _row(sweep_id, cell, record, {**shared, **_renamed(part)}, {PART: str(name)})
+        for name, part in parts.items()
+    ]
+
+
+def _renamed(part: Any) -> dict[str, Any]:
+    part = dict(part) if isinstance(part, dict) else {}
+    if PART in part:
+        part[PART_PATTERN] = str(part.pop(PART))
+    return part
+
+
+def _row(
+    sweep_id: str, cell: Cell, record: CellRecord, metrics: dict[str, Any], part: dict[str, str] | None = None
+) -> dict[str, Any]:
     if isinstance(metrics.get("flags"), list):  # one cell of the table: names joined by ";"
         metrics["flags"] = ";".join(metrics["flags"])
     row: dict[str, Any] = {
         "sweep_id": sweep_id, "cell": cell.name, "problem": cell.problem, "sampler": cell.sampler,
-        "seed": cell.seed, **_checkpoint(cell), **cell.grid, "family_id": record.family_id,
+        "seed": cell.seed, **_checkpoint(cell), **cell.grid, **(part or {}), "family_id": record.family_id,
         "run_id": record.run_id, "status": record.status, "cached": record.cached,
         **{k: metrics.get(k) for k in TAIL if k in metrics},
         "duration_s": round(record.duration_s, 3), "attempts": record.attempts, "stage": record.stage,
@@ -78,10 +105,12 @@ def error_rows(sweep_id: str, records: dict[str, CellRecord]) -> list[dict[str, 
 def write_results(
     out: Path, rows: list[dict[str, Any]], errors: list[dict[str, Any]], grid_keys: list[str]
 ) -> Path:
-    """Write results.csv (fixed columns, checkpoint and step, grid values, then other metrics) and
+    """Write results.csv (fixed columns, checkpoint and step, part, grid values, then other metrics) and
     errors.csv atomically."""
     checkpoint = CHECKPOINT if any("checkpoint" in row for row in rows) else []
-    columns = list(dict.fromkeys([*HEAD, *checkpoint, *grid_keys, *TAIL, *(k for row in rows for k in row)]))
+    part = [PART] if any(PART in row for row in rows) else []
+    columns = [*HEAD, *checkpoint, *part, *grid_keys, *TAIL, *(k for row in rows for k in row)]
+    columns = list(dict.fromkeys(columns))
     atomic_write(out / "errors.csv", _csv(ERROR_COLUMNS, errors))
     return atomic_write(out / "results.csv", _csv(columns, rows))
 
@@ -109,7 +138,10 @@ def _clean(value: Any) -> Any:
 
 
 # Text whatever it looks like: a hex id can be all digits, a cell name or path a number.
-TEXT_COLUMNS = {"sweep_id", "cell", "family_id", "run_id", "run_dir", "checkpoint", "error_type", "stage"}
+TEXT_COLUMNS = {
+    "sweep_id", "cell", "family_id", "run_id", "run_dir", "checkpoint", "error_type", "stage",
+    PART, PART_PATTERN,
+}  # fmt: skip
 
 
 def _parse(key: str, value: str | None) -> Any:

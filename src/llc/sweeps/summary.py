@@ -1,5 +1,6 @@
 """Summarize a results table: counts, how many estimates can be trusted and why not, durations, the best
-cell, LLC by problem and sampler, and LLC over training (a sweep over checkpoints)."""
+cell, LLC by problem and sampler, and LLC over training (a sweep over checkpoints), per part of a
+restricted run (results.csv `restrict`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ UNTRUSTED_MARK = "†"
 
 @dataclass(frozen=True)
 class Curve:
-    """One line of the figure over training: a cell's series (its name less `-step=N`) across checkpoints."""
+    """One line of the figure over training: a cell's series (its name less `-step=N`, then `-PART` for a
+    part of a restricted run) across checkpoints."""
 
     problem: str
     series: str
@@ -30,6 +32,12 @@ class Curve:
     loss: list[float | None]  # L0, the training loss at each checkpoint
     sampler: str = ""
     trusted: list[bool | None] = field(default_factory=list)  # None: the experiment does not say
+    part: str = ""  # the part of the model (results.csv `restrict`); "" for a whole-model run
+
+    @property
+    def cells(self) -> str:
+        """The series of cells this curve's part belongs to: its name less the part."""
+        return self.series.removesuffix(f"-{self.part}") if self.part else self.series
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,9 @@ class Summary:
     total_duration_s: float
     best_by: str
     best: dict[str, Any] | None
-    trusted: int = 0  # estimates whose run passed every check
+    trusted: int = 0  # estimates whose run passed every check (each part of a restricted run counts)
     untrusted: int = 0  # estimates that a check flagged (results.csv `flags`)
+    parts: bool = False  # rows are parts of restricted runs (results.csv `restrict`)
     flags: list[tuple[str, int]] = field(default_factory=list)  # flag and cells, most common first
     by_sampler: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -56,15 +65,18 @@ class Summary:
 
 
 def summarize(rows: list[dict[str, Any]], best_by: str) -> Summary:
-    """best_by is `max:METRIC` or `min:METRIC`, over the cells that ended ok."""
+    """best_by is `max:METRIC` or `min:METRIC`, over the estimates that ended ok. Counts and durations are
+    of cells: the parts of a restricted run are rows of one cell."""
     ok = [r for r in rows if r["status"] == "ok"]
-    cancelled = sum(r["status"] == "cancelled" for r in rows)
-    durations = [float(r["duration_s"] or 0) for r in rows]
+    cells = list({r["cell"]: r for r in rows}.values())
+    cancelled = sum(r["status"] == "cancelled" for r in cells)
+    durations = [float(r["duration_s"] or 0) for r in cells]
+    ok_cells = sum(r["status"] == "ok" for r in cells)
     return Summary(
-        total=len(rows),
-        ok=len(ok),
-        failed=len(rows) - len(ok) - cancelled,
-        cached=sum(bool(r["cached"]) for r in rows),
+        total=len(cells),
+        ok=ok_cells,
+        failed=len(cells) - ok_cells - cancelled,
+        cached=sum(bool(r["cached"]) for r in cells),
         cancelled=cancelled,
         mean_duration_s=statistics.fmean(durations) if durations else 0.0,
         total_duration_s=sum(durations),
@@ -72,22 +84,26 @@ def summarize(rows: list[dict[str, Any]], best_by: str) -> Summary:
         best=_best(ok, best_by),
         trusted=sum(r.get("trusted") is True for r in ok),
         untrusted=sum(r.get("trusted") is False for r in ok),
+        parts=any(r.get("restrict") is not None for r in rows),
         flags=Counter(flag for r in ok if r.get("trusted") is False for flag in flag_names(r)).most_common(),
         by_sampler=_by_sampler(ok),
-        errors=[r for r in rows if r["status"] == "error"],
+        errors=[r for r in cells if r["status"] == "error"],
         over_training=training_curves(rows),
     )
 
 
 def training_curves(rows: list[dict[str, Any]]) -> list[Curve]:
-    """A curve per series of cells over checkpoints (problem, sampler, seed, grid values), by step."""
+    """A curve per series of cells over checkpoints (problem, sampler, seed, grid values, part), by step;
+    a restricted run's parts in the run's order."""
     series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if row["status"] == "ok" and isinstance(row.get("step"), int) and _number(row.get("llc_mean")):
             name = str(row["cell"]).removesuffix(f"-step={row['step']}")
-            series[(str(row["problem"] or ""), name)].append(row)
+            part = "" if row.get("restrict") is None else f"-{row['restrict']}"
+            series[(str(row["problem"] or ""), name + part)].append(row)
+    parts = list(dict.fromkeys(str(r["restrict"]) for r in rows if r.get("restrict") is not None))
     curves = []
-    for (problem, name), members in sorted(series.items()):
+    for (problem, name), members in sorted(series.items(), key=lambda item: _series_order(item, parts)):
         members.sort(key=lambda r: r["step"])
         curves.append(Curve(
             problem=problem, series=name, steps=[r["step"] for r in members],
@@ -95,8 +111,18 @@ def training_curves(rows: list[dict[str, Any]]) -> list[Curve]:
             llc_se=[float(r["llc_se"]) if _number(r.get("llc_se")) else 0.0 for r in members],
             loss=[float(r["L0"]) if _number(r.get("L0")) else None for r in members],
             sampler=str(members[0]["sampler"]), trusted=[r.get("trusted") for r in members],
+            part="" if members[0].get("restrict") is None else str(members[0]["restrict"]),
         ))  # fmt: skip
     return curves
+
+
+def _series_order(item: tuple[tuple[str, str], list[dict[str, Any]]], parts: list[str]) -> tuple[Any, ...]:
+    """By problem and series of cells, then the parts in the order the run reported them."""
+    (problem, name), members = item
+    part = members[0].get("restrict")
+    if part is None:
+        return (problem, name, -1)
+    return (problem, name.removesuffix(f"-{part}"), parts.index(str(part)))
 
 
 def flag_names(row: dict[str, Any]) -> list[str]:
@@ -120,7 +146,8 @@ def _by_sampler(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if isinstance(row.get("llc_mean"), int | float) and row.get("step") is None:
-            groups[(str(row["problem"]), str(row["sampler"]))].append(row)
+            part = "" if row.get("restrict") is None else f" · {row['restrict']}"
+            groups[(str(row["problem"]), str(row["sampler"]) + part)].append(row)
     out = []
     for (problem, sampler), members in sorted(groups.items()):
         errors = [abs(r["llc_rel_error"]) for r in members if isinstance(r.get("llc_rel_error"), int | float)]
@@ -183,7 +210,8 @@ def _trust(s: Summary) -> list[str]:
     if not s.trusted and not s.untrusted:
         return []  # an experiment that does not check its runs
     checked = s.trusted + s.untrusted
-    lines = ["## Trust", "", f"**{s.trusted} of {checked} cells trusted, {s.untrusted} untrusted**"]
+    what = "estimates (one per part of each cell)" if s.parts else "cells"
+    lines = ["## Trust", "", f"**{s.trusted} of {checked} {what} trusted, {s.untrusted} untrusted**"]
     if not s.flags:
         return [*lines, ""]
     lines[-1] += (
