@@ -4,7 +4,7 @@ the port translates (`Case.devinterp`), for the table in docs/validation.md besi
 
 Needs devinterp 1.3.2 (the `bench` extra):
 
-    python benchmarks/devinterp_cases.py [--seed 0] [--json benchmarks/results/devinterp_cases.json]
+    python benchmarks/devinterp_cases.py [--seed 0] [--only rrr535 poly12 ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -57,10 +57,13 @@ def devinterp_llc(case: Case, seed: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="case names (poly11, rrr535, ...); all when left out")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cases = [polynomial(p) for p in POLYNOMIALS] + [reduced_rank(*shape) for shape in REDUCED_RANKS]
+    if args.only:  # in the order given
+        cases = [case for name in args.only for case in cases if case.name == name]
     rows = []
     for case in cases:
         rows.append(devinterp_llc(case, args.seed))

@@ -89,6 +89,7 @@ def main() -> None:
     )
     parser.add_argument("--samplers", nargs="+", default=["sgld", "sghmc", "hmc", "mclmc"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0, help="skip the first networks of the stream (resume)")
     parser.add_argument("--set", nargs="*", default=[], help="overrides key=value (JSON), e.g. steps=2000")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -96,7 +97,7 @@ def main() -> None:
     counts = args.networks * len(args.sizes) if len(args.networks) == 1 else args.networks
     rows = []
     with tempfile.TemporaryDirectory() as runs:
-        for size, widths, ranks in networks(args.sizes, counts, args.seed):
+        for size, widths, ranks in networks(args.sizes, counts, args.seed)[args.skip :]:
             for sampler in args.samplers:
                 rows.append(run(size, widths, ranks, sampler, Path(runs), overrides))
                 print(json.dumps(rows[-1]), flush=True)

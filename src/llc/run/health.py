@@ -201,8 +201,8 @@ def _unsettled(metrics: dict[str, Any]) -> list[Flag]:
                 "soft_directions_unfilled",
                 f"the chains are still spreading from w* ({growth:.1f}-fold from the second quarter of "
                 f"draws to the last) and reached {reach:.2g} of the localization's 1/gamma along random "
-                "directions: the soft directions are not filled and the estimate reads low (SGLD read 34-69% "
-                "low so on deep linear networks, with or without precond); use sampler=sghmc (with "
+                "directions: the soft directions are not filled and the estimate reads low (SGLD read up to "
+                "52% low so on deep linear networks, with or without precond); use sampler=sghmc (with "
                 "step_size=auto, raising steps while R-hat says it has not mixed) or sampler=hmc, which move "
                 "further per step; more steps of this sampler widen its reach only in proportion",
             )
