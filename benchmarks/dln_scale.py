@@ -7,8 +7,8 @@ The true map's rank r is the smallest of the layers' ranks (a product of generic
 rank of its lowest-rank factor), and Aoyagi's λ depends on the widths and r only; the `dln` problem
 draws a teacher of rank r.
 
-    python benchmarks/dln_scale.py [--sizes 1000 10000 100000] [--networks 2] [--samplers sgld sghmc mclmc]
-                                   [--set steps=2000 ...] [--json OUT]
+    python benchmarks/dln_scale.py [--sizes 1000 10000 100000] [--networks 2 | --networks 3 2]
+                                   [--samplers sgld sghmc mclmc] [--set steps=2000 ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -40,6 +40,25 @@ def random_dln(size: int, rng: random.Random) -> tuple[tuple[int, ...], list[int
             return widths, [rng.randint(1, f - 1) if rng.random() < 0.5 else f for f in full]
 
 
+def networks(
+    sizes: list[int], counts: list[int], seed: int = 0
+) -> list[tuple[int, tuple[int, ...], list[int]]]:
+    """The random networks measured, in order, as (size, widths, layer ranks): `counts[i]` of about
+    `sizes[i]` parameters each, from one stream seeded with `seed`. MEASURED is the set in
+    docs/validation.md; benchmarks/trust_table.py can take its cases from here."""
+    rng = random.Random(seed)
+    return [
+        (size, *random_dln(size, rng))
+        for size, count in zip(sizes, counts, strict=True)
+        for _ in range(count)
+    ]
+
+
+# The set measured with defaults (docs/validation.md, "Deep linear networks at scale"): three networks of
+# about 1K parameters and two of about 10K, seed 0.
+MEASURED = {"sizes": [1000, 10000], "counts": [3, 2], "seed": 0}
+
+
 def run(
     size: int, widths: tuple[int, ...], ranks: list[int], sampler: str, runs: Path, overrides: dict[str, Any]
 ) -> dict[str, Any]:
@@ -55,31 +74,35 @@ def run(
         "llc_true": dln_learning_coefficient(widths, rank), "llc_mean": m["llc_mean"], "llc_se": m["llc_se"],
         "rel_error": m.get("llc_rel_error"), "r_hat": m["r_hat"], "flags": m["flags"],
         "step_size_auto": m.get("step_size_auto"), "friction_auto": m.get("friction_auto"),
-        "minibatch_heating": m.get("minibatch_heating"), "wall_s": round(time.perf_counter() - start, 1),
+        "minibatch_heating": m.get("minibatch_heating"), "mala_acceptance": m.get("mala_acceptance_mean"),
+        "spread_gamma": m.get("spread_gamma"), "spread_growth": m.get("spread_growth"),
+        "llc_rise": m.get("llc_rise"), "llc_rise_z": m.get("llc_rise_z"), "overrides": overrides,
+        "wall_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    parser.add_argument("--networks", type=int, default=2, help="random networks per size")
+    parser.add_argument(
+        "--networks", type=int, nargs="+", default=[2], help="random networks per size (one, or one per size)"
+    )
     parser.add_argument("--samplers", nargs="+", default=["sgld", "sghmc", "hmc", "mclmc"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0, help="skip the first networks of the stream (resume)")
     parser.add_argument("--set", nargs="*", default=[], help="overrides key=value (JSON), e.g. steps=2000")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    rng = random.Random(args.seed)
+    counts = args.networks * len(args.sizes) if len(args.networks) == 1 else args.networks
     rows = []
     with tempfile.TemporaryDirectory() as runs:
-        for size in args.sizes:
-            for _ in range(args.networks):
-                widths, ranks = random_dln(size, rng)
-                for sampler in args.samplers:
-                    rows.append(run(size, widths, ranks, sampler, Path(runs), overrides))
-                    print(json.dumps(rows[-1]), flush=True)
-                    if args.json:
-                        args.json.write_text(json.dumps(rows, indent=1))
+        for size, widths, ranks in networks(args.sizes, counts, args.seed)[args.skip :]:
+            for sampler in args.samplers:
+                rows.append(run(size, widths, ranks, sampler, Path(runs), overrides))
+                print(json.dumps(rows[-1]), flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(rows, indent=1))
     print("\n| size | widths | r | λ | sampler | chains × steps | λ̂ ± se | relative error | R-hat | flags |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -17,7 +17,7 @@ from llc.problems.optimum import best_linear_loss
 from llc.run.diagnostics import spread, summarize, trend
 from llc.run.erm import train
 from llc.run.experiment import run_llc
-from llc.run.health import MALA_FLOOR, assess
+from llc.run.health import FIXES, MALA_FLOOR, assess
 from llc.sweeps.results import result_rows
 
 RRR = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "n_data": 500, "chains": 4, "steps": 100}
@@ -159,6 +159,14 @@ def test_chains_still_diffusing_far_inside_the_localization_radius_are_flagged_a
     assert _flags_of(llc, rng.normal(0.0, 0.03, size=(8, 2000, 3))) == []
     # Still spreading, but out to a good part of the localization radius: the soft directions are reached.
     assert _flags_of(llc, 10 * walking, gamma=1.0) == []
+
+
+def test_unfilled_soft_directions_name_the_samplers_to_run_instead():
+    # SGLD's spread on a deep linear network (dln_scale, 947 parameters): more SGLD steps barely help there.
+    (flag,) = assess({"chains_used": 8, "spread_gamma": 0.001, "spread_growth": 2.0}, 8, "sgld", 0.8)
+    assert flag.name == "soft_directions_unfilled"
+    assert "sampler=sghmc" in flag.reason and "sampler=hmc" in flag.reason
+    assert "sampler=sghmc" in FIXES[flag.name] and "hmc" in FIXES[flag.name]
 
 
 def test_chains_whose_loss_never_rose_above_l0_are_flagged_as_never_leaving_w_star():

@@ -165,6 +165,21 @@ def test_sghmc_with_every_default_reaches_the_soft_directions_of_a_deep_network(
     assert metrics["friction_auto"] < 0.1  # below the fixed default, which reads 10% low here
 
 
+# benchmarks/dln_scale.py's first network of about 1K parameters (d = 947, r = 2, λ = 71.5): SGLD at the
+# step its stiffest direction allows fills only the stiff directions and reads about half of λ, with R-hat
+# and the MALA check healthy (docs/validation.md). Until a sampler change fixes that, the run must say so.
+DLN_SCALE_1K = {"problem": "dln", "widths": (18, 13, 11, 14, 13, 18), "true_rank": 2, "threads": 1}
+
+
+@pytest.mark.slow
+def test_sgld_on_a_deep_network_reads_within_10_percent_or_says_its_soft_directions_are_unfilled(tmp_path):
+    config = build_config("full", {**DLN_SCALE_1K, "sampler": "sgld", "steps": 3000})
+    metrics = run_llc(config, tmp_path).metrics
+    print(metrics["llc_rel_error"], metrics["spread_gamma"], metrics["spread_growth"], metrics["flags"])
+    if abs(metrics["llc_rel_error"]) >= 0.1:
+        assert "soft_directions_unfilled" in metrics["flags"] and not metrics["trusted"], metrics
+
+
 # Many points make the loss stiff (curvature ∝ nβ): the fixed default step, right at n = 5000, reads
 # 42% high here (measured), while the step auto picks lands within a few percent.
 STIFF = {"problem": "linear", "widths": (4, 3), "n_data": 50000, "eval_every": 0}

@@ -70,7 +70,7 @@ FIXES = {
     "minibatch_noise_heats": "minibatch noise raises the LLC > 10%: lower step_size or raise batch_size",
     "negative_llc": "the chains found losses below L0: raise erm_steps, or gamma",
     "still_rising": "the estimate still rises through the run: raise steps (or step_size)",
-    "soft_directions_unfilled": "the chains have not filled the soft directions: raise steps, or use hmc",
+    "soft_directions_unfilled": "soft directions unfilled, reads low: use sampler=sghmc (more steps) or hmc",
     "llc_above_d_half": "the LLC exceeds d/2, the chains are heated: lower step_size, or step_size=auto",
     "never_left_w_star": "the LLC is within 5 se of 0: lower gamma, or raise step_size and steps",
 }
@@ -201,8 +201,10 @@ def _unsettled(metrics: dict[str, Any]) -> list[Flag]:
                 "soft_directions_unfilled",
                 f"the chains are still spreading from w* ({growth:.1f}-fold from the second quarter of "
                 f"draws to the last) and reached {reach:.2g} of the localization's 1/gamma along random "
-                "directions: the soft directions are not filled and the estimate reads low; raise steps, "
-                "or use a sampler that moves further per step (hmc, or sgld with a preconditioner)",
+                "directions: the soft directions are not filled and the estimate reads low (SGLD read up to "
+                "52% low so on deep linear networks, with or without precond); use sampler=sghmc (with "
+                "step_size=auto, raising steps while R-hat says it has not mixed) or sampler=hmc, which move "
+                "further per step; more steps of this sampler widen its reach only in proportion",
             )
         )
     d = metrics.get("d")
