@@ -81,3 +81,49 @@ def test_runs_ls_lists_the_local_runs_directory_with_state_estimate_and_trust(tm
     assert rows == {"a" * 16: ["sealed", "hmc", "7.912", "no"], "b" * 16: ["partial", "sgld", "-", "-"]}
     empty = CliRunner().invoke(app, ["runs", "ls", "--runs-dir", str(tmp_path / "none")])
     assert empty.exit_code == 0 and "no run directories" in empty.output and "--modal" in empty.output
+
+
+def test_run_of_several_parts_prints_each_parts_estimate_and_why_it_is_untrusted(tmp_path):
+    """`llc run --set restrict={...}`: a line per part, each part's flags under it (the run's top-level
+    flags merge the parts', so they are not printed as pairs of flag and reason)."""
+    module = ["--set", "problem=module", "--set", "model=own_model_factories:classifier"]
+    module += ["--set", "data=own_model_factories:classification_data", "--set", "loss=cross_entropy"]
+    restrict = ["--set", 'restrict={"first": "0.*", "last": "2.*"}']
+    short = ["--set", "chains=4", "--set", "steps=60", "--set", "warmup=0", "--set", "step_size=1e-4"]
+    result = runner.invoke(
+        app, ["run", "--sampler", "sgld", "--runs-dir", str(tmp_path), *module, *restrict, *short]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((Path(result.stdout.strip()) / "metrics.json").read_text())
+    assert set(metrics["parts"]) == {"first", "last"}
+    for name, part in metrics["parts"].items():
+        assert f"{name}: llc = " in result.output
+        for reason in part["flag_reasons"]:
+            assert reason.split(":")[0] in result.output
+    assert "llc of 2 parts, " in result.output
+    assert "Traceback" not in result.output
+
+
+def test_parts_sharing_a_flag_each_say_it_under_their_own_line(capsys):
+    """A run of several parts lists each flag once at its top level but each part's reason: the report
+    pairs flags with reasons part by part, never across the merged lists."""
+    from llc.cli.main import _report_flags, _report_parts
+
+    reason = "R-hat 1.2: the chains have not mixed"
+    part = {
+        "llc_mean": 1.0,
+        "llc_se": 0.1,
+        "trusted": False,
+        "flags": ["chains_disagree"],
+        "flag_reasons": [reason],
+    }
+    metrics = {
+        "flags": ["chains_disagree"],
+        "flag_reasons": [f"a: {reason}", f"b: {reason}"],
+        "parts": {"a": part, "b": part},
+    }
+    _report_flags(metrics)
+    assert _report_parts(metrics)
+    printed = capsys.readouterr().err
+    assert printed.count(f"untrusted (chains_disagree): {reason}") == 2
+    assert "a: llc = " in printed and "b: llc = " in printed

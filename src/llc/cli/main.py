@@ -128,10 +128,15 @@ def run(
         )
     m = result.metrics
     note = " (cached)" if result.cached else ""
-    err.print(
-        f"llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}  ess_bulk={_fmt(m.get('ess_bulk'))}  "
-        f"r_hat={_fmt(m.get('r_hat'))}  diverged={m.get('chains_diverged')}{note}"
-    )
+    if len(m.get("parts") or {}) > 1:
+        err.print(
+            f"llc of {len(m['parts'])} parts, {sum(p['trusted'] for p in m['parts'].values())} trusted{note}:"
+        )
+    else:
+        err.print(
+            f"llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}  ess_bulk={_fmt(m.get('ess_bulk'))}  "
+            f"r_hat={_fmt(m.get('r_hat'))}  diverged={m.get('chains_diverged')}{note}"
+        )
     typer.echo(str(result.path))
     _report_flags(m)
     if m.get("llc_mean") is None and not _report_parts(m):
@@ -196,15 +201,19 @@ def _report_parts(metrics: dict[str, Any]) -> bool:
     for name, m in parts.items() if len(parts) > 1 else ():
         trust = "trusted" if m.get("trusted") else f"untrusted: {', '.join(m.get('flags', []))}"
         err.print(f"  {name}: llc = {_fmt(m.get('llc_mean'))} ± {_fmt(m.get('llc_se'))}  ({trust})")
+        _report_flags(m, indent="    ")
     return len(parts) > 1
 
 
-def _report_flags(metrics: dict[str, Any]) -> None:
-    """Say why a run is not to be trusted (docs/diagnostics.md#flags-runs-that-cannot-be-trusted)."""
+def _report_flags(metrics: dict[str, Any], indent: str = "") -> None:
+    """Say why a run is not to be trusted (docs/diagnostics.md#flags-runs-that-cannot-be-trusted); a run
+    of several parts says it under each part's line (_report_parts)."""
     if metrics.get("llc_note"):
-        err.print(f"note: {metrics['llc_note']}")
+        err.print(f"{indent}note: {metrics['llc_note']}")
+    if len(metrics.get("parts") or {}) > 1:
+        return
     for name, reason in zip(metrics.get("flags", []), metrics.get("flag_reasons", []), strict=True):
-        err.print(f"[yellow]untrusted ({name}):[/yellow] {reason}")
+        err.print(f"{indent}[yellow]untrusted ({name}):[/yellow] {reason}")
 
 
 @app.command()
