@@ -50,6 +50,11 @@ STUDIES = {
         "did you mean own_model_factories:classifier",
     ),
     "a study's cell key misspelt": ("base: {stesp: 10}\n", "did you mean 'steps'"),
+    "a study's restrict: heads misspelt": (
+        "base: {problem: module, model: 'own_model_factories:classifier', "
+        "data: 'own_model_factories:classification_data', restrict: hedas}\n",
+        "did you mean 'heads'",
+    ),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -281,6 +282,11 @@ class RunConfig(BaseModel):
                 )
             if isinstance(self.restrict, dict) and not self.restrict:
                 raise ValueError("restrict: the mapping is empty; give {part name: glob}, one glob, or heads")
+            if isinstance(self.restrict, str) and _misspelt_heads(self.restrict):
+                raise ValueError(
+                    f"restrict: {self.restrict!r} is no glob and no parameter name is likely to be it; "
+                    "did you mean 'heads' (one estimate per attention head)?"
+                )
         return self
 
     # -- derived values -------------------------------------------------------------------------
@@ -438,6 +444,13 @@ def _check_module_keys(config: RunConfig, in_memory: bool) -> None:
             "loss for problem module must be mse, cross_entropy or package.module:function, "
             f"got {config.loss!r}"
         )
+
+
+def _misspelt_heads(restrict: str) -> bool:
+    """restrict: a word close to `heads`, without a glob's wildcards or a dotted parameter path."""
+    if restrict == "heads" or any(c in restrict for c in "*?[."):
+        return False
+    return difflib.SequenceMatcher(None, restrict.lower(), "heads").ratio() >= 0.6
 
 
 def _check_devices(config: RunConfig) -> None:
