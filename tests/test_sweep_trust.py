@@ -84,8 +84,18 @@ def test_the_summary_counts_trusted_and_untrusted_cells_and_the_most_common_flag
     assert {line.split(" | ")[0] for line in table[3:5]} == {"| `negative_llc`", "| `mala_acceptance_low`"}
     # The per-sampler table says how many of each sampler's cells can be trusted ...
     assert "| net | hmc | 2 | 1/2 |" in markdown and "| net | mclmc | 1 | 0/1 |" in markdown
-    # ... and the best cell says when it is not to be trusted.
-    assert "**net-mclmc-s0** (llc_mean = 9; untrusted: mala_acceptance_low)" in markdown
+    # ... and its mean LLC, like the best cell, is of the trusted cells only: the flagged 9.0 of mclmc and
+    # -0.4 of hmc are not results.
+    assert "| net | hmc | 2 | 1/2 | 4.8 |" in markdown and "| net | mclmc | 1 | 0/1 | - |" in markdown
+    assert "Best cell by max:llc_mean among the trusted: **net-sgld-s0** (llc_mean = 5)" in markdown
+
+
+def test_a_sweep_with_no_trusted_cell_names_no_best_cell_and_no_mean() -> None:
+    flagged = [{**r, "trusted": False, "flags": r["flags"] or "chains_disagree"} for r in ROWS]
+    markdown = to_markdown("s", summarize(flagged, "max:llc_mean"), "results.csv")
+    assert "Best cell by max:llc_mean: none, as no cell's estimate is trusted." in markdown
+    assert "**net-" not in markdown
+    assert "| net | sgld | 2 | 0/2 | - |" in markdown
 
 
 def test_a_summary_of_cells_that_report_no_trust_has_no_trust_section() -> None:

@@ -132,17 +132,27 @@ def flag_names(row: dict[str, Any]) -> list[str]:
 
 
 def _best(rows: list[dict[str, Any]], best_by: str) -> dict[str, Any] | None:
+    """The best of the trusted estimates (of all, where no run was checked): a number the checks reject
+    is never shown as a result, so a sweep with none trusted has no best cell."""
     direction, _, metric = best_by.partition(":")
-    scored = [r for r in rows if isinstance(r.get(metric), int | float)]
+    scored = [r for r in _readable(rows) if isinstance(r.get(metric), int | float)]
     if not scored:
         return None
     pick = max if direction == "max" else min
     return pick(scored, key=lambda r: r[metric])
 
 
+def _readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose estimate may be read as one: the trusted, or all where no run reports its checks."""
+    if all(r.get("trusted") is None for r in rows):
+        return rows
+    return [r for r in rows if r.get("trusted") is True]
+
+
 def _by_sampler(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean LLC (over seeds and grid values) per problem and sampler, with the truth where known; not of
-    checkpoints, whose mean over training means little (they have their own table)."""
+    """Mean LLC (over seeds and grid values) per problem and sampler, of the trusted cells only (None where
+    none is), with the truth where known; not of checkpoints, whose mean over training means little (they
+    have their own table)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if isinstance(row.get("llc_mean"), int | float) and row.get("step") is None:
@@ -150,11 +160,14 @@ def _by_sampler(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups[(str(row["problem"]), str(row["sampler"]) + part)].append(row)
     out = []
     for (problem, sampler), members in sorted(groups.items()):
-        errors = [abs(r["llc_rel_error"]) for r in members if isinstance(r.get("llc_rel_error"), int | float)]
+        readable = _readable(members)
+        errors = [
+            abs(r["llc_rel_error"]) for r in readable if isinstance(r.get("llc_rel_error"), int | float)
+        ]
         out.append({
             "problem": problem, "sampler": sampler, "cells": len(members),
             "trusted": _trusted_of(members),
-            "llc_mean": statistics.fmean(r["llc_mean"] for r in members),
+            "llc_mean": statistics.fmean(r["llc_mean"] for r in readable) if readable else None,
             "llc_true": members[0].get("llc_true"),
             "mean_abs_rel_error": statistics.fmean(errors) if errors else None,
         })  # fmt: skip
@@ -180,14 +193,26 @@ def to_markdown(
     lines += _trust(s)
     if s.best is not None:
         metric = s.best_by.partition(":")[2]
-        untrusted = f"; untrusted: {', '.join(flag_names(s.best))}" if s.best.get("trusted") is False else ""
+        among = " among the trusted" if s.trusted else ""
         lines += [
-            f"Best cell by {s.best_by}: **{s.best['cell']}** ({metric} = {_fmt(s.best[metric])}{untrusted})",
+            f"Best cell by {s.best_by}{among}: **{s.best['cell']}** ({metric} = {_fmt(s.best[metric])})",
             "",
         ]
+    elif s.untrusted:
+        lines += [f"Best cell by {s.best_by}: none, as no cell's estimate is trusted.", ""]
     if s.by_sampler:
         keys = ["problem", "sampler", "cells", "trusted", "llc_mean", "llc_true", "mean_abs_rel_error"]
-        header = ["problem", "sampler", "cells", "trusted", "mean LLC", "true LLC", "mean abs rel. error"]
+        header = [
+            "problem",
+            "sampler",
+            "cells",
+            "trusted",
+            "mean LLC (trusted)",
+            "true LLC",
+            "mean abs rel. error",
+        ]
+        if not s.trusted and not s.untrusted:
+            header[4] = "mean LLC"
         lines += ["## LLC by sampler", "", *_table(header, [[g[k] for k in keys] for g in s.by_sampler]), ""]
     if s.over_training:
         lines += ["## LLC over training", "", *_over_training(s.over_training), ""]
