@@ -71,6 +71,15 @@ def test_filled_chains_stop_at_once_and_too_few_effective_draws_do_not():
     assert "ESS" in rule.reason and "per chain" in rule.reason
 
 
+def test_an_estimate_whose_standard_error_is_over_5_percent_of_it_continues_and_says_so():
+    rng = np.random.default_rng(0)
+    rule = ChainLength(budget=8000, gamma=1.0)
+    noisy = 1 + rng.normal(0, 5, (8, 1000))  # independent draws: se 5/sqrt(8000) = 0.056 of the mean 1
+    assert rule.more(synthetic(noisy)) == 1000
+    assert rule.reason == "extended from 1000 steps: standard error 6% of the estimate"
+    assert rule.more(synthetic(1 + rng.normal(0, 5, (8, 2000)))) == 0  # 0.040 of it: done
+
+
 def test_steps_given_are_sampled_exactly_and_auto_records_its_choice(tmp_path, monkeypatch):
     given = run_llc(build_config(None, {**SMALL, "steps": 50}), tmp_path).metrics
     assert given["steps_chosen"] == 50 and "steps_reason" not in given
