@@ -143,21 +143,21 @@ def _as_module(model: Any, w: torch.Tensor) -> torch.nn.Sequential:
 
 
 def dln_scale() -> Iterator[Run]:
-    """benchmarks/dln_scale.py's random network of about 1K parameters (its seed 0), `llc run` defaults."""
-    import random
-
-    from dln_scale import random_dln
+    """benchmarks/dln_scale.py's measured networks (MEASURED: three of about 1K parameters, two of about
+    10K), `llc run` defaults."""
+    from dln_scale import MEASURED, networks
 
     from llc.problems.truth import dln_learning_coefficient
 
-    widths, ranks = random_dln(1000, random.Random(0))
-    keys = {"problem": "dln", "widths": widths, "true_rank": min(ranks)}
+    for size, widths, ranks in networks(**MEASURED):
+        keys = {"problem": "dln", "widths": widths, "true_rank": min(ranks)}
 
-    def go(sampler: str, seed: int, runs: Path) -> dict[str, Any]:
-        config = build_config(None, {**keys, "sampler": sampler, "seed": seed, "threads": 1})
-        return run_llc(config, runs).metrics
+        def go(sampler: str, seed: int, runs: Path, keys: dict[str, Any] = keys) -> dict[str, Any]:
+            config = build_config(None, {**keys, "sampler": sampler, "seed": seed, "threads": 1})
+            return run_llc(config, runs).metrics
 
-    yield Run(f"dln_scale {_label(keys)}", dln_learning_coefficient(widths, min(ranks)), None, go)
+        truth = dln_learning_coefficient(widths, min(ranks))
+        yield Run(f"dln_scale {size // 1000}K {_label(keys)}", truth, None, go)
 
 
 # Groups of cases by name; another benchmark adds its own with CASES["name"] = generator.
