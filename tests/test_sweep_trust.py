@@ -126,7 +126,7 @@ def test_every_flag_the_checks_raise_has_its_fix_in_the_tables() -> None:
             ({"chains_used": 4, "spread_gamma": 1e-4, "spread_growth": 4.0}, "hmc"),
             ({"chains_used": 4, "llc_mean": 100.0, "llc_se": 1.0, "d": 10}, "hmc"),
         ]
-        for flag in assess(metrics, 4, sampler, 0.8)
+        for flag in assess(metrics, 4, sampler)
     }
     assert raised == set(FIXES)
 

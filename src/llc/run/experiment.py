@@ -411,7 +411,7 @@ def build_metrics(
             metrics["llc_mean_full_loss"] = float(nbeta * (np.nanmean(healthy) - loss0))
     if "diverging" in trace.stats:
         metrics["divergent_transitions"] = int(trace.stats["diverging"].sum())
-    flags = health.assess(metrics, config.chains, config.sampler, config.target_accept)
+    flags = health.assess(metrics, config.chains, config.sampler)
     metrics["trusted"] = not flags
     metrics["flags"] = [flag.name for flag in flags]
     metrics["flag_reasons"] = [flag.reason for flag in flags]

@@ -16,8 +16,10 @@ from typing import Any
 MALA_FLOOR = 0.85
 # Chains whose R-hat exceeds this clearly disagree (diagnostics.md): their mean is no estimate yet.
 R_HAT_CEILING = 1.1
-# HMC's acceptance this far under its target means warm-up did not find a working step size.
-HMC_SHORTFALL = 0.3
+# HMC's acceptance under its target is not a flag: the Metropolis step keeps HMC exact at any acceptance,
+# and what a low one costs (fewer effective draws) is what R-hat, the trend and steps=auto's ESS floor see.
+# Every HMC run the old flag (0.3 under target) raised on a known λ was within 6% of it: the deep linear
+# networks of benchmarks/dln_scale.py at 1K and 10K (-5.5% to +0.2%), dln [10,20,20,10] (-0.9%).
 # MCLMC tunes towards an energy error variance of 5e-4 per dimension; ten times that is untrustworthy.
 MCLMC_ENERGY_CEILING = 5e-3
 # An ERM point whose loss is above the best by this fraction of the LLC biases the estimate by as much.
@@ -64,7 +66,6 @@ FIXES = {
     "most_chains_diverged": "most chains diverged: lower step_size (or step_size=auto)",
     "chains_disagree": "R-hat > 1.1, the chains have not mixed: raise steps and warmup, or use hmc",
     "mala_acceptance_low": "MALA acceptance < 0.85, the step is too large: lower step_size",
-    "hmc_acceptance_low": "HMC acceptance far under its target: raise warmup",
     "mclmc_energy_error_high": "MCLMC energy error high: raise warmup",
     "erm_not_converged": "w* is not a minimum: raise erm_steps",
     "minibatch_noise_heats": "minibatch noise raises the LLC > 10%: lower step_size or raise batch_size",
@@ -82,7 +83,7 @@ class Flag:
     reason: str  # what was seen, and what to change
 
 
-def assess(metrics: dict[str, Any], chains: int, sampler: str, target_accept: float) -> list[Flag]:
+def assess(metrics: dict[str, Any], chains: int, sampler: str) -> list[Flag]:
     """The flags a run's metrics raise (none: the run passed every check)."""
     flags = []
     used = metrics.get("chains_used") or 0
@@ -115,14 +116,6 @@ def assess(metrics: dict[str, Any], chains: int, sampler: str, target_accept: fl
                 "mala_acceptance_low",
                 f"MALA acceptance {mala:.2f} (healthy: 0.9 or more): the step size is too large for "
                 "this curvature; lower step_size (or use step_size=auto)",
-            )
-        )
-    accept = metrics.get("acceptance_rate_mean")
-    if sampler == "hmc" and accept is not None and accept < target_accept - HMC_SHORTFALL:
-        flags.append(
-            Flag(
-                "hmc_acceptance_low",
-                f"HMC acceptance {accept:.2f} against a target of {target_accept}: raise warmup",
             )
         )
     energy = metrics.get("energy_change_var_per_dim")
