@@ -21,10 +21,19 @@ $(STAMP): pyproject.toml constraints.txt | compiler
 demo: env
 	$(PY) flows/sweep.py --study studies/quick.yaml
 
+# The statistical validation files (slow-marked, CPU-bound on one torch thread, no services) run on the
+# second core beside the rest of the suite; their report follows the rest's, and either failing fails.
+STATISTICAL := tests/test_devinterp_cases.py tests/test_validation.py
+
 test: env slurm-up browser postgres
 	$(VENV)/bin/ruff check src tests benchmarks flows examples
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest $(STATISTICAL) > .pytest-statistical.log 2>&1 & statistical=$$!; \
+	trap 'kill $$statistical 2>/dev/null' INT TERM; \
+	$(PY) -m pytest $(addprefix --ignore=,$(STATISTICAL)); rest=$$?; \
+	wait $$statistical; stat=$$?; \
+	echo "== $(STATISTICAL), run beside the rest =="; cat .pytest-statistical.log; \
+	exit $$(( rest != 0 || stat != 0 ))
 
 lint: env
 	$(VENV)/bin/ruff check src tests benchmarks flows examples

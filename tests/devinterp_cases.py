@@ -3,6 +3,7 @@ settings translated into this project's keys, and the finite-n expectation of th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,19 @@ class ReducedRank(torch.nn.Module):
 
 def reduced_rank(m: int, h: int, n: int) -> Case:
     """rrr_test.py: y independent of x (true rank 0), n = 1000, w* after 5000 full-batch Adam steps at
-    lr 0.01; SGLD lr 6e-5 with localization 1, 3 chains × 2000 full-batch draws."""
+    lr 0.01; SGLD lr 6e-5 with localization 1, 3 chains × 2000 full-batch draws. A fresh model each call,
+    its weights trained once per shape."""
+    weights, x, y = _trained_reduced_rank(m, h, n)
+    model = ReducedRank(m, h, n)
+    model.load_state_dict(weights)
+    settings = {"chains": 3, "steps": 2000, "step_size": 6e-5, "gamma": 1.0, "batch_size": 1000}
+    return Case(f"rrr{m}{h}{n}", model, (x, y), rrr_learning_coefficient(m, h, n, 0), settings)
+
+
+@functools.cache
+def _trained_reduced_rank(
+    m: int, h: int, n: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     torch.manual_seed(42)
     x, y = torch.randn(1000, m), torch.randn(1000, n)
     model = ReducedRank(m, h, n)
@@ -59,8 +72,7 @@ def reduced_rank(m: int, h: int, n: int) -> Case:
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
         optimizer.step()
-    settings = {"chains": 3, "steps": 2000, "step_size": 6e-5, "gamma": 1.0, "batch_size": 1000}
-    return Case(f"rrr{m}{h}{n}", model, (x, y), rrr_learning_coefficient(m, h, n, 0), settings)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, x, y
 
 
 POLYNOMIALS = ((1, 1), (1, 2), (2, 2))
