@@ -1,9 +1,10 @@
 """devinterp's known-λ tests (its repository's tests/slt/), ported: each case with devinterp's own sampler
 settings translated into this project's keys, and with `llc.estimate`'s defaults (nothing set).
 
-The polynomial cases are asserted against the finite-n expectation by quadrature (devinterp_cases.py),
-not λ: at n = 1000 and gamma = 1 it lies 12-42% under λ (most where the largest power repeats), so
-that no machine's arithmetic decides the verdict. docs/validation.md has the measured table.
+Every case is asserted against its finite-n expectation (devinterp_cases.py), not λ, so that no machine's
+arithmetic decides the verdict: the polynomials' by quadrature (at n = 1000 and gamma = 1, 12-42% under
+λ, most where the largest power repeats), reduced-rank regression's by rrr_finite_n_llc (12-37% above λ
+where w* fits the noise). docs/validation.md has the measured table.
 """
 
 from __future__ import annotations
