@@ -22,6 +22,9 @@ from llc.model.streaming import Source
 from llc.modules.model import LOSSES, LossFn, ModuleModel
 from llc.problems.stream import SOURCES, as_source, check, check_finite, is_streamed
 
+# Your own model's sgld and sghmc step on all the points up to this many (minibatch_size).
+FULL_BATCH_N = 1024
+
 # An (x, y) pair of tensors or a TensorDataset (held in memory), or data read a batch at a time
 # (problems/stream.py): a DataLoader, a map-style or iterable Dataset, a HuggingFace dataset.
 Data = Any
@@ -138,6 +141,20 @@ def module_problem(
     else:
         model.check_on_chunks(source.chunks())
     return model, x, y, source
+
+
+def minibatch_size(config: RunConfig, n: int, streamed: bool) -> int | None:
+    """The minibatch sgld and sghmc step on (None: all n points; hmc and mclmc always are). Your own
+    model's default on at most FULL_BATCH_N points held in memory is the whole data set: there a
+    256-point minibatch's gradient noise heated devinterp's reduced-rank cases 5-15% high (against the
+    same runs on all 1,000 points), for a step that costs at most 4 times as much. A batch_size you give,
+    or a DataLoader's, is kept."""
+    if not config.sampling.spec.minibatch:
+        return None
+    given = "batch_size" in config.model_fields_set
+    if config.problem == "module" and not given and not streamed and n <= FULL_BATCH_N:
+        return None
+    return config.batch_size
 
 
 def _check_streamed(config: RunConfig, n: int) -> None:

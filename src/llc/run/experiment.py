@@ -25,6 +25,7 @@ from llc.modules.model import ModuleModel
 from llc.modules.parts import Part
 from llc.problems import Problem, build_problem
 from llc.problems.build import STREAM_SAMPLING, stream
+from llc.problems.module import minibatch_size
 from llc.problems.optimum import best_linear_loss, is_linear_network
 from llc.run import devices, diagnostics, health, localization, parts, plots
 from llc.run.allocator import ask_platform_now, keep_freed_memory
@@ -182,7 +183,7 @@ class LLCExperiment:
             if config.gamma == "auto"
             else float(config.gamma)
         )
-        batch_size = config.batch_size if config.sampling.spec.minibatch else None
+        batch_size = minibatch_size(config, problem.n, streamed=problem.source is not None)
         if problem.source is None:
             posterior = LocalizedPosterior(
                 problem.model, x, y, w_star, nbeta, gamma, batch_size, eval_data=eval_data
@@ -246,6 +247,8 @@ class LLCExperiment:
             attrs |= {"parts": ",".join(per_part), "chains_per_part": config.chains}
             steps_reason = "restrict: the initial steps only"
         metrics["steps_chosen"] = trace.steps
+        if config.sampling.spec.minibatch:
+            metrics["batch_size_used"] = batch_size or problem.n
         if config.steps == "auto":
             metrics["steps_reason"] = steps_reason
         if eval_data is not None:

@@ -40,10 +40,13 @@ FIRST_ITERATIONS = 20  # power iterations before warm-up, from a random directio
 ITERATIONS = 3  # power iterations per round, from the last round's direction
 FD_STEP = 1e-3  # length of the finite-difference step along the (unit) direction
 # friction=auto: the minibatch noise may raise the LLC by this fraction; the friction stays within
-# FRICTION_RANGE (below it, the chains' energy takes over 100 steps to settle). Measured on deep linear
-# networks: lower friction reads high, higher reads low (docs/validation.md).
+# FRICTION_RANGE. Its floor: the chains' energy settles in about 1/α steps, at 0.05 within a warm-up round
+# of the default 200 steps (20), so each round's measurement sees chains that have taken its friction and
+# step. At 0.01 the runs ended heated 2-3 times what warm-up measured (devinterp's rrr [4,3,8] +15%), and
+# full-batch chains coasted along poly12's valleys until 2 of 8 diverged; at 0.05 SGHMC went from 11 to
+# 20 of 24 known-λ runs trusted and within 10% at two seeds (docs/validation.md).
 HEAT = 0.03
-FRICTION_RANGE = (0.01, 0.5)
+FRICTION_RANGE = (0.05, 0.5)
 # With friction=auto, SGHMC's η·h_max: half SAFETY. The friction follows η (α ∝ η at a given heating),
 # and how far the chains move depends on η/α only, so a smaller η costs no mixing and halves the step's
 # bias, which adds to the heating's (docs/samplers.md).
@@ -52,6 +55,12 @@ FRICTION_SAFETY = SAFETY / 2
 # a singular w* (a normal crossing) the curvature there is γ alone, and grows only where the chains go.
 # Later steps stay under the losing step divided by this.
 LOSS_SHRINK = 10.0
+# A chain that ends a round where its step times the curvature there is past this (the stability limit)
+# was thrown off too, if still finite: restarted at w*, and later steps stay under the losing step over
+# LOSS_SHRINK. SGHMC at low friction on devinterp's poly11 (a valley whose walls stiffen with distance)
+# flew in one round to a curvature 10^5 times w*'s, and the steps set from there were too small ever to
+# come back (0.47 against 0.38 and LLCs of 10^2-10^6).
+UNSTABLE = 2.0
 
 
 @dataclass
@@ -166,6 +175,12 @@ def search_round(
         scale = kernel.curvature_metric(state)
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
+        unstable = torch.isfinite(h) & (h * state.step_size > UNSTABLE)
+        if t > 0 and unstable.any():
+            kernel.restart(state, unstable.nonzero().squeeze(1))
+            search.ceiling = min(search.ceiling, state.step_size / LOSS_SHRINK)
+            scale = kernel.curvature_metric(state)
+            h, search.direction = top_curvature(posterior, state.w, None, FIRST_ITERATIONS, gen, scale)
         finite = h[torch.isfinite(h)]
         step = search.update(float(finite.max()) if finite.numel() else math.nan)
         if search.tunes_friction and t > 0:  # at t = 0 every chain is still at w*
