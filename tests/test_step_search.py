@@ -1,6 +1,8 @@
 """step_size=auto: the warm-up search for SGLD and SGHMC, its criterion, and the step it picks."""
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -195,7 +197,21 @@ def test_auto_finds_a_step_that_recovers_lambda_where_the_fixed_default_fails(tm
     assert auto["step_size_auto"] < 5e-5 and abs(auto["llc_rel_error"]) < 0.1, auto
 
 
-def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_later_steps_stay_under_a_tenth_of_that_one():
+@dataclass
+class FirstRound:
+    """SGLD's step search on RRR after its first round (4 chains at w*): what the restart tests poke."""
+
+    posterior: LocalizedPosterior
+    kernel: Any
+    state: Any
+    search: CurvatureStep
+    gen: torch.Generator
+    warmup: int
+    w_star: torch.Tensor
+    first: float  # the step the first round chose
+
+
+def after_the_first_round() -> FirstRound:
     from llc.samplers.sgld import SGLD
     from llc.samplers.step_search import search_round
 
@@ -211,39 +227,32 @@ def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_later_steps_stay_u
     state = kernel.init(w_star.expand(4, -1).clone(), gen)
     search = CurvatureStep()
     search_round(search, 0, config.warmup, kernel, state, posterior, gen)
-    first = state.step_size
-    state.w[2] = math.nan
-    search_round(search, 10, config.warmup, kernel, state, posterior, gen)
-    assert torch.equal(state.w[2], w_star) and len(search.curvatures) == 2
-    assert search.ceiling == pytest.approx(first / LOSS_SHRINK)
-    assert state.step_size == pytest.approx(first / LOSS_SHRINK, rel=0.05)
-    search_round(search, 20, config.warmup, kernel, state, posterior, gen)
-    assert state.step_size <= search.ceiling
+    return FirstRound(posterior, kernel, state, search, gen, config.warmup, w_star, state.step_size)
+
+
+def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_later_steps_stay_under_a_tenth_of_that_one():
+    from llc.samplers.step_search import search_round
+
+    r = after_the_first_round()
+    r.state.w[2] = math.nan
+    search_round(r.search, 10, r.warmup, r.kernel, r.state, r.posterior, r.gen)
+    assert torch.equal(r.state.w[2], r.w_star) and len(r.search.curvatures) == 2
+    assert r.search.ceiling == pytest.approx(r.first / LOSS_SHRINK)
+    assert r.state.step_size == pytest.approx(r.first / LOSS_SHRINK, rel=0.05)
+    search_round(r.search, 20, r.warmup, r.kernel, r.state, r.posterior, r.gen)
+    assert r.state.step_size <= r.search.ceiling
 
 
 def test_a_chain_that_ends_a_round_where_its_step_is_past_the_stability_limit_restarts_at_w_star():
     """SGHMC at low friction flew in one round of warm-up down poly11's valley to a curvature 10^5 times
     w*'s; the steps set from there were too small ever to come back (LLC 474 against 0.38)."""
-    from llc.samplers.sgld import SGLD
     from llc.samplers.step_search import UNSTABLE, search_round, top_curvature
 
-    config = build_config(
-        "quick", {**RRR, "sampler": "sgld", "chains": 4, "step_size": "auto", "warmup": 100}
-    )
-    problem = build_problem(config)
-    w_star, _ = train(problem, config.erm_steps, config.erm_lr, config.seed)
-    posterior = LocalizedPosterior(
-        problem.model, problem.x, problem.y, w_star, config.resolved_nbeta, 1.0, 64
-    )
-    kernel, gen = SGLD(posterior, config.resolved_step_size), torch.Generator().manual_seed(0)
-    state = kernel.init(w_star.expand(4, -1).clone(), gen)
-    search = CurvatureStep()
-    search_round(search, 0, config.warmup, kernel, state, posterior, gen)
-    first = state.step_size
-    state.w[1] = 6 * w_star  # a linear network's curvature grows with the square of its weights' scale
-    h, _ = top_curvature(posterior, state.w, None, 20, torch.Generator().manual_seed(1))
-    assert h[1] * first > UNSTABLE > h[0] * first  # only chain 1 is past the limit
-    search_round(search, 10, config.warmup, kernel, state, posterior, gen)
-    assert torch.equal(state.w[1], w_star)
-    assert search.ceiling == pytest.approx(first / LOSS_SHRINK)
-    assert state.step_size <= search.ceiling
+    r = after_the_first_round()
+    r.state.w[1] = 6 * r.w_star  # a linear network's curvature grows with the square of its weights' scale
+    h, _ = top_curvature(r.posterior, r.state.w, None, 20, torch.Generator().manual_seed(1))
+    assert h[1] * r.first > UNSTABLE > h[0] * r.first  # only chain 1 is past the limit
+    search_round(r.search, 10, r.warmup, r.kernel, r.state, r.posterior, r.gen)
+    assert torch.equal(r.state.w[1], r.w_star)
+    assert r.search.ceiling == pytest.approx(r.first / LOSS_SHRINK)
+    assert r.state.step_size <= r.search.ceiling
