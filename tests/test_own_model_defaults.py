@@ -70,3 +70,15 @@ def test_an_explicit_gamma_is_used_and_not_reported_as_decided():
         NormalCrossing([1, 2]), normal_crossing_data(), chains=2, steps=20, warmup=0, gamma=5.0, threads=1
     ).metrics
     assert "gamma_auto" not in metrics and "gamma_reason" not in metrics
+
+
+def test_a_nearly_converged_w_star_counts_as_a_minimum_and_a_checkpoint_mid_training_does_not():
+    """The built-in dln problem's ERM point at seed 2 (d = 33) bounds a shift of 0.285 and reads -2.2%
+    at γ = 1 where γ = 100 reads -31% (the localized LLC); 20 Adam steps into training bound 1.6e4."""
+    from llc.run.localization import decide
+
+    w_star = torch.zeros(33)
+    direction = torch.nn.functional.normalize(torch.ones(33), dim=0)
+    for shift, gamma in [(0.285, WEAK_GAMMA), (0.8, WEAK_GAMMA), (0.9, STRONG_GAMMA), (1.6e4, STRONG_GAMMA)]:
+        decided = decide(direction * shift**0.5, w_star, nbeta=1.0)
+        assert decided.gamma == gamma and decided.gradient_shift == pytest.approx(shift), decided.reason

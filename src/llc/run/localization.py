@@ -17,10 +17,13 @@ WEAK_GAMMA = 1.0
 STRONG_GAMMA = 100.0
 # The most the gradient at w* may shift the estimate for w* to count as a minimum: MINIMUM_SHIFT, or a
 # fraction of d/2 (the λ of a regular model, the largest a model of d parameters has) when that is more.
-# Measured: devinterp's reduced-rank regression (d = 36) after 5000 Adam steps can shift by 0.13, which
-# is 2% of its λ = 6; γ = 100 there read 17-25% low, the localized LLC.
+# The bound is loose: the built-in dln problem's ERM point at seed 2, as a module, bounds 0.285 (d = 33,
+# λ = 5.5) and 0.844 (d = 85, λ = 14), and read -2.2% and -1.7% at γ = 1 (MCLMC) where γ = 100 read
+# -23% to -33% with every sampler, the localized LLC; at 0.01·d/2 both counted as no minimum. Over seeds
+# 0-4 that ERM bounds 5e-5 to 0.84; devinterp's reduced-rank regression (d = 36) after 5000 Adam steps
+# 0.13, where γ = 100 read 17-25% low; 20 Adam steps from initialization (test_own_model_defaults) 1.6e4.
 MINIMUM_SHIFT = 0.05
-MINIMUM_SHIFT_PER_HALF_DIMENSION = 0.01
+MINIMUM_SHIFT_PER_HALF_DIMENSION = 0.05
 
 
 @dataclass(frozen=True)
