@@ -175,6 +175,15 @@ def test_chains_still_diffusing_far_inside_the_localization_radius_are_flagged_a
     assert _flags_of(llc, 10 * walking, gamma=1.0) == []
 
 
+def test_soft_directions_count_as_unfilled_under_2_percent_of_the_localization_radius():
+    # SGLD on the DLNs of the trust table: still spreading at 0.012-0.019, 15-32% low (trusted at a floor of
+    # 0.01); dln [10,20,20,10] at 0.026 and 0.036, -7% and -5%.
+    assert [
+        f.name for f in assess({"chains_used": 8, "spread_gamma": 0.0165, "spread_growth": 1.34}, 8, "sgld")
+    ] == ["soft_directions_unfilled"]
+    assert assess({"chains_used": 8, "spread_gamma": 0.0258, "spread_growth": 2.01}, 8, "sgld") == []
+
+
 def test_unfilled_soft_directions_name_the_samplers_to_run_instead():
     # SGLD's spread on a deep linear network (dln_scale, 947 parameters): more SGLD steps barely help there.
     (flag,) = assess({"chains_used": 8, "spread_gamma": 0.001, "spread_growth": 2.0}, 8, "sgld")
