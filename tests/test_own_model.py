@@ -646,6 +646,23 @@ def test_sgld_on_your_own_small_data_steps_on_all_of_it_unless_you_give_a_batch_
     assert (metrics.get("minibatch_heating") == 0.0) == (expected == n)
 
 
+def test_the_all_points_default_and_an_explicit_batch_size_of_256_are_different_runs():
+    from llc.run.estimate import estimate_config
+
+    default, explicit = (
+        estimate_config("mse", "sgld", {}),
+        estimate_config("mse", "sgld", {"batch_size": 256}),
+    )
+    assert default.batch_size == explicit.batch_size == 256
+    assert (
+        default.normalized()["full_batch_up_to"] == 1024 and "full_batch_up_to" not in explicit.normalized()
+    )
+    assert (
+        default.normalized() != explicit.normalized()
+    )  # so their run_ids differ: neither reuses the other's run
+    assert "full_batch_up_to" not in estimate_config("mse", "hmc", {}).normalized()
+
+
 def test_a_built_in_problems_batch_size_is_its_presets_whatever_n():
     config = build_config(None, {"problem": "linear", "widths": (4, 3), "n_data": 500, "sampler": "sgld"})
     assert minibatch_size(config, 500, streamed=False) == config.batch_size < 500

@@ -43,6 +43,9 @@ NOT_IN_IDS = (*EXECUTION_ONLY, "weights")
 
 # SGHMC's friction when none is given (friction=auto starts from it).
 DEFAULT_FRICTION = 0.1
+# Your own model's sgld and sghmc step on all the points, up to this many held in memory, when no
+# batch_size is given (problems/module.py: minibatch_size).
+FULL_BATCH_N = 1024
 
 
 # The problems whose λ is known estimate it by default: localization weak against nβ (γ ≪ 2·nβ, the
@@ -371,7 +374,18 @@ class RunConfig(BaseModel):
         data["step_size"] = "auto" if self.step_size_auto else self.resolved_step_size
         if data["restrict"] is None:  # unset, it leaves the ids of runs from before the key existed
             del data["restrict"]
+        if self.full_batch_default:  # not the run of an explicit batch_size=256, whose batch it shows
+            data["full_batch_up_to"] = FULL_BATCH_N
         return data
+
+    @property
+    def full_batch_default(self) -> bool:
+        """Your own model's sgld or sghmc with no batch_size given: all the points up to FULL_BATCH_N."""
+        return (
+            self.problem == "module"
+            and self.sampler in MINIBATCH_SAMPLERS
+            and "batch_size" not in self.model_fields_set
+        )
 
     @property
     def family_id(self) -> str:

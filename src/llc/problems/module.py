@@ -15,15 +15,12 @@ from typing import Any
 
 import torch
 
-from llc.config import RunConfig
+from llc.config import FULL_BATCH_N, RunConfig
 from llc.errors import ConfigError
 from llc.imports import import_path
 from llc.model.streaming import Source
 from llc.modules.model import LOSSES, LossFn, ModuleModel
 from llc.problems.stream import SOURCES, as_source, check, check_finite, is_streamed
-
-# Your own model's sgld and sghmc step on all the points up to this many (minibatch_size).
-FULL_BATCH_N = 1024
 
 # An (x, y) pair of tensors or a TensorDataset (held in memory), or data read a batch at a time
 # (problems/stream.py): a DataLoader, a map-style or iterable Dataset, a HuggingFace dataset.
@@ -151,8 +148,7 @@ def minibatch_size(config: RunConfig, n: int, streamed: bool) -> int | None:
     or a DataLoader's, is kept."""
     if not config.sampling.spec.minibatch:
         return None
-    given = "batch_size" in config.model_fields_set
-    if config.problem == "module" and not given and not streamed and n <= FULL_BATCH_N:
+    if config.full_batch_default and not streamed and n <= FULL_BATCH_N:
         return None
     return config.batch_size
 

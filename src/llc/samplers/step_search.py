@@ -59,7 +59,7 @@ LOSS_SHRINK = 10.0
 # was thrown off too, if still finite: restarted at w*, and later steps stay under the losing step over
 # LOSS_SHRINK. SGHMC at low friction on devinterp's poly11 (a valley whose walls stiffen with distance)
 # flew in one round to a curvature 10^5 times w*'s, and the steps set from there were too small ever to
-# come back (0.47 against 0.38 and LLCs of 10^2-10^6).
+# come back (LLCs of 474 and 4.5e6 against 0.38).
 UNSTABLE = 2.0
 
 
@@ -170,15 +170,13 @@ def search_round(
         position = state.w
         lost = ~torch.isfinite(position).all(dim=1)
         if lost.any():
-            kernel.restart(state, lost.nonzero().squeeze(1))
-            search.ceiling = min(search.ceiling, state.step_size / LOSS_SHRINK)
+            _restart(search, kernel, state, lost)
         scale = kernel.curvature_metric(state)
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
         unstable = torch.isfinite(h) & (h * state.step_size > UNSTABLE)
         if t > 0 and unstable.any():
-            kernel.restart(state, unstable.nonzero().squeeze(1))
-            search.ceiling = min(search.ceiling, state.step_size / LOSS_SHRINK)
+            _restart(search, kernel, state, unstable)
             scale = kernel.curvature_metric(state)
             h, search.direction = top_curvature(posterior, state.w, None, FIRST_ITERATIONS, gen, scale)
         finite = h[torch.isfinite(h)]
@@ -192,6 +190,12 @@ def search_round(
     if t == warmup:
         set_step(kernel, state, search.cooled(search.final, last_only=False))
         set_friction(state, search.friction(state.step_size, last_only=False))
+
+
+def _restart(search: CurvatureStep, kernel: StepTunable, state: TunableState, chains: torch.Tensor) -> None:
+    """Put the `chains` (a boolean mask) back at w*; later steps stay LOSS_SHRINK under this one."""
+    kernel.restart(state, chains.nonzero().squeeze(1))
+    search.ceiling = min(search.ceiling, state.step_size / LOSS_SHRINK)
 
 
 def set_step(kernel: StepTunable, state: TunableState, wanted: float | None) -> None:
