@@ -5,9 +5,11 @@ The machine is shared, so both ways run in one invocation in interleaved rounds 
 run, then the runs per head, the order alternating between rounds); each ratio is the median of the
 per-round ratios. Two ratios: of the whole calls (what a user waits for), and of the sampling alone
 (metrics.json `t_sampling_s`, without set-up, diagnostics and a single-part run's figures). SGLD with a
-fixed step, so that the parts batch (`step_size=auto` runs them one after another: own-model.md).
+fixed step, γ and nβ and no warm-up; with --defaults, the own-model defaults instead (step_size=auto with
+its warm-up search, per part; gamma=auto per part), which a user leaves unset.
 
-    python benchmarks/parts.py [--rounds 3] [--steps 200] [--batch-size 32] [--quick] [--json OUT]
+    python benchmarks/parts.py [--rounds 3] [--steps 200] [--batch-size 32] [--defaults] [--quick]
+                               [--json OUT]
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=200, help="SGLD steps of every run")
     parser.add_argument("--batch-size", type=int, default=32, help="SGLD minibatch (sequences)")
+    parser.add_argument(
+        "--defaults", action="store_true", help="step size, warm-up and γ left to the defaults"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: seconds")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args(argv)
@@ -82,11 +87,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "step_size": 1e-4, "gamma": 1000.0, "nbeta": 80.0, "batch_size": args.batch_size, "threads": 1,
         "seed": 0, "compile": False,
     }  # fmt: skip
+    if args.defaults:  # step_size=auto and its warm-up (a fifth of the steps, at least 200), gamma=auto
+        settings = {k: v for k, v in settings.items() if k not in ("warmup", "step_size", "gamma", "nbeta")}
     one = {name: {name: masks} for name, masks in heads.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        timed(model, data, heads, {**settings, "steps": 2})  # first calls: imports, graph export
-        timed(model, data, next(iter(one.values())), {**settings, "steps": 2})
+        first = {**settings, "steps": 2, "warmup": 2}  # first calls: imports, graph export
+        timed(model, data, heads, first)
+        timed(model, data, next(iter(one.values())), first)
         rounds = []
         for r in range(args.rounds):
             result: dict[str, tuple[float, float]] = {}
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "parts", "machine": machine(), "device": "cpu", "weights": weights,
         "heads": len(heads), "chains_per_head": CHAINS, "settings": settings, "rounds": rounds,
         "speedup_whole_call": spread(whole), "speedup_sampling": spread(sampling), "floor": FLOOR,
-        "meets_floor": statistics.median(whole) >= FLOOR, "quick": args.quick,
+        "meets_floor": statistics.median(whole) >= FLOOR, "quick": args.quick, "defaults": args.defaults,
     }  # fmt: skip
     atomic_write(args.json, (json.dumps(out, indent=2) + "\n").encode())
     print(f"{len(heads)} heads x {CHAINS} chains, one run vs one run per head: "

@@ -103,7 +103,7 @@ def engine_sampler(work: dict[str, Any]) -> Any:
             "gamma": GAMMA,
         }
         config = RunConfig.model_validate(values, context={IN_MEMORY_MODULE: True})
-        model, x, y = module_problem(config, work["module"], (work["x"], work["y"]))
+        model, x, y, _ = module_problem(config, work["module"], (work["x"], work["y"]))
         posterior = LocalizedPosterior(model, x, y, model.flat_parameters(), work["nbeta"], GAMMA, BATCH)
         trace = sample(config.sampling, posterior, work["loss0"], torch.Generator().manual_seed(0))
         return chains * draws / trace.t_sampling_s
@@ -302,6 +302,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         facts = workload(args.quick, data)
         workers = {name: Worker(name, data) for name in names}
         try:
+            # Every worker imports, compiles and takes its first steps at every chain count before the
+            # first timed round, so no round times one library while another starts up beside it.
+            for chains in args.chains:
+                for worker in workers.values():
+                    worker.measure(chains, 3)
             for r in range(args.rounds):
                 record: dict[str, float] = {}
                 for chains in args.chains:

@@ -76,3 +76,40 @@ def test_scale_benchmark_loses_and_duplicates_no_cell_on_standing_sqlite_and_pos
         (sweep,) = report[database]["sweep"]
         assert (sweep["ok"], sweep["lost"], sweep["duplicated"]) == (100, 0, 0), database
         assert report[database]["bare_s_median"] > 0
+
+
+def test_quick_peers_benchmark_runs_this_engine_s_worker_and_names_the_peers_it_left_out(
+    tmp_path: Path,
+) -> None:
+    """The worker protocol and this engine's side of benchmarks/peers.py (the peers' own interpreters are
+    built by `make bench-peers` only; without them the run says so)."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "peers.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "peers.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--only", "engine", "--chains", "8", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert results["chains"]["8"]["engine"]["draws_per_s"]["min"] > 0
+
+
+@pytest.mark.parametrize("defaults", [False, True], ids=["fixed step", "defaults"])
+def test_quick_parts_benchmark_times_the_heads_as_one_run_and_one_run_per_head(
+    tmp_path: Path, defaults: bool
+) -> None:
+    out = tmp_path / "parts.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "parts.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out), *(["--defaults"] if defaults else [])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert results["heads"] == 8 and results["defaults"] is defaults
+    assert results["speedup_whole_call"]["median"] > 0 and results["rounds"][0]["batched_sampling_s"] > 0

@@ -191,13 +191,49 @@ def test_each_kernel_leaves_the_weights_outside_each_chains_part_exactly_at_w_st
 
 def test_restricting_to_every_parameter_draws_what_the_plain_run_draws():
     model, data = linear_network([3, 4, 2], [3, 2], seed=0, n=60)
-    # batched SGLD; parts one after another (step_size=auto); MCLMC, whose step uses the part's dimension
+    # SGLD; its step searched (step_size=auto); MCLMC, whose step uses the part's dimension
     for settings in ({"step_size": 1e-3}, {"step_size": "auto", "warmup": 40}, {"sampler": "mclmc"}):
         common = {"chains": 4, "steps": 20, "warmup": 20, "gamma": 1.0, "batch_size": 20, **settings}
         plain = llc.estimate(model, data, **common)
         every = llc.estimate(model, data, restrict="*", **common)
         assert np.array_equal(plain.idata.posterior["llc"].values, every.idata.posterior["llc"].values)
         assert every.llc_mean == plain.llc_mean and every.metrics["parts"]["*"]["n_params"] == 20
+
+
+def test_step_size_auto_searches_each_parts_step_in_one_batched_run_as_a_run_of_that_part_alone(monkeypatch):
+    """Layer 0 scaled up 4x and layer 1 down 4x (the same function, the same w*): the curvature along
+    layer 0's weights is 256 times smaller than along layer 1's, so each part needs its own step. The
+    parts run as one run (one call of the sampler, with every part's chains) and each part's step is the
+    one a run of that part alone searches, within the power iteration's spread."""
+    import llc.run.parts as run_parts
+
+    runs: list[int] = []
+    sample = run_parts.sample
+    monkeypatch.setattr(
+        run_parts,
+        "sample",
+        lambda sampling, *a, **k: runs.append(sampling.chains) or sample(sampling, *a, **k),
+    )
+    model, data = linear_network([3, 4, 2], [3, 2], seed=0, n=60)
+    with torch.no_grad():
+        model[0].weight.mul_(4.0)
+        model[1].weight.div_(4.0)
+    common = {"chains": 4, "steps": 40, "warmup": 60, "gamma": 1.0, "batch_size": 20, "step_size": "auto"}
+    both = llc.estimate(model, data, restrict={"first": "0.*", "second": "1.*"}, **common)
+    assert both["first"].metrics["chains_used"] == 4 and both["second"].metrics["chains_used"] == 4
+    assert runs == [8]
+    steps = {name: est.metrics["step_size_auto"] for name, est in both.items()}
+    assert steps["first"] > 50 * steps["second"], steps
+    for name, glob in (("first", "0.*"), ("second", "1.*")):
+        alone = llc.estimate(model, data, restrict=glob, **common).metrics["step_size_auto"]
+        assert steps[name] == pytest.approx(alone, rel=0.25), (name, steps[name], alone)
+        assert both[name].metrics["step_size_curvatures"] and np.isfinite(both[name].llc_mean)
+    for sampler in ("sghmc",):  # friction=auto too, per part
+        sghmc = llc.estimate(
+            model, data, sampler=sampler, restrict={"first": "0.*", "second": "1.*"}, **common
+        )
+        assert sghmc["first"].metrics["step_size_auto"] > 50 * sghmc["second"].metrics["step_size_auto"]
+        assert {"friction_auto", "minibatch_heating"} <= set(sghmc["first"].metrics)
 
 
 # -- known answers ------------------------------------------------------------------------------------------

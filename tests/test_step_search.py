@@ -23,7 +23,8 @@ from llc.samplers.step_search import (
     ROUNDS,
     SAFETY,
     CurvatureStep,
-    heat_rate,
+    StepSearch,
+    heat_rates,
     top_curvature,
 )
 
@@ -131,7 +132,7 @@ def test_the_friction_holds_the_minibatch_heating_at_its_share_of_the_llc():
     loss0 = float(posterior.full_loss(w_star.unsqueeze(0))[0])
     llc = float((posterior.nbeta * (loss - loss0)).mean())
     expected = float(torch.stack(noise).mean()) / (4 * HEAT * llc)
-    rates = [heat_rate(CurvatureStep(), posterior, w, gen) for _ in range(200)]
+    rates = [heat_rates(StepSearch.starting(True, 4), posterior, w, gen)[0] for _ in range(200)]
     assert sum(rates) / len(rates) == pytest.approx(expected, rel=0.1)
     search = CurvatureStep(tunes_friction=True, heat_rates=[1e4, 2e4, 4e4])
     assert search.friction(1e-5, last_only=True) == pytest.approx(0.4)
@@ -142,7 +143,7 @@ def test_the_friction_holds_the_minibatch_heating_at_its_share_of_the_llc():
     assert search.cooled(1e-3, last_only=True) == pytest.approx(FRICTION_RANGE[1] / 4e4)
     assert search.friction(search.cooled(1e-3, last_only=True), last_only=True) == pytest.approx(0.5)
     full_batch = LocalizedPosterior(problem.model, problem.x, problem.y, w_star, posterior.nbeta, 1.0)
-    assert heat_rate(CurvatureStep(), full_batch, w, gen) == 0.0
+    assert heat_rates(StepSearch.starting(True, 4), full_batch, w, gen) == [0.0]
 
 
 def test_friction_auto_needs_sghmc_with_step_size_auto():
@@ -204,7 +205,7 @@ class FirstRound:
     posterior: LocalizedPosterior
     kernel: Any
     state: Any
-    search: CurvatureStep
+    search: StepSearch
     gen: torch.Generator
     warmup: int
     w_star: torch.Tensor
@@ -225,7 +226,7 @@ def after_the_first_round() -> FirstRound:
     )
     kernel, gen = SGLD(posterior, config.resolved_step_size), torch.Generator().manual_seed(0)
     state = kernel.init(w_star.expand(4, -1).clone(), gen)
-    search = CurvatureStep()
+    search = StepSearch.starting(False, 4)
     search_round(search, 0, config.warmup, kernel, state, posterior, gen)
     return FirstRound(posterior, kernel, state, search, gen, config.warmup, w_star, state.step_size)
 
@@ -237,10 +238,10 @@ def test_a_chain_thrown_off_in_warm_up_restarts_at_w_star_and_later_steps_stay_u
     r.state.w[2] = math.nan
     search_round(r.search, 10, r.warmup, r.kernel, r.state, r.posterior, r.gen)
     assert torch.equal(r.state.w[2], r.w_star) and len(r.search.curvatures) == 2
-    assert r.search.ceiling == pytest.approx(r.first / LOSS_SHRINK)
+    assert r.search.parts[0].ceiling == pytest.approx(r.first / LOSS_SHRINK)
     assert r.state.step_size == pytest.approx(r.first / LOSS_SHRINK, rel=0.05)
     search_round(r.search, 20, r.warmup, r.kernel, r.state, r.posterior, r.gen)
-    assert r.state.step_size <= r.search.ceiling
+    assert r.state.step_size <= r.search.parts[0].ceiling
 
 
 def test_a_chain_that_ends_a_round_where_its_step_is_past_the_stability_limit_restarts_at_w_star():
@@ -254,5 +255,42 @@ def test_a_chain_that_ends_a_round_where_its_step_is_past_the_stability_limit_re
     assert h[1] * r.first > UNSTABLE > h[0] * r.first  # only chain 1 is past the limit
     search_round(r.search, 10, r.warmup, r.kernel, r.state, r.posterior, r.gen)
     assert torch.equal(r.state.w[1], r.w_star)
-    assert r.search.ceiling == pytest.approx(r.first / LOSS_SHRINK)
-    assert r.state.step_size <= r.search.ceiling
+    assert r.search.parts[0].ceiling == pytest.approx(r.first / LOSS_SHRINK)
+    assert r.state.step_size <= r.search.parts[0].ceiling
+
+
+def test_a_model_s_parts_get_a_step_each_from_their_own_chains_and_a_lost_chain_caps_only_its_part():
+    """Two parts of 4 chains in one run, the second localized 10^5 times as hard: one power iteration
+    for all 8 chains, then each part's step SAFETY over its own chains' largest curvature, as a
+    per-chain step [8, 1]; a chain thrown off caps its own part's later steps only."""
+    from llc.samplers.sgld import SGLD
+    from llc.samplers.step_search import search_round
+
+    config = build_config(
+        "quick", {**RRR, "sampler": "sgld", "chains": 8, "step_size": "auto", "warmup": 100}
+    )
+    problem = build_problem(config)
+    w_star, _ = train(problem, config.erm_steps, config.erm_lr, config.seed)
+    gamma = torch.tensor([1.0, 1e5]).repeat_interleave(4).unsqueeze(1)
+    posterior = LocalizedPosterior(
+        problem.model, problem.x, problem.y, w_star, config.resolved_nbeta, gamma, 64
+    )
+    kernel, gen = SGLD(posterior, config.resolved_step_size), torch.Generator().manual_seed(0)
+    state = kernel.init(w_star.expand(8, -1).clone(), gen)
+    search = StepSearch.starting(False, chains=4, parts=2)
+    search_round(search, 0, config.warmup, kernel, state, posterior, gen)
+    h, _ = top_curvature(posterior, state.w, None, 30, torch.Generator().manual_seed(1))
+    steps = state.step_size
+    assert isinstance(steps, torch.Tensor) and steps.shape == (8, 1)
+    for rows in (slice(0, 4), slice(4, 8)):
+        assert torch.all(steps[rows] == steps[rows][0])
+        assert float(steps[rows][0]) == pytest.approx(SAFETY / float(h[rows].max()), rel=0.05)
+    assert float(steps[0]) > 10 * float(steps[4])
+    first = [search.value(steps, k) for k in (0, 1)]
+    state.w[5] = math.nan
+    search_round(search, 10, config.warmup, kernel, state, posterior, gen)
+    assert torch.equal(state.w[5], w_star)
+    assert (
+        search.parts[1].ceiling == pytest.approx(first[1] / LOSS_SHRINK)
+        and search.parts[0].ceiling == math.inf
+    )

@@ -105,18 +105,25 @@ class LocalizedPosterior:
             grad.mul_(_at(self.mask, rows))
         return loss, grad
 
-    def descend(self, w: torch.Tensor, batch: Batch, step: float, rows: slice = slice(None)) -> torch.Tensor:
+    def descend(
+        self, w: torch.Tensor, batch: Batch, step: float | torch.Tensor, rows: slice = slice(None)
+    ) -> torch.Tensor:
         """w <- w - step·∇U(w) in place, with ∇U on the batch; returns the loss L [chains] there before.
         Two passes over [chains, d], towards w* and along -nβ∇L, with ∇U never assembled: at LLC sizes
         such passes, not the arithmetic, are much of a step's cost. (Weights outside a restriction stay
-        at w*: the pull towards w* leaves them there and their gradient is masked.)"""
+        at w*: the pull towards w* leaves them there and their gradient is masked.) `step` is one number,
+        or one per chain at `rows` [chains, 1] (a model's parts, each with its own step)."""
         x, y = batch
         assert self.grad_fn is not None
         loss, grad = self.grad_fn(w, x, y)
         if self.mask is not None:
             grad.mul_(_at(self.mask, rows))
         pull = step * _at(self.gamma, rows) if isinstance(self.gamma, torch.Tensor) else step * self.gamma
-        w.lerp_(self.w_star, pull).add_(grad, alpha=-step * self.nbeta)
+        w.lerp_(self.w_star, pull)
+        if isinstance(step, torch.Tensor):
+            w.addcmul_(grad, step, value=-self.nbeta)
+        else:
+            w.add_(grad, alpha=-step * self.nbeta)
         return loss
 
     def masked(self, noise: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:

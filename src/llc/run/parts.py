@@ -1,9 +1,9 @@
 """The refined LLC: of a model's parts (weight-refined, `restrict=`) and on other data (`loss_data=`).
 
 P parts × C chains run as one run of P·C chains, chain p·C + c carrying part p's mask (posterior.py),
-with γ per part. Where the kernel's step is one number searched for all its chains (step_size=auto, in
-sgld and sghmc) or chains run one at a time (gpu_mode=sequential), the parts run one after another
-instead, each with its own search. Each part's slice of the trace then gets a plain run's metrics.
+with γ per part, and with step_size=auto (sgld, sghmc) a step (and friction) searched per part in one
+batched search (samplers/step_search.py). Where chains run one at a time (gpu_mode=sequential), the
+parts run one after another instead. Each part's slice of the trace then gets a plain run's metrics.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def check(parts: list[Part], sampler: str) -> None:
 
 
 def batched(sampling: Sampling) -> bool:
-    """Whether the parts run as one run: not where one step is searched for all chains, nor chain by chain."""
-    return not sampling.step_size_auto and sampling.gpu_mode != "sequential"
+    """Whether the parts run as one run: everywhere but chain by chain (gpu_mode=sequential)."""
+    return sampling.gpu_mode != "sequential"
 
 
 def sample_parts(
@@ -89,8 +89,9 @@ def sample_parts(
         if len(set(gammas)) > 1:
             gamma = torch.tensor(gammas).to(like).repeat_interleave(chains).unsqueeze(1)
         run = replace(posterior, mask=mask, gamma=gamma)
-        trace = sample(replace(sampling, chains=len(parts) * chains), run, loss0, gen, progress, checkpoint)
-        return [chains_of(trace, slice(k * chains, (k + 1) * chains)) for k in range(len(parts))]
+        together = replace(sampling, chains=len(parts) * chains, parts=len(parts))
+        trace = sample(together, run, loss0, gen, progress, checkpoint)
+        return [chains_of(trace, slice(k * chains, (k + 1) * chains), k) for k in range(len(parts))]
     traces = []
     for k, (part, gamma_k) in enumerate(zip(parts, gammas, strict=True)):
         part_gen = gen

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from llc.samplers.registry import Sampling
 
 State = TypeVar("State")
+# A minibatch kernel's step (or friction): one number for all chains, or one per chain [chains, 1] where
+# a model's parts run as one run with a step searched per part (step_search.StepSearch, run/parts.py).
+PerChain = float | torch.Tensor
+
+
+def rows_of(value: PerChain, rows: slice) -> PerChain:
+    """The value for the chains at `rows`: a number as it is, a per-chain tensor's rows."""
+    return value if isinstance(value, float | int) else value[rows]
 
 
 @dataclass
@@ -80,7 +88,7 @@ class LangevinKernel(Kernel[State], Protocol):
     """A kernel whose step is a Langevin proposal, checked by Metropolis every eval_every steps (SGLD;
     the registry's `mala_check` says which)."""
 
-    def langevin_proposal(self, state: State) -> tuple[float, torch.Tensor | None]:
+    def langevin_proposal(self, state: State) -> tuple[PerChain, torch.Tensor | None]:
         """The full-batch proposal one step amounts to: its step ε and its diagonal preconditioner G."""
         ...
 
@@ -89,13 +97,13 @@ class TunableState(Protocol):
     """The state of a kernel whose step `step_size=auto` sets in warm-up (step_search.py)."""
 
     w: torch.Tensor
-    step_size: float  # the kernel's own step parameter (SGLD's ε, SGHMC's η)
+    step_size: PerChain  # the kernel's own step parameter (SGLD's ε, SGHMC's η)
 
 
 class FrictionState(TunableState, Protocol):
     """The state of a kernel whose friction `friction=auto` sets in warm-up (SGHMC)."""
 
-    friction: float
+    friction: PerChain
 
 
 class StepTunable(Protocol):
@@ -105,12 +113,12 @@ class StepTunable(Protocol):
         """The diagonal metric G that the curvature h its step sees is measured in (None: the identity)."""
         ...
 
-    def set_step(self, state: TunableState, step: float) -> None:
+    def set_step(self, state: TunableState, step: PerChain) -> None:
         """Make the kernel's step `step`: the ε (SGLD) or η (SGHMC) whose product with a curvature h sets
         the step's bias (about ε·h/4) and stability (up to ε·h = 2)."""
         ...
 
-    def heating_per_noise(self, state: TunableState) -> float | None:
+    def heating_per_noise(self, state: TunableState) -> PerChain | None:
         """How much the LLC reads high per unit of tr(V), the minibatch gradient's total noise variance
         (step_search.minibatch_heating); None where it has no closed form."""
         ...

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from llc.rundir import atomic_write
-from llc.samplers.step_search import CurvatureStep
+from llc.samplers.step_search import StepSearch
 from llc.samplers.trace import Records
 
 
@@ -34,7 +34,7 @@ class Run:
     state: Any  # the kernel's state (samplers/base.py)
     records: Records
     eval_gen: torch.Generator  # the MALA check's and the step search's random numbers
-    search: CurvatureStep | None  # step_size=auto's progress
+    search: StepSearch | None  # step_size=auto's progress
     warmup_s: float = 0.0
     sampling_s: float = 0.0
     steps: int | None = None  # steps=auto: the steps after warm-up once the chains were extended

@@ -26,7 +26,7 @@ from llc.samplers.base import Kernel, LangevinKernel
 from llc.samplers.build import build_kernel
 from llc.samplers.checkpoint import Checkpointing, Run, Saver
 from llc.samplers.registry import Sampling
-from llc.samplers.step_search import CurvatureStep, minibatch_heating, round_length, search_round
+from llc.samplers.step_search import StepSearch, minibatch_heating, round_length, search_round
 from llc.samplers.trace import DrawRecorder, Records, Trace, concat, projection_directions
 from llc.threads import cpu_threads, threads_for
 
@@ -200,7 +200,9 @@ def _start(
     )
     # The MALA check draws from its own stream so that turning evaluation on leaves the chains unchanged.
     eval_gen = torch.Generator(device=gen.device).manual_seed(gen.initial_seed() + 1)
-    search = CurvatureStep.starting(sampling.friction_auto) if sampling.step_size_auto else None
+    search = None
+    if sampling.step_size_auto:
+        search = StepSearch.starting(sampling.friction_auto, chains // sampling.parts, sampling.parts)
     return Run(0, state, records, eval_gen, search)
 
 
@@ -297,6 +299,7 @@ def _recorder(ctx: _Context, run: Run) -> DrawRecorder:
 def _trace(ctx: _Context, run: Run, loss0: float) -> Trace:
     sampling, search = ctx.sampling, run.search
     evaluated = bool(ctx.n_evals)
+    heating = _heating(ctx, run)
     return run.records.trace(
         ctx.posterior.nbeta,
         loss0,
@@ -305,22 +308,46 @@ def _trace(ctx: _Context, run: Run, loss0: float) -> Trace:
         grad_evals=ctx.total * ctx.kernel.grad_evals_per_step,
         steps=sampling.steps,
         compiled=ctx.kernel.fused or bool(sampling.compile and not sampling.fuses),
-        step_size_auto=[run.state.step_size] if search is not None else [],
-        curvatures=search.curvatures if search is not None else [],
-        friction_auto=[run.state.friction] if search is not None and search.tunes_friction else [],
-        minibatch_heating=_heating(ctx, run),
+        minibatch_heating=[h for h in heating if h is not None],
         t_sampling_s=run.sampling_s,
         t_warmup_s=run.warmup_s,
+        **_search_facts(search, run.state, heating),
     )
 
 
-def _heating(ctx: _Context, run: Run) -> list[float]:
-    """SGLD and SGHMC: how much the minibatch noise raises the LLC where the chains ended (from the
-    evaluation's own random stream, so the chains are unchanged)."""
+def _search_facts(search: StepSearch | None, state: Any, heating: list[float | None]) -> dict[str, Any]:
+    """step_size=auto's choices: the step (and friction) and the curvatures, over the run and, for a
+    model's parts run as one (run/parts.py), per part."""
+    if search is None:
+        return {}
+    parts = range(len(search.parts))
+    steps = [search.value(state.step_size, k) for k in parts]
+    frictions = [search.value(state.friction, k) for k in parts] if search.tunes_friction else []
+    facts: dict[str, Any] = {
+        "step_size_auto": steps,
+        "curvatures": search.curvatures,
+        "friction_auto": frictions,
+    }
+    if len(search.parts) > 1:
+        facts["by_part"] = [
+            {
+                "step_size_auto": [steps[k]],
+                "curvatures": part.curvatures,
+                "friction_auto": frictions[k : k + 1],
+                "minibatch_heating": [] if heating[k] is None else [heating[k]],
+            }
+            for k, part in enumerate(search.parts)
+        ]
+    return facts
+
+
+def _heating(ctx: _Context, run: Run) -> list[float | None]:
+    """SGLD and SGHMC: how much the minibatch noise raises the LLC where the chains ended, per part (from
+    the evaluation's own random stream, so the chains are unchanged)."""
     if not ctx.kernel.minibatch:
         return []
-    heating = minibatch_heating(ctx.kernel, run.state, ctx.posterior, run.eval_gen)  # type: ignore[arg-type]
-    return [] if heating is None else [heating]
+    kernel = cast(Any, ctx.kernel)
+    return minibatch_heating(kernel, run.state, ctx.posterior, run.eval_gen, ctx.sampling.parts)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -331,13 +358,13 @@ def _synchronize(device: torch.device) -> None:
 def mala_acceptance(
     posterior: LocalizedPosterior,
     w: torch.Tensor,
-    eps: float,
+    eps: float | torch.Tensor,
     gen: torch.Generator,
     scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Metropolis acceptance probability of one full-batch Langevin proposal of step eps from w [chains],
     preconditioned by the diagonal `scale` G [chains, d] when given (G held fixed, as the kernel does):
-    w' = w − (eps/2)·G·∇U(w) + sqrt(eps·G)·ξ."""
+    w' = w − (eps/2)·G·∇U(w) + sqrt(eps·G)·ξ (eps one number, or one per chain [chains, 1])."""
     metric = torch.ones_like(w) if scale is None else scale
     loss, grad = posterior.loss_and_grad(w)
     u = posterior.potential(w, loss)
@@ -345,7 +372,8 @@ def mala_acceptance(
     proposal = w - 0.5 * eps * metric * grad + (eps * metric).sqrt() * noise
     loss_p, grad_p = posterior.loss_and_grad(proposal)
     u_p = posterior.potential(proposal, loss_p)
-    log_q_forward = -((proposal - w + 0.5 * eps * metric * grad).square() / metric).sum(dim=1) / (2 * eps)
-    log_q_backward = -((w - proposal + 0.5 * eps * metric * grad_p).square() / metric).sum(dim=1) / (2 * eps)
+    two_eps = 2 * eps.squeeze(1) if isinstance(eps, torch.Tensor) else 2 * eps
+    log_q_forward = -((proposal - w + 0.5 * eps * metric * grad).square() / metric).sum(dim=1) / two_eps
+    log_q_backward = -((w - proposal + 0.5 * eps * metric * grad_p).square() / metric).sum(dim=1) / two_eps
     log_alpha = (log_q_backward - log_q_forward + u - u_p).nan_to_num(nan=-math.inf)
     return torch.exp(log_alpha.clamp(max=0.0))

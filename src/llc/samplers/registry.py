@@ -83,6 +83,9 @@ class Sampling:
     # (first chain, chains of the whole run) when these `chains` are one device's share of a run split
     # across devices (run/devices.py): they draw the random numbers those chains draw in the whole run.
     share: tuple[int, int] | None = None
+    # The chains are this many parts of chains/parts consecutive chains each (a model's parts as one run,
+    # run/parts.py): step_size=auto searches a step per part.
+    parts: int = 1
 
     @property
     def spec(self) -> SamplerSpec:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from llc.model.posterior import LocalizedPosterior
+from llc.samplers.base import PerChain, rows_of
 from llc.samplers.blocks import Block, BlockedChains, Share, compile_step, layout
 from llc.samplers.registry import Sampling
 
@@ -26,8 +27,8 @@ from llc.samplers.registry import Sampling
 class SGHMCState:
     w: torch.Tensor
     v: torch.Tensor
-    step_size: float  # η, set by step_size=auto in warm-up
-    friction: float  # α, set by friction=auto in warm-up
+    step_size: PerChain  # η, set by step_size=auto in warm-up (per chain: a model's parts, run/parts.py)
+    friction: PerChain  # α, set by friction=auto in warm-up
     blocks: list[Block]  # the chains' random streams, in the blocks they are stepped in
 
 
@@ -81,13 +82,13 @@ class SGHMC(BlockedChains):
         """η·h sets the step's bias and stability, h unscaled."""
         return None
 
-    def set_step(self, state: SGHMCState, step: float) -> None:
+    def set_step(self, state: SGHMCState, step: PerChain) -> None:
         """Change η, keeping the momenta v / sqrt(η): a velocity drawn at one step would be too fast (or
         slow) at another, and heat (or chill) the chains until friction forgets it."""
-        state.v.mul_(math.sqrt(step / state.step_size))
+        state.v.mul_((step / state.step_size) ** 0.5)
         state.step_size = step
 
-    def heating_per_noise(self, state: SGHMCState) -> float:
+    def heating_per_noise(self, state: SGHMCState) -> PerChain:
         """The noise adds η²·V to the velocity's variance against the 2·α·η injected: a variance
         1 + η·V/(2α) too wide, so the LLC reads η·tr(V)/(4α) high."""
         return state.step_size / (4 * state.friction)
@@ -104,7 +105,8 @@ class SGHMC(BlockedChains):
         self._compiled_step(w, v, idx, torch.zeros_like(w), state.step_size, state.friction)
 
     def _step_block(self, state: SGHMCState, block: Block, j: int) -> torch.Tensor:
-        w, v, eta, alpha = state.w[block.chains], state.v[block.chains], state.step_size, state.friction
+        w, v = state.w[block.chains], state.v[block.chains]
+        eta, alpha = rows_of(state.step_size, block.chains), rows_of(state.friction, block.chains)
         idx = self.posterior.indices(block)
         if self._compiled_step is not None:
             loss, w_new, v_new = self._compiled_step(w, v, idx, block.normal(w), eta, alpha)
@@ -113,7 +115,10 @@ class SGHMC(BlockedChains):
             return loss
         loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx), block.chains)
         noise = self.posterior.masked(block.normal(w), block.chains)
-        kick = math.sqrt(2 * alpha * eta)
-        v.mul_(1 - alpha).add_(grad, alpha=-eta).add_(noise, alpha=kick)
+        if isinstance(eta, torch.Tensor) or isinstance(alpha, torch.Tensor):  # per part (run/parts.py)
+            eta, kick = (torch.as_tensor(x, dtype=v.dtype, device=v.device) for x in (eta, 2 * alpha * eta))
+            v.mul_(1 - alpha).addcmul_(grad, eta, value=-1.0).addcmul_(noise, kick.sqrt())
+        else:
+            v.mul_(1 - alpha).add_(grad, alpha=-eta).add_(noise, alpha=math.sqrt(2 * alpha * eta))
         w.add_(v)
         return loss

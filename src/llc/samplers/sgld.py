@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from llc.model.posterior import LocalizedPosterior
-from llc.samplers.base import Recorder
+from llc.samplers.base import PerChain, Recorder, rows_of
 from llc.samplers.blocks import Block, BlockedChains, Share, compile_step, layout
 from llc.samplers.registry import SAMPLERS, Sampling
 
@@ -23,7 +23,7 @@ PRECOND_EPS = 1e-8
 @dataclass
 class SGLDState:
     w: torch.Tensor
-    step_size: float  # ε, set by step_size=auto in warm-up
+    step_size: PerChain  # ε, set by step_size=auto in warm-up (per chain: a model's parts, run/parts.py)
     blocks: list[Block]  # the chains' random streams, in the blocks they are stepped in
     square_avg: torch.Tensor | None = None  # RMSprop / Adam: the running mean of squared gradients
     momentum: torch.Tensor | None = None  # Adam: the running mean of gradients
@@ -74,7 +74,7 @@ class SGLD(BlockedChains):
         momentum = torch.zeros_like(w) if self.precond == "adam" else None
         return SGLDState(w.clone(), self.initial_step, blocks, torch.zeros_like(w), momentum)
 
-    def langevin_proposal(self, state: SGLDState) -> tuple[float, torch.Tensor | None]:
+    def langevin_proposal(self, state: SGLDState) -> tuple[PerChain, torch.Tensor | None]:
         """The full-batch Langevin proposal a step amounts to, for the MALA check: its step ε and the
         diagonal preconditioner G it applies (None without one)."""
         if state.square_avg is None:
@@ -86,10 +86,10 @@ class SGLD(BlockedChains):
         """ε·h sets the step's bias and stability, h in the preconditioner's metric."""
         return self.langevin_proposal(state)[1]
 
-    def set_step(self, state: SGLDState, step: float) -> None:
+    def set_step(self, state: SGLDState, step: PerChain) -> None:
         state.step_size = step
 
-    def heating_per_noise(self, state: SGLDState) -> float | None:
+    def heating_per_noise(self, state: SGLDState) -> PerChain | None:
         """On a direction where the minibatch gradient has noise variance V, a step of ε adds (ε/2)²·V to
         the ε injected: a variance 1 + ε·V/4 too wide, so the LLC reads ε·tr(V)/8 high. With a
         preconditioner the noise is seen through G: no closed form here."""
@@ -114,7 +114,7 @@ class SGLD(BlockedChains):
         return state
 
     def _step_block(self, state: SGLDState, block: Block, j: int) -> torch.Tensor:
-        chains, eps = block.chains, state.step_size
+        chains, eps = block.chains, rows_of(state.step_size, block.chains)
         w = state.w[chains]
         idx = self.posterior.indices(block)
         if self._compiled_step is not None:
@@ -123,7 +123,11 @@ class SGLD(BlockedChains):
             return loss
         if self.precond == "none":
             loss = self.posterior.descend(w, self.posterior.batch_at(idx), 0.5 * eps, chains)
-            w.add_(self.posterior.masked(block.normal(w), chains), alpha=math.sqrt(eps))
+            noise = self.posterior.masked(block.normal(w), chains)
+            if isinstance(eps, torch.Tensor):
+                w.addcmul_(noise, eps.sqrt())
+            else:
+                w.add_(noise, alpha=math.sqrt(eps))
             return loss
         loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx), chains)
         noise = self.posterior.masked(block.normal(w), chains)
@@ -138,5 +142,9 @@ class SGLD(BlockedChains):
             momentum = state.momentum[chains]
             momentum.mul_(ADAM_BETA1).add_(grad, alpha=1 - ADAM_BETA1)
             drift = momentum / (1 - ADAM_BETA1**t)
-        w.addcmul_(precond, drift, value=-0.5 * eps).addcmul_(precond.mul_(eps).sqrt_(), noise)
+        if isinstance(eps, torch.Tensor):
+            w.addcmul_(precond * eps, drift, value=-0.5)
+        else:
+            w.addcmul_(precond, drift, value=-0.5 * eps)
+        w.addcmul_(precond.mul_(eps).sqrt_(), noise)
         return loss

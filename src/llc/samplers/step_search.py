@@ -19,6 +19,10 @@ at the chains' positions (one fresh minibatch per chain), and α is set so that 
 of the LLC: the lowest friction, and so the fastest mixing along soft directions, that the minibatch
 noise allows; where that would take a friction above FRICTION_RANGE, η is lowered instead. The
 recorded steps use the mean of the later half's measurements.
+
+A model's parts run as one run (run/parts.py: consecutive groups of chains, each group one part) search
+a step per part: one batched power iteration for all chains, then each part's step (and friction) from
+its own chains' curvatures and noise, as a run of that part alone would (`StepSearch`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import cast
 import torch
 
 from llc.model.posterior import LocalizedPosterior
-from llc.samplers.base import FrictionState, StepTunable, TunableState
+from llc.samplers.base import FrictionState, PerChain, StepTunable, TunableState
 
 # ε·h_max: a variance bias of about 5% along the stiffest direction (less in the others), a tenth of the
 # stability limit. Measured on the built-in linear networks: SGLD within 5% of λ (docs/samplers.md).
@@ -65,15 +69,14 @@ UNSTABLE = 2.0
 
 @dataclass
 class CurvatureStep:
-    """The search's state: the largest curvature found per check, and the power iteration's directions."""
+    """One part's search (a plain run has one): the largest curvature found per check, the friction's
+    measurements, and the step's ceiling."""
 
     safety: float = SAFETY
     curvatures: list[float] = field(default_factory=list)  # h_max (the largest over the chains) per check
-    direction: torch.Tensor | None = None  # [chains, d], unit rows
     tunes_friction: bool = False  # friction=auto
     # friction=auto: per check after the first, tr(V) / (4·HEAT·LLC): the friction per unit of η
     heat_rates: list[float] = field(default_factory=list)
-    loss0: float | None = None  # the full-data loss at w*
     ceiling: float = math.inf  # the largest step allowed: LOSS_SHRINK under the last that lost a chain
 
     @classmethod
@@ -119,6 +122,60 @@ class CurvatureStep:
         return FRICTION_RANGE[1] / rate
 
 
+@dataclass
+class StepSearch:
+    """step_size=auto's progress: one CurvatureStep per part, each part `chains` consecutive chains (a
+    plain run is one part; a model's parts batched, run/parts.py, one per part), and the power
+    iteration's directions for all chains. The steps it sets are one number for one part, else one per
+    chain [chains, 1]."""
+
+    parts: list[CurvatureStep]
+    chains: int  # per part
+    direction: torch.Tensor | None = None  # [all chains, d], unit rows
+    loss0: float | None = None  # the full-data loss at w* (friction=auto)
+
+    @classmethod
+    def starting(cls, tunes_friction: bool, chains: int, parts: int = 1) -> StepSearch:
+        return cls([CurvatureStep.starting(tunes_friction) for _ in range(parts)], chains)
+
+    @property
+    def tunes_friction(self) -> bool:
+        return self.parts[0].tunes_friction
+
+    @property
+    def curvatures(self) -> list[float]:
+        """Every part's h_max per check, part after part (one part: its checks)."""
+        return [h for part in self.parts for h in part.curvatures]
+
+    def rows(self, k: int) -> slice:
+        return slice(k * self.chains, (k + 1) * self.chains)
+
+    def value(self, per_chain: PerChain, k: int) -> float:
+        """Part k's value of a step or friction that is one number or one per chain."""
+        if isinstance(per_chain, float | int):
+            return float(per_chain)
+        return float(per_chain[k * self.chains, 0])
+
+    def per_chain(self, value: PerChain, like: torch.Tensor) -> torch.Tensor:
+        """A step or friction as one per chain [chains, 1], in `like`'s dtype and device."""
+        if isinstance(value, torch.Tensor):
+            return value
+        return torch.full((like.shape[0], 1), float(value), dtype=like.dtype, device=like.device)
+
+    def combine(
+        self, wanted: list[float | None], current: PerChain | None, like: torch.Tensor
+    ) -> PerChain | None:
+        """The kernel's new step (or friction) from each part's wanted one (None: keep the part's
+        `current`): one number for one part, else one per chain [chains, 1] in `like`'s dtype."""
+        if len(self.parts) == 1:
+            return wanted[0]
+        if current is None or all(x is None for x in wanted):
+            return None
+        values = [self.value(current, k) if x is None else x for k, x in enumerate(wanted)]
+        out = torch.tensor(values, dtype=like.dtype, device=like.device)
+        return out.repeat_interleave(self.chains).unsqueeze(1)
+
+
 def top_curvature(
     posterior: LocalizedPosterior,
     w: torch.Tensor,
@@ -155,7 +212,7 @@ def round_length(warmup: int) -> int:
 
 
 def search_round(
-    search: CurvatureStep,
+    search: StepSearch,
     t: int,
     warmup: int,
     kernel: StepTunable,
@@ -164,8 +221,8 @@ def search_round(
     gen: torch.Generator,
 ) -> None:
     """step_size=auto: before warm-up and at the end of each round, measure the largest curvature at the
-    chains' positions and give the kernel the step it allows; at the end of warm-up, the chosen step.
-    A chain that the round threw off to non-finite values starts again from w*."""
+    chains' positions and give the kernel the step it allows (per part); at the end of warm-up, the
+    chosen step. A chain that the round threw off to non-finite values starts again from w*."""
     if t % round_length(warmup) == 0 and t < warmup:
         position = state.w
         lost = ~torch.isfinite(position).all(dim=1)
@@ -174,55 +231,69 @@ def search_round(
         scale = kernel.curvature_metric(state)
         iterations = FIRST_ITERATIONS if search.direction is None else ITERATIONS
         h, search.direction = top_curvature(posterior, position, search.direction, iterations, gen, scale)
-        unstable = torch.isfinite(h) & (h * state.step_size > UNSTABLE)
+        unstable = torch.isfinite(h) & (h * search.per_chain(state.step_size, h).squeeze(1) > UNSTABLE)
         if t > 0 and unstable.any():
             _restart(search, kernel, state, unstable)
             scale = kernel.curvature_metric(state)
             h, search.direction = top_curvature(posterior, state.w, None, FIRST_ITERATIONS, gen, scale)
-        finite = h[torch.isfinite(h)]
-        step = search.update(float(finite.max()) if finite.numel() else math.nan)
-        if search.tunes_friction and t > 0:  # at t = 0 every chain is still at w*
-            rate = heat_rate(search, posterior, state.w, gen)
-            if math.isfinite(rate):
-                search.heat_rates.append(rate)
-        set_step(kernel, state, search.cooled(step, last_only=True))
-        set_friction(state, search.friction(state.step_size, last_only=True))
+        rates = heat_rates(search, posterior, state.w, gen) if search.tunes_friction and t > 0 else None
+        steps: list[float | None] = []
+        for k, part in enumerate(search.parts):
+            h_part = h[search.rows(k)]
+            finite = h_part[torch.isfinite(h_part)]
+            step = part.update(float(finite.max()) if finite.numel() else math.nan)
+            if rates is not None and math.isfinite(rates[k]):  # at t = 0 every chain is still at w*
+                part.heat_rates.append(rates[k])
+            steps.append(part.cooled(step, last_only=True))
+        set_step(kernel, state, search.combine(steps, state.step_size, state.w))
+        frictions = [p.friction(search.value(state.step_size, k), True) for k, p in enumerate(search.parts)]
+        set_friction(state, search.combine(frictions, getattr(state, "friction", None), state.w))
     if t == warmup:
-        set_step(kernel, state, search.cooled(search.final, last_only=False))
-        set_friction(state, search.friction(state.step_size, last_only=False))
+        final = [part.cooled(part.final, last_only=False) for part in search.parts]
+        set_step(kernel, state, search.combine(final, state.step_size, state.w))
+        frictions = [p.friction(search.value(state.step_size, k), False) for k, p in enumerate(search.parts)]
+        set_friction(state, search.combine(frictions, getattr(state, "friction", None), state.w))
 
 
-def _restart(search: CurvatureStep, kernel: StepTunable, state: TunableState, chains: torch.Tensor) -> None:
-    """Put the `chains` (a boolean mask) back at w*; later steps stay LOSS_SHRINK under this one."""
+def _restart(search: StepSearch, kernel: StepTunable, state: TunableState, chains: torch.Tensor) -> None:
+    """Put the `chains` (a boolean mask) back at w*; their parts' later steps stay LOSS_SHRINK under
+    this one."""
     kernel.restart(state, chains.nonzero().squeeze(1))
-    search.ceiling = min(search.ceiling, state.step_size / LOSS_SHRINK)
+    for k, part in enumerate(search.parts):
+        if chains[search.rows(k)].any():
+            part.ceiling = min(part.ceiling, search.value(state.step_size, k) / LOSS_SHRINK)
 
 
-def set_step(kernel: StepTunable, state: TunableState, wanted: float | None) -> None:
+def set_step(kernel: StepTunable, state: TunableState, wanted: PerChain | None) -> None:
     """Give the kernel the step `wanted` (None: keep its step)."""
     if wanted is not None:
         kernel.set_step(state, wanted)
 
 
-def set_friction(state: TunableState, friction: float | None) -> None:
+def set_friction(state: TunableState, friction: PerChain | None) -> None:
     if friction is not None:
         cast(FrictionState, state).friction = friction
 
 
-def heat_rate(
-    search: CurvatureStep, posterior: LocalizedPosterior, w: torch.Tensor, gen: torch.Generator
-) -> float:
-    """tr(V) / (4·HEAT·LLC) at the chains' positions w (friction=auto): the minibatch gradient's noise
-    variance (minibatch_noise) against the LLC from the full-data loss, both averaged over the chains
-    that are finite. nan where there is nothing to measure."""
+def heat_rates(
+    search: StepSearch, posterior: LocalizedPosterior, w: torch.Tensor, gen: torch.Generator
+) -> list[float]:
+    """Per part, tr(V) / (4·HEAT·LLC) at the chains' positions w (friction=auto): the minibatch
+    gradient's noise variance (minibatch_noise) against the LLC from the full-data loss, both averaged
+    over the part's chains that are finite. nan where there is nothing to measure."""
     if search.loss0 is None:
         search.loss0 = float(posterior.full_loss(posterior.w_star.unsqueeze(0))[0])
     loss, noise = minibatch_noise(posterior, w, gen, draws=1)
     llc = posterior.nbeta * (loss - search.loss0)
-    ok = torch.isfinite(noise) & torch.isfinite(llc)
-    if not ok.any():
-        return math.nan
-    return float(noise[ok].mean()) / (4 * HEAT * max(float(llc[ok].mean()), 1.0))
+    rates = []
+    for k in range(len(search.parts)):
+        noise_k, llc_k = noise[search.rows(k)], llc[search.rows(k)]
+        ok = torch.isfinite(noise_k) & torch.isfinite(llc_k)
+        if not ok.any():
+            rates.append(math.nan)
+            continue
+        rates.append(float(noise_k[ok].mean()) / (4 * HEAT * max(float(llc_k[ok].mean()), 1.0)))
+    return rates
 
 
 def minibatch_noise(
@@ -243,14 +314,23 @@ def minibatch_noise(
 
 
 def minibatch_heating(
-    kernel: StepTunable, state: TunableState, posterior: LocalizedPosterior, gen: torch.Generator
-) -> float | None:
-    """How much the minibatch gradient's noise raises the LLC at the chains' positions, in LLC units:
-    the kernel's heating per unit of tr(V) times tr(V) from 4 minibatches per chain, averaged over the
-    finite chains; None where the kernel cannot say (a preconditioned SGLD) or no chain is finite."""
+    kernel: StepTunable,
+    state: TunableState,
+    posterior: LocalizedPosterior,
+    gen: torch.Generator,
+    parts: int = 1,
+) -> list[float | None]:
+    """Per part (`parts` groups of consecutive chains, run/parts.py), how much the minibatch gradient's
+    noise raises the LLC at the chains' positions, in LLC units: the kernel's heating per unit of tr(V)
+    times tr(V) from 4 minibatches per chain, averaged over the finite chains; None where the kernel
+    cannot say (a preconditioned SGLD) or no chain is finite."""
     factor = kernel.heating_per_noise(state)
     if factor is None:
-        return None
+        return [None] * parts
     _, noise = minibatch_noise(posterior, kernel.position(state), gen, draws=4)
-    finite = noise[torch.isfinite(noise)]
-    return factor * float(finite.mean()) if finite.numel() else None
+    heating = noise * (factor.squeeze(1) if isinstance(factor, torch.Tensor) else factor)
+    per_part = []
+    for rows in heating.chunk(parts):
+        finite = rows[torch.isfinite(rows)]
+        per_part.append(float(finite.mean()) if finite.numel() else None)
+    return per_part
