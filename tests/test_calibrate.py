@@ -89,3 +89,24 @@ def test_a_config_file_that_is_no_mapping_is_one_line_and_exit_2(tmp_path):
 def test_calibration_lengthens_its_chains_only_when_none_are_given():
     assert step_schedule(None) == [1000, 2000, 4000]
     assert step_schedule(3000) == [3000]
+
+
+def test_a_recommendation_from_a_cell_on_all_its_points_leaves_batch_size_unset_and_rebuilds_that_cell(
+    tmp_path, monkeypatch
+):
+    """Your own model's SGLD with no batch_size steps on all its points (up to 1,024): config.json shows
+    batch_size 256 beside full_batch_up_to, and recommended.yaml must not turn that into minibatches."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    keys = {"problem": "module", "model": "own_model_factories:classifier", "loss": "cross_entropy"}
+    keys |= {"data": "own_model_factories:classification_data", "sampler": "sgld", "step_size": 1e-4}
+    cell = build_config(None, keys)
+    assert cell.full_batch_default and cell.normalized()["batch_size"] == 256
+    run_dir = tmp_path / cell.run_id
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(cell.normalized()))
+    row = _row(1e-4, 8.0, run_dir=str(run_dir))
+    written = write_recommendation(tmp_path, "sgld", None, Recommendation({"step_size": 1e-4}, "why", row))
+    settings = yaml.safe_load(written.read_text())
+    assert "batch_size" not in settings, settings
+    rebuilt = build_config(settings.pop("preset"), settings)
+    assert rebuilt.full_batch_default and rebuilt.run_id == cell.run_id

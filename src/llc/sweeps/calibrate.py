@@ -134,8 +134,15 @@ def recommended_settings(row: dict[str, Any], preset: str | None) -> dict[str, A
     RECOMMENDED_KEYS, and every other key that differs from the defaults (from its config.json)."""
     config = json.loads((Path(row["run_dir"]) / "config.json").read_text())
     settings: dict[str, Any] = {"preset": preset}  # null: none (a config file's preset replaces --preset)
+    # A cell that stepped on all its points (your own model, no batch_size given: full_batch_up_to) is
+    # reproduced by leaving batch_size out again; the 256 its config.json shows would take minibatches.
+    all_points = "full_batch_up_to" in config
     for key, value in config.items():
-        if key in NOT_RECOMMENDED or key not in RunConfig.model_fields:
+        if (
+            key in NOT_RECOMMENDED
+            or key not in RunConfig.model_fields
+            or (key == "batch_size" and all_points)
+        ):
             continue
         default = json.loads(json.dumps(RunConfig.model_fields[key].default))
         if key in RECOMMENDED_KEYS or value != default:
