@@ -55,17 +55,23 @@ def test_calibrate_writes_a_figure_and_a_recommendation_that_then_estimates_lamb
     assert abs(metrics["llc_rel_error"]) < 0.15, metrics
 
 
+def _recommend(tmp_path: Path, cell, preset: str | None) -> Path:
+    """recommended.yaml for `cell` as the recommended cell of an SGLD calibration (its run directory holds
+    its config.json only)."""
+    run_dir = tmp_path / cell.run_id
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(cell.normalized()))
+    row = _row(1e-4, 8.0, run_dir=str(run_dir))
+    return write_recommendation(tmp_path, "sgld", preset, Recommendation({"step_size": 1e-4}, "why", row))
+
+
 @pytest.mark.parametrize("preset", ["quick", None])
 def test_recommended_yaml_reproduces_the_recommended_cell_as_a_config_and_as_a_study_base(tmp_path, preset):
     """Everything the step was tuned under comes along: `llc run --config` and a study's `base: FILE`
     rebuild the recommended cell's config exactly (the same run_id, so the same cached result)."""
     keys = {"problem": "rrr", "widths": (5, 3, 5), "true_rank": 1, "sampler": "sgld", "steps": 2000}
     cell = build_config(preset, {**keys, "warmup": 100, "eval_every": 50, "step_size": 1e-4})
-    run_dir = tmp_path / cell.run_id
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps(cell.normalized()))
-    row = _row(1e-4, 8.0, run_dir=str(run_dir))
-    written = write_recommendation(tmp_path, "sgld", preset, Recommendation({"step_size": 1e-4}, "why", row))
+    written = _recommend(tmp_path, cell, preset)
     settings = yaml.safe_load(written.read_text())
     for key in ("problem", "widths", "true_rank", "n_data", "batch_size", "steps", "gamma", "nbeta"):
         assert key in settings, key
@@ -101,12 +107,7 @@ def test_a_recommendation_from_a_cell_on_all_its_points_leaves_batch_size_unset_
     keys |= {"data": "own_model_factories:classification_data", "sampler": "sgld", "step_size": 1e-4}
     cell = build_config(None, keys)
     assert cell.full_batch_default and cell.normalized()["batch_size"] == 256
-    run_dir = tmp_path / cell.run_id
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps(cell.normalized()))
-    row = _row(1e-4, 8.0, run_dir=str(run_dir))
-    written = write_recommendation(tmp_path, "sgld", None, Recommendation({"step_size": 1e-4}, "why", row))
-    settings = yaml.safe_load(written.read_text())
+    settings = yaml.safe_load(_recommend(tmp_path, cell, None).read_text())
     assert "batch_size" not in settings, settings
     rebuilt = build_config(settings.pop("preset"), settings)
     assert rebuilt.full_batch_default and rebuilt.run_id == cell.run_id
