@@ -16,7 +16,7 @@ import llc
 from llc.config import build_config
 from llc.errors import ConfigError
 from llc.model.posterior import LocalizedPosterior
-from llc.modules.model import ModuleModel, per_example_mse
+from llc.modules.model import LOSSES, ModuleModel, per_example_mse
 from llc.modules.parts import resolve
 from llc.run.experiment import run_llc
 from llc.samplers.build import build_kernel
@@ -119,6 +119,45 @@ def test_heads_of_multihead_attention_are_their_qkv_rows_and_output_columns():
     (h0, h1), _ = resolve(model, found)
     assert not (h0.mask & h1.mask).any()
     assert h0.n_params == h1.n_params == 12 * 8 + 12 + 8 * 4  # the output bias is in no head
+
+
+class TinyAttention(nn.Module):
+    """Token embeddings, one nn.MultiheadAttention of 2 heads with a residual, logits of the last token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.attn, self.out = (
+            nn.Embedding(5, 8),
+            nn.MultiheadAttention(8, 2, batch_first=True),
+            nn.Linear(8, 5),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.out((h + a)[:, -1])
+
+
+def test_multihead_attention_runs_all_chains_at_once_and_its_heads_in_one_batched_run():
+    """In eval mode nn.MultiheadAttention takes a fused kernel that vmap cannot differentiate; the model
+    evaluates it through its plain decomposition instead: the batched loss and gradient equal the
+    one-chain-at-a-time autograd reference, restrict=llc.heads(model) runs as one run, and PyTorch's
+    attention switches are as they were afterwards."""
+    torch.manual_seed(0)
+    model = TinyAttention().eval()
+    x = torch.randint(0, 5, (64, 6))
+    data = (x, x[:, 0])
+    module = ModuleModel(model, LOSSES["cross_entropy"], 1)
+    w = module.flat_parameters() + 0.01 * torch.randn(3, module.n_params)
+    loss, grad = module.loss_and_grad(w, *data)
+    ref_loss, ref_grad = module.autograd_loss_and_grad(w, *data)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+    settings = {"loss": "cross_entropy", "chains": 2, "steps": 20, "warmup": 20, "gamma": 100.0}
+    heads = llc.estimate(model, data, restrict=llc.heads(model), **settings)
+    assert list(heads) == ["attn.head0", "attn.head1"]
+    assert all(np.isfinite(e.llc_mean) and e.metrics["chains_used"] == 2 for e in heads.values())
+    assert torch.backends.mha.get_fastpath_enabled()
 
 
 class SeparateAttention(nn.Module):

@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -27,6 +27,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from llc.errors import ConfigError
+from llc.modules.attention import batchable_attention, has_attention
 from llc.modules.chain_graph import ChainForward, batch_over_chains
 from llc.modules.graph import Exported, GraphForward
 from llc.modules.graph_cache import Graphs, graphs_for
@@ -86,6 +87,7 @@ class ModuleModel:
         self.shapes = [p.shape for p in params.values()]
         self.sizes = [p.numel() for p in params.values()]
         self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
+        self._attention = has_attention(self.module)  # evaluated in a form vmap batches (attention.py)
         self._fresh_threads()
         self._per_chain_loss = vmap(self._chain_loss, in_dims=(0, 0, 0))
         self._shared_loss = vmap(self._chain_loss, in_dims=(0, None, None))
@@ -124,11 +126,13 @@ class ModuleModel:
 
     @contextmanager
     def _precision(self, like: torch.Tensor) -> Iterator[None]:
-        """Autocast to `compute` on `like`'s device, if any (the hand-written backward casts explicitly)."""
-        if self.compute is None:
-            yield
-            return
-        with torch.autocast(like.device.type, dtype=self.compute):
+        """Autocast to `compute` on `like`'s device, if any (the hand-written backward casts explicitly);
+        nn.MultiheadAttention in a form that vmap batches, if the module has any (attention.py)."""
+        with ExitStack() as stack:
+            if self._attention:
+                stack.enter_context(batchable_attention())
+            if self.compute is not None:
+                stack.enter_context(torch.autocast(like.device.type, dtype=self.compute))
             yield
 
     def _state_dtype(self, output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
