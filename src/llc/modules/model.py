@@ -39,10 +39,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target
 # Full-data passes (hmc, mclmc, evaluation) run over at most this many points at once, so memory stays
 # chains × CHUNK × activations however large the data set.
 CHUNK = 2048
-# ... and, on the CPU, over at most this many chains at once: their working set is chains × points ×
-# activations, and past a core's cache a larger block is slower per chain (all 8 heads × 8 chains of
-# examples/attention_heads over its 512 sequences: 5.1 s at once, 1.85 s in blocks of 8, 2.6 s of 16).
+# ... and, on the CPU, over at most this many chains at once where chains × points reach FULL_DATA_WORK:
+# their working set is chains × points × activations, and past a core's cache a larger block is slower
+# per chain (all 8 heads × 8 chains of examples/attention_heads over its 512 sequences: 5.1 s at once,
+# 1.85-2.2 s in blocks of 8; the digits MLP's 64 chains over 1,797 points: 114 ms against 243 ms), while
+# below it the blocks' extra calls cost more than they save (64 chains over 100 points: 9.3 ms
+# against 7.6 ms; break-even near 600 points).
 FULL_DATA_CHAINS = 8
+FULL_DATA_WORK = 32_768
 # The points the model and the loss are first tried on: a batch whose size no class count is likely to be.
 PROBE = 3
 
@@ -287,7 +291,7 @@ class ModuleModel:
             return self._loss_and_grad(params, x, y)
         value = torch.zeros(params.shape[0], dtype=params.dtype, device=params.device)
         grad = torch.zeros_like(params)
-        for rows in _chain_blocks(params):
+        for rows in _chain_blocks(params, x.shape[0]):
             for xs, ys in _chunks(x, y):
                 v, g = self._loss_and_grad(params[rows], xs, ys)
                 value[rows].add_(v, alpha=xs.shape[0] / x.shape[0])
@@ -341,7 +345,7 @@ class ModuleModel:
             if self._per_chain(x):
                 return self._loss(params, x, y)
             value = torch.zeros(params.shape[0], dtype=params.dtype, device=params.device)
-            for rows in _chain_blocks(params):
+            for rows in _chain_blocks(params, x.shape[0]):
                 for xs, ys in _chunks(x, y):
                     value[rows].add_(self._loss(params[rows], xs, ys), alpha=xs.shape[0] / x.shape[0])
             return value
@@ -472,10 +476,12 @@ def _chunks(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.
     return [(x[i : i + CHUNK], y[i : i + CHUNK]) for i in range(0, x.shape[0], CHUNK)]
 
 
-def _chain_blocks(params: torch.Tensor) -> list[slice]:
-    """The blocks of chains a full-data pass takes at once: all of them, or FULL_DATA_CHAINS on the CPU."""
+def _chain_blocks(params: torch.Tensor, points: int) -> list[slice]:
+    """The blocks of chains a full-data pass over `points` points takes at once: all of them, or on the
+    CPU FULL_DATA_CHAINS where chains × points reach FULL_DATA_WORK."""
     chains = params.shape[0]
-    if params.device.type != "cpu" or chains <= FULL_DATA_CHAINS:
+    small = chains * min(points, CHUNK) < FULL_DATA_WORK
+    if params.device.type != "cpu" or chains <= FULL_DATA_CHAINS or small:
         return [slice(None)]
     return [slice(i, i + FULL_DATA_CHAINS) for i in range(0, chains, FULL_DATA_CHAINS)]
 
