@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml constraints.txt | compiler
 demo: env
 	$(PY) flows/sweep.py --study studies/quick.yaml
 
-# The statistical validation files (slow-marked, CPU-bound on one torch thread, no services) run on the
-# second core beside the rest of the suite; their report follows the rest's, and either failing fails.
-STATISTICAL := tests/test_devinterp_cases.py tests/test_validation.py
+# The statistical validation files and the known-answer files of the step search and the model's parts
+# (slow-marked checks, CPU-bound on one torch thread, no services) run on the second core beside the rest
+# of the suite; their report follows the rest's, and either failing fails.
+STATISTICAL := tests/test_devinterp_cases.py tests/test_validation.py tests/test_step_search.py tests/test_parts.py
 
 test: env slurm-up browser postgres
 	$(VENV)/bin/ruff check src tests benchmarks flows examples
