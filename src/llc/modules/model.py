@@ -133,7 +133,7 @@ class ModuleModel:
                               self.compute))  # fmt: skip
 
     @contextmanager
-    def _precision(self, like: torch.Tensor) -> Iterator[None]:
+    def _evaluation(self, like: torch.Tensor) -> Iterator[None]:
         """Autocast to `compute` on `like`'s device, if any (the hand-written backward casts explicitly);
         nn.MultiheadAttention in a form that vmap batches, if the module has any (attention.py)."""
         with ExitStack() as stack:
@@ -278,7 +278,7 @@ class ModuleModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss [chains] (mean over the batch) and its gradient [chains, d]: the forward pass batched by
         vmap, the backward by autograd through it (faster than torch.func.grad inside vmap)."""
-        with self._precision(params):
+        with self._evaluation(params):
             return self._all_loss_and_grad(params, x, y)
 
     def _all_loss_and_grad(
@@ -334,7 +334,7 @@ class ModuleModel:
 
     def batch_loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch, one value per chain: [chains]."""
-        with torch.no_grad(), self._precision(params):
+        with torch.no_grad(), self._evaluation(params):
             if not self.vectorized:
                 return torch.stack(
                     [
@@ -358,7 +358,7 @@ class ModuleModel:
         values, grads = [], []
         for c in range(params.shape[0]):
             w = params[c].detach().requires_grad_(True)
-            with torch.enable_grad(), self._precision(params):
+            with torch.enable_grad(), self._evaluation(params):
                 value = self._chain_loss(self._views(w), *self._chain_batch(x, y, c))
                 (grad,) = torch.autograd.grad(value, w)
             values.append(value.detach())
@@ -452,7 +452,7 @@ class ModuleModel:
         w = self.flat_parameters().unsqueeze(0).expand(2, -1).clone()
         xs, ys = x[:2].unsqueeze(0).expand(2, *x[:2].shape), y[:2].unsqueeze(0).expand(2, *y[:2].shape)
         try:  # through functional_call: a forward that torch.export cannot take may still batch
-            with self._precision(w):
+            with self._evaluation(w):
                 self._loss_and_grad(w, xs, ys, graph=False)
         except Exception as exc:
             raise ConfigError(

@@ -116,8 +116,7 @@ class SGHMC(BlockedChains):
         loss, grad = self.posterior.loss_and_grad(w, self.posterior.batch_at(idx), block.chains)
         noise = self.posterior.masked(block.normal(w), block.chains)
         if isinstance(eta, torch.Tensor) or isinstance(alpha, torch.Tensor):  # per part (run/parts.py)
-            eta, kick = (torch.as_tensor(x, dtype=v.dtype, device=v.device) for x in (eta, 2 * alpha * eta))
-            v.mul_(1 - alpha).addcmul_(grad, eta, value=-1.0).addcmul_(noise, kick.sqrt())
+            v.mul_(1 - alpha).sub_(grad * eta).add_(noise * (2 * alpha * eta) ** 0.5)
         else:
             v.mul_(1 - alpha).add_(grad, alpha=-eta).add_(noise, alpha=math.sqrt(2 * alpha * eta))
         w.add_(v)
